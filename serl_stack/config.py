@@ -1,0 +1,299 @@
+"""Typed configuration for every serl_stack component.
+
+Owns: the dataclasses (one per component, every number that matters is a named field with a one-line
+docstring), loading them from YAML, and overriding any field by its dotted path from the command line.
+Unknown keys and values of the wrong type are errors that name the key, the value seen and the type expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that does not match the schema."""
+
+
+# --------------------------------------------------------------------------------------------------- sections
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    """Cartesian impedance / operational-space controller that tracks a target TCP pose in sim."""
+
+    kp_pos: float = 600.0
+    """Translational stiffness (N/m-equivalent, applied through the task-space inertia), per axis."""
+    kp_rot: float = 300.0
+    """Rotational stiffness per axis."""
+    damping_ratio: float = 1.0
+    """Damping as a fraction of critical damping (kd = 2 * ratio * sqrt(kp))."""
+    kp_null: float = 10.0
+    """Null-space stiffness pulling the joints toward the ready posture."""
+    max_pos_error: float = 0.1
+    """Clip on the translational pose error fed to the controller, metres (the real CRISP controller clips too)."""
+    max_rot_error: float = 0.5
+    """Clip on the rotational pose error fed to the controller, radians."""
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """A MuJoCo Franka task on the DESIGN.md observation/action contract."""
+
+    id: str = "FrankaReach-v0"
+    """Gymnasium id of the task."""
+    control_hz: float = 10.0
+    """Policy rate; the controller runs at the physics rate below it."""
+    max_episode_steps: int = 100
+    """Episode length before truncation."""
+    dense_reward: bool = True
+    """Add a dense distance-shaping term to the sparse success reward."""
+    action_scale_pos: float = 0.02
+    """Metres per step for a unit translation action."""
+    action_scale_rot: float = 0.1
+    """Radians per step for a unit rotation action."""
+    reset_joint_noise: float = 0.05
+    """Uniform joint perturbation (radians) around the ready pose at reset."""
+    controller: ControllerConfig = field(default_factory=ControllerConfig)
+    """Sim controller gains."""
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """Soft actor-critic hyperparameters (defaults sized for a CPU learner)."""
+
+    hidden_dims: tuple[int, ...] = (256, 256)
+    """Hidden layer widths of actor and critic MLPs."""
+    num_critics: int = 2
+    """Critic ensemble size."""
+    actor_lr: float = 3e-4
+    """Actor Adam learning rate."""
+    critic_lr: float = 3e-4
+    """Critic Adam learning rate."""
+    temp_lr: float = 3e-4
+    """Temperature Adam learning rate."""
+    discount: float = 0.99
+    """Discount factor gamma."""
+    tau: float = 0.005
+    """Polyak averaging rate of the target critics."""
+    init_temperature: float = 1.0
+    """Initial entropy temperature."""
+    target_entropy_scale: float = 1.0
+    """Target entropy = -scale * |A| (SAC: 1.0; RLPD: 0.5)."""
+    batch_size: int = 256
+    """Minibatch size of one update."""
+    utd: int = 1
+    """Critic updates per env step (update-to-data ratio); scanned inside one jitted step."""
+    critic_layer_norm: bool = False
+    """LayerNorm in the critic MLPs (RLPD: true; keeps Q values bounded at high UTD)."""
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    """Replay buffer."""
+
+    capacity: int = 200_000
+    """Transitions kept in the ring buffer."""
+
+
+@dataclass(frozen=True)
+class TransportConfig:
+    """ZeroMQ link between actor and learner."""
+
+    host: str = "127.0.0.1"
+    """Interface the learner binds and the actor connects to (loopback unless set)."""
+    transitions_port: int = 0
+    """Port for actor -> learner transitions (0: `serl train` picks a free one; set it for separate machines)."""
+    params_port: int = 0
+    """Port for learner -> actor parameters and status (0: `serl train` picks a free one)."""
+    params_every: int = 50
+    """Broadcast policy parameters every this many learner updates."""
+    max_message_bytes: int = 64 * 1024 * 1024
+    """Largest message accepted from a peer."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The training run: both processes' loop settings."""
+
+    seed: int = 0
+    """Seed for the agent, the env and the sampling."""
+    total_env_steps: int = 15_000
+    """Env steps the actor collects before the run stops."""
+    start_steps: int = 1_000
+    """Uniform random actions before the policy is used; learning starts after this many transitions."""
+    throttle_slack: int = 200
+    """The actor may run ahead of the learner by this many updates (env steps * utd <= updates + slack)."""
+    log_every: int = 500
+    """Learner updates between TensorBoard scalar writes."""
+    checkpoint_every: int = 5_000
+    """Learner updates between checkpoints."""
+    eval_episodes: int = 50
+    """Deterministic episodes in the final evaluation."""
+    eval_seed: int = 1_000_000
+    """First seed of the held-out evaluation episodes (training never uses seeds this high)."""
+    run_dir: str = "runs"
+    """Parent folder of each run's logs and checkpoints."""
+    learner_threads: int = 0
+    """CPU threads for the learner's XLA backend and BLAS (0 = all cores)."""
+    actor_threads: int = 1
+    """CPU threads for the actor's XLA backend and BLAS (0 = all cores)."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a `serl train` run needs."""
+
+    env: EnvConfig = field(default_factory=EnvConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+    transport: TransportConfig = field(default_factory=TransportConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# --------------------------------------------------------------------------------------------------- loading
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    """Check `value` against the annotation `tp`; return it in the field's canonical form."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping of {tp.__name__} fields, got {value!r}")
+        return _build(tp, value, path)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, path)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list ({_type_name(tp)}), got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{path}[{i}]") for i, v in enumerate(value))
+        if len(args) != len(value):
+            raise ConfigError(f"{path}: expected {len(args)} items, got {len(value)}: {value!r}")
+        return tuple(_coerce(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(args, value)))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected bool (true/false), got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected int, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected float, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected str, got {value!r}")
+        return value
+    raise ConfigError(f"{path}: unsupported field type {_type_name(tp)}")
+
+
+def _build(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            raise ConfigError(f"unknown config key '{path}'; {cls.__name__} has: {', '.join(sorted(names))}")
+        kwargs[key] = _coerce(value, hints[key], path)
+    return cls(**kwargs)
+
+
+def from_dict(data: dict[str, Any] | None, cls: type[T] = Config) -> T:  # type: ignore[assignment]
+    """Build `cls` from a nested mapping; missing fields keep their defaults."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config root: expected a mapping, got {data!r}")
+    return _build(cls, data)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The nested plain-dict form of a config (tuples become lists), suitable for YAML."""
+
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, tuple):
+            return [plain(x) for x in v]
+        return v
+
+    return plain(cfg)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse `dotted.key=value`; the value is read as YAML (so `1e-3`, `true`, `[256, 256]` work)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected the form dotted.key=value")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Return `cfg` with each `dotted.key=value` override applied and type-checked."""
+    data = to_dict(cfg)
+    for text in overrides:
+        key, value = parse_override(text)
+        node = data
+        parts = key.split(".")
+        for i, part in enumerate(parts[:-1]):
+            if not isinstance(node.get(part), dict):
+                raise ConfigError(f"unknown config key '{'.'.join(parts[: i + 1])}' in override {text!r}")
+            node = node[part]
+        if parts[-1] not in node:
+            raise ConfigError(f"unknown config key '{key}' in override {text!r}")
+        node[parts[-1]] = value
+    return from_dict(data)
+
+
+def load(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (or the defaults when `path` is None) and apply dotted overrides."""
+    if path is None:
+        cfg = Config()
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            data = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML: {e}") from e
+        try:
+            cfg = from_dict(data)
+        except ConfigError as e:
+            raise ConfigError(f"{p}: {e}") from e
+    return apply_overrides(cfg, overrides or [])
+
+
+def dump(cfg: Config) -> str:
+    """YAML text of a config, loadable by `load`."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

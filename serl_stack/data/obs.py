@@ -1,0 +1,61 @@
+"""How dict observations become what agents see.
+
+Owns: flattening nested observation dicts into `"state/tcp_pose"`-style key paths (the form the replay buffer
+and the wire use) and concatenating the non-image leaves into one float32 vector in a fixed, sorted key order.
+Images (anything under `images/`) are kept apart for the image encoders.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+SEP = "/"
+IMAGE_PREFIX = "images" + SEP
+
+
+def flatten_keys(obs: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
+    """`{"state": {"tcp_pose": x}}` -> `{"state/tcp_pose": x}`; leaves become numpy arrays."""
+    out: dict[str, np.ndarray] = {}
+    for key, value in obs.items():
+        path = f"{prefix}{SEP}{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            out.update(flatten_keys(value, path))
+        else:
+            out[path] = np.asarray(value)
+    return out
+
+
+def unflatten_keys(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """Inverse of `flatten_keys`."""
+    out: dict[str, Any] = {}
+    for path, value in flat.items():
+        node = out
+        parts = path.split(SEP)
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return out
+
+
+def vector_keys(flat: Mapping[str, Any]) -> tuple[str, ...]:
+    """The sorted key paths that go into the agent's flat vector (everything but images)."""
+    return tuple(sorted(k for k in flat if not k.startswith(IMAGE_PREFIX)))
+
+
+def to_vector(flat: Mapping[str, Any], keys: tuple[str, ...], batch_dims: int = 0) -> np.ndarray:
+    """Concatenate `flat[k]` for `k in keys` into float32 `(*batch, D)`; `batch_dims` leading axes are kept."""
+    parts = []
+    for k in keys:
+        if k not in flat:
+            raise KeyError(f"observation is missing '{k}' (expected keys: {', '.join(keys)})")
+        a = np.asarray(flat[k], dtype=np.float32)
+        parts.append(a.reshape(a.shape[:batch_dims] + (-1,)))
+    return np.concatenate(parts, axis=-1)
+
+
+def vector_dim(flat: Mapping[str, Any], keys: tuple[str, ...]) -> int:
+    """Length of the vector `to_vector` makes from one (unbatched) observation."""
+    return int(sum(np.asarray(flat[k]).size for k in keys))

@@ -1,0 +1,1 @@
+"""ZeroMQ transport between actor and learner; knows nothing of learning."""

@@ -1,0 +1,127 @@
+"""The actor's side of the ZeroMQ link: sends transition batches, tracks acks, keeps the newest parameters.
+
+Owns: the DEALER socket to the learner, the SUB socket for parameters, the queue of batches not yet
+acknowledged, and the newest parameter version seen (an older version never replaces a newer one). Knows nothing
+of learning: parameters and transitions are opaque message bodies.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from typing import Any
+
+import zmq
+
+from serl_stack.transport.learner_server import TOPIC_PARAMS, endpoint
+from serl_stack.transport.protocol import ProtocolError, envelope, open_envelope
+
+
+class ActorClient:
+    """Connects to a learner; `send` queues a message, `poll` processes acks and parameter broadcasts."""
+
+    def __init__(
+        self, host: str, transitions_port: int, params_port: int, actor_id: str, max_message_bytes: int
+    ) -> None:
+        self.actor_id = actor_id
+        self._max_bytes = max_message_bytes
+        self._ctx = zmq.Context.instance()
+        self._dealer = self._ctx.socket(zmq.DEALER)
+        self._dealer.setsockopt(zmq.LINGER, 0)
+        self._dealer.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+        self._dealer.connect(endpoint(host, transitions_port))
+        self._sub = self._ctx.socket(zmq.SUB)
+        self._sub.setsockopt(zmq.LINGER, 0)
+        self._sub.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+        self._sub.setsockopt(zmq.SUBSCRIBE, TOPIC_PARAMS)
+        self._sub.connect(endpoint(host, params_port))
+        self._poller = zmq.Poller()
+        self._poller.register(self._dealer, zmq.POLLIN)
+        self._poller.register(self._sub, zmq.POLLIN)
+        self._seq = 0
+        self.unacked: collections.OrderedDict[int, bytes] = collections.OrderedDict()
+        """Encoded messages sent but not yet acknowledged, by sequence number."""
+        self.acked_seq = 0
+        """Highest sequence number the learner has acknowledged."""
+        self.params_body: dict[str, Any] | None = None
+        """Body of the newest parameter message seen (a map with at least "params"), or None before the first."""
+        self.params_version = -1
+        self.learner_status: dict[str, Any] = {}
+        """The most recent status the learner attached to an ack or a parameter message."""
+        self.last_heard = 0.0
+        """time.monotonic() of the last message from the learner."""
+        self.rejected: collections.Counter[str] = collections.Counter()
+
+    def send(self, msg_type: str, body: Any) -> int:
+        """Send a message to the learner; returns its sequence number (kept until acknowledged)."""
+        self._seq += 1
+        data = envelope(msg_type, self.actor_id, body, self._seq)
+        if len(data) > self._max_bytes:
+            raise ValueError(f"{msg_type} message of {len(data)} bytes exceeds max_message_bytes={self._max_bytes}")
+        self.unacked[self._seq] = data
+        try:
+            self._dealer.send(data, zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # not connected yet or queue full: stays in `unacked`, resent by `resend_unacked`
+        return self._seq
+
+    def resend_unacked(self) -> int:
+        """Send every unacknowledged message again (after a reconnect); returns how many."""
+        for data in self.unacked.values():
+            try:
+                self._dealer.send(data, zmq.NOBLOCK)
+            except zmq.Again:
+                break
+        return len(self.unacked)
+
+    def poll(self, timeout_ms: int = 0) -> bool:
+        """Handle waiting acks and parameters (blocking up to `timeout_ms` for the first); True if any."""
+        events = dict(self._poller.poll(timeout_ms))
+        got = False
+        if self._dealer in events:
+            while True:
+                try:
+                    data = self._dealer.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                got |= self._handle(data, {"ack"})
+        if self._sub in events:
+            while True:
+                try:
+                    _, data = self._sub.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                except ValueError:
+                    self.rejected["frame count"] += 1
+                    continue
+                got |= self._handle(data, {"params"})
+        return got
+
+    def _handle(self, data: bytes, expect: set[str]) -> bool:
+        try:
+            msg = open_envelope(data, self._max_bytes, expect=expect)
+        except ProtocolError as e:
+            self.rejected[str(e).split(":")[0][:60]] += 1
+            return False
+        body = msg["body"]
+        if not isinstance(body, dict):
+            self.rejected["body not a map"] += 1
+            return False
+        self.last_heard = time.monotonic()
+        if msg["type"] == "ack":
+            acked = msg["seq"]
+            self.acked_seq = max(self.acked_seq, acked)
+            for seq in [s for s in self.unacked if s <= acked]:
+                del self.unacked[seq]
+        elif msg["type"] == "params":
+            if msg["seq"] > self.params_version:  # never go back to an older version
+                self.params_version = msg["seq"]
+                self.params_body = body
+        status = body.get("status")
+        if isinstance(status, dict):
+            self.learner_status = status
+        return True
+
+    def close(self) -> None:
+        self._dealer.close(linger=0)
+        self._sub.close(linger=0)
