@@ -42,6 +42,10 @@ class ControllerConfig:
     """Clip on the translational pose error fed to the controller, metres (the real CRISP controller clips too)."""
     max_rot_error: float = 0.5
     """Clip on the rotational pose error fed to the controller, radians."""
+    joint_limit_margin: float = 0.15
+    """Width (rad) of the zone before each joint limit where a spring pushes the joint back out."""
+    joint_limit_stiffness: float = 400.0
+    """Stiffness (N m/rad) of that joint-limit spring (0 disables it); torques are still clipped to limits."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,22 @@ class EnvConfig:
     """Radians per step for a unit rotation action."""
     reset_joint_noise: float = 0.05
     """Uniform joint perturbation (radians) around the ready pose at reset."""
+    workspace_low: tuple[float, ...] = (0.3, -0.25, 0.005)
+    """Lower corner (base frame, m) of the box the commanded TCP position is clipped to (stand-in for safety)."""
+    workspace_high: tuple[float, ...] = (0.65, 0.25, 0.4)
+    """Upper corner (base frame, m) of the box the commanded TCP position is clipped to."""
+    orientation_cone: float = 0.7854
+    """Largest rotation (rad, about any axis) of the commanded TCP frame away from the nominal downward one."""
+    reach_min: float = 0.0
+    """Commanded flange position at least this far (m) from the shoulder (elbow not folded into its limit)."""
+    reach_max: float = 10.0
+    """Commanded flange position at most this far (m) from the shoulder (arm not stretched to a singularity)."""
+    goal_low: tuple[float, ...] = (0.3, -0.15, 0.2)
+    """Reach task: lower corner (base frame, m) of the box goals are sampled from uniformly."""
+    goal_high: tuple[float, ...] = (0.6, 0.15, 0.4)
+    """Reach task: upper corner (base frame, m) of the goal box."""
+    success_radius: float = 0.02
+    """Reach task: the TCP within this distance (m) of the goal is a success."""
     controller: ControllerConfig = field(default_factory=ControllerConfig)
     """Sim controller gains."""
 
@@ -196,7 +216,7 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
             return tuple(_coerce(v, args[0], f"{path}[{i}]") for i, v in enumerate(value))
         if len(args) != len(value):
             raise ConfigError(f"{path}: expected {len(args)} items, got {len(value)}: {value!r}")
-        return tuple(_coerce(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(args, value)))
+        return tuple(_coerce(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(args, value, strict=True)))
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{path}: expected bool (true/false), got {value!r}")

@@ -8,6 +8,7 @@ of learning: parameters and transitions are opaque message bodies.
 from __future__ import annotations
 
 import collections
+import contextlib
 import time
 from typing import Any
 
@@ -59,10 +60,9 @@ class ActorClient:
         if len(data) > self._max_bytes:
             raise ValueError(f"{msg_type} message of {len(data)} bytes exceeds max_message_bytes={self._max_bytes}")
         self.unacked[self._seq] = data
-        try:
+        # Not connected yet or queue full: the message stays in `unacked` and `resend_unacked` sends it again.
+        with contextlib.suppress(zmq.Again):
             self._dealer.send(data, zmq.NOBLOCK)
-        except zmq.Again:
-            pass  # not connected yet or queue full: stays in `unacked`, resent by `resend_unacked`
         return self._seq
 
     def resend_unacked(self) -> int:
@@ -113,10 +113,9 @@ class ActorClient:
             self.acked_seq = max(self.acked_seq, acked)
             for seq in [s for s in self.unacked if s <= acked]:
                 del self.unacked[seq]
-        elif msg["type"] == "params":
-            if msg["seq"] > self.params_version:  # never go back to an older version
-                self.params_version = msg["seq"]
-                self.params_body = body
+        elif msg["type"] == "params" and msg["seq"] > self.params_version:  # never go back to an older version
+            self.params_version = msg["seq"]
+            self.params_body = body
         status = body.get("status")
         if isinstance(status, dict):
             self.learner_status = status

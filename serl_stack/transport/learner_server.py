@@ -8,6 +8,7 @@ envelope.
 from __future__ import annotations
 
 import collections
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,10 +95,9 @@ class LearnerServer:
 
     def reply(self, identity: bytes, msg_type: str, body: Any, seq: int = 0) -> None:
         """Send a message to one actor (an ack, typically); dropped if that actor is gone."""
-        try:
+        # The peer's queue is full or it disconnected: it resynchronises from the next ack.
+        with contextlib.suppress(zmq.Again):
             self._router.send_multipart([identity, envelope(msg_type, "learner", body, seq)], zmq.NOBLOCK)
-        except zmq.Again:
-            pass  # the peer's queue is full or it disconnected; it resynchronises from the next ack
 
     def publish(self, topic: bytes, msg_type: str, body: Any, seq: int = 0) -> None:
         """Broadcast to every subscriber of `topic`."""

@@ -1,0 +1,217 @@
+"""Soft actor-critic as an immutable value.
+
+Owns: `SACAgent`, a `flax.struct.PyTreeNode` holding the actor, critic ensemble, target critics and temperature
+train states plus an RNG key, with the SAC losses next to the steps that use them. One jitted `update` runs
+`utd` critic steps (a `lax.scan` over minibatches, target update after each) and then one actor and one
+temperature step on the last minibatch; with `utd = 1` this is standard SAC. Nothing here does I/O.
+
+Batch format (all `jax`/`numpy` arrays, N = utd * batch_size): "observations" (N, D) float32, "actions"
+(N, A) in [-1, 1], "rewards" (N,), "next_observations" (N, D), "masks" (N,) = 1 - terminated (a truncated
+episode still bootstraps, so its mask is 1).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+from flax.training.train_state import TrainState
+
+from serl_stack.agents.networks import (
+    CriticEnsemble,
+    Temperature,
+    make_actor,
+    tanh_gaussian_mode,
+    tanh_gaussian_sample,
+)
+from serl_stack.config import AgentConfig
+
+Batch = dict[str, jax.Array]
+Info = dict[str, jax.Array]
+
+BATCH_KEYS = ("observations", "actions", "rewards", "next_observations", "masks")
+
+
+def _check_config(cfg: AgentConfig, obs_dim: int, action_dim: int) -> None:
+    checks: list[tuple[str, Any, bool, str]] = [
+        ("obs_dim", obs_dim, obs_dim >= 1, ">= 1"),
+        ("action_dim", action_dim, action_dim >= 1, ">= 1"),
+        (
+            "agent.hidden_dims",
+            cfg.hidden_dims,
+            len(cfg.hidden_dims) >= 1 and min(cfg.hidden_dims) >= 1,
+            "a non-empty list of positive widths",
+        ),
+        ("agent.num_critics", cfg.num_critics, cfg.num_critics >= 1, ">= 1"),
+        ("agent.utd", cfg.utd, cfg.utd >= 1, ">= 1"),
+        ("agent.batch_size", cfg.batch_size, cfg.batch_size >= 1, ">= 1"),
+        ("agent.discount", cfg.discount, 0.0 <= cfg.discount <= 1.0, "in [0, 1]"),
+        ("agent.tau", cfg.tau, 0.0 < cfg.tau <= 1.0, "in (0, 1]"),
+        ("agent.init_temperature", cfg.init_temperature, cfg.init_temperature > 0.0, "> 0"),
+    ]
+    for name, value, ok, expected in checks:
+        if not ok:
+            raise ValueError(f"{name}: got {value!r}, expected {expected}")
+
+
+def _train_state(apply_fn: Any, params: Any, tx: optax.GradientTransformation) -> TrainState:
+    # TrainState.create starts `step` as a Python int; after one step it is an int32 array, which would make
+    # the jitted update trace a second time. Start it as the array it will become.
+    return TrainState.create(apply_fn=apply_fn, params=params, tx=tx).replace(step=jnp.zeros((), jnp.int32))
+
+
+def _check_batch(batch: Batch, utd: int) -> None:
+    """Shape checks at trace time (shapes are static), so a malformed batch fails with a readable message."""
+    missing = [k for k in BATCH_KEYS if k not in batch]
+    if missing:
+        raise ValueError(f"batch is missing {missing}; expected keys {list(BATCH_KEYS)}")
+    n = batch["rewards"].shape[0]
+    expected = {"observations": 2, "actions": 2, "rewards": 1, "next_observations": 2, "masks": 1}
+    for key, ndim in expected.items():
+        shape = batch[key].shape
+        if len(shape) != ndim or shape[0] != n:
+            raise ValueError(f"batch['{key}']: got shape {shape}, expected {ndim} dims with leading size {n}")
+    if n % utd:
+        raise ValueError(f"batch size: got {n} transitions, expected a multiple of utd={utd}")
+
+
+class SACAgent(struct.PyTreeNode):
+    """SAC learner state. Every method returns a new agent; jitted methods compile once per batch shape."""
+
+    actor: TrainState
+    critic: TrainState
+    target_critic: TrainState
+    temp: TrainState
+    rng: jax.Array
+    discount: float = struct.field(pytree_node=False)
+    tau: float = struct.field(pytree_node=False)
+    target_entropy: float = struct.field(pytree_node=False)
+    utd: int = struct.field(pytree_node=False)
+
+    @classmethod
+    def create(cls, seed: int, obs_dim: int, action_dim: int, cfg: AgentConfig) -> SACAgent:
+        """A freshly initialized agent for flat observations of size `obs_dim` and actions in [-1, 1]^A."""
+        _check_config(cfg, obs_dim, action_dim)
+        rng, actor_key, critic_key, temp_key = jax.random.split(jax.random.PRNGKey(seed), 4)
+        obs = jnp.zeros((1, obs_dim), jnp.float32)
+        act = jnp.zeros((1, action_dim), jnp.float32)
+
+        actor_def = make_actor(action_dim, cfg.hidden_dims)
+        actor = _train_state(actor_def.apply, actor_def.init(actor_key, obs)["params"], optax.adam(cfg.actor_lr))
+        critic_def = CriticEnsemble(tuple(cfg.hidden_dims), cfg.num_critics, cfg.critic_layer_norm)
+        critic_params = critic_def.init(critic_key, obs, act)["params"]
+        critic = _train_state(critic_def.apply, critic_params, optax.adam(cfg.critic_lr))
+        # The target is only ever Polyak-averaged, never stepped by gradients: a no-op optimizer keeps it a
+        # TrainState (with apply_fn) without allocating Adam moments.
+        target_critic = _train_state(critic_def.apply, critic_params, optax.set_to_zero())
+        temp_def = Temperature(cfg.init_temperature)
+        temp = _train_state(temp_def.apply, temp_def.init(temp_key)["params"], optax.adam(cfg.temp_lr))
+        return cls(
+            actor=actor,
+            critic=critic,
+            target_critic=target_critic,
+            temp=temp,
+            rng=rng,
+            discount=float(cfg.discount),
+            tau=float(cfg.tau),
+            target_entropy=-float(cfg.target_entropy_scale) * action_dim,
+            utd=int(cfg.utd),
+        )
+
+    # ------------------------------------------------------------------------------------------- inference
+
+    @property
+    def actor_params(self) -> Any:
+        """The actor's parameters: exactly the pytree `policy.make_policy_fn`'s `policy_fn` takes."""
+        return self.actor.params
+
+    @jax.jit
+    def sample_actions(self, observations: jax.Array, key: jax.Array) -> jax.Array:
+        """A stochastic action in [-1, 1] for `(D,)` or `(B, D)` observations."""
+        mean, log_std = self.actor.apply_fn({"params": self.actor.params}, observations)
+        return tanh_gaussian_sample(mean, log_std, key)[0]
+
+    @jax.jit
+    def eval_actions(self, observations: jax.Array) -> jax.Array:
+        """The deterministic action tanh(mean) for `(D,)` or `(B, D)` observations."""
+        mean, _ = self.actor.apply_fn({"params": self.actor.params}, observations)
+        return tanh_gaussian_mode(mean)
+
+    # ------------------------------------------------------------------------------------------- learning
+
+    def _temperature(self) -> jax.Array:
+        return self.temp.apply_fn({"params": self.temp.params})
+
+    def _critic_step(self, batch: Batch) -> tuple[SACAgent, Info]:
+        rng, key = jax.random.split(self.rng)
+        mean, log_std = self.actor.apply_fn({"params": self.actor.params}, batch["next_observations"])
+        next_actions, next_log_probs = tanh_gaussian_sample(mean, log_std, key)
+        next_qs = self.target_critic.apply_fn(
+            {"params": self.target_critic.params}, batch["next_observations"], next_actions
+        )
+        # Clipped double-Q over the whole ensemble, with the entropy bonus of the next action in the backup.
+        next_v = next_qs.min(axis=0) - self._temperature() * next_log_probs
+        target_q = batch["rewards"] + self.discount * batch["masks"] * next_v
+
+        def loss_fn(params: Any) -> tuple[jax.Array, Info]:
+            qs = self.critic.apply_fn({"params": params}, batch["observations"], batch["actions"])
+            loss = jnp.mean((qs - target_q[None]) ** 2)
+            return loss, {"critic_loss": loss, "q": qs.mean(), "target_q": target_q.mean()}
+
+        grads, info = jax.grad(loss_fn, has_aux=True)(self.critic.params)
+        critic = self.critic.apply_gradients(grads=grads)
+        target_params = optax.incremental_update(critic.params, self.target_critic.params, self.tau)
+        target_critic = self.target_critic.replace(params=target_params)
+        return self.replace(critic=critic, target_critic=target_critic, rng=rng), info
+
+    def _actor_step(self, batch: Batch) -> tuple[SACAgent, Info]:
+        """One actor step, then one temperature step toward the target entropy (both on `batch`)."""
+        rng, key = jax.random.split(self.rng)
+        temperature = self._temperature()
+
+        def actor_loss_fn(params: Any) -> tuple[jax.Array, Info]:
+            mean, log_std = self.actor.apply_fn({"params": params}, batch["observations"])
+            actions, log_probs = tanh_gaussian_sample(mean, log_std, key)
+            qs = self.critic.apply_fn({"params": self.critic.params}, batch["observations"], actions)
+            # Mean over the ensemble (as in jaxrl/RLPD): the pessimism already lives in the critic's target.
+            loss = jnp.mean(temperature * log_probs - qs.mean(axis=0))
+            return loss, {"actor_loss": loss, "entropy": -log_probs.mean()}
+
+        grads, actor_info = jax.grad(actor_loss_fn, has_aux=True)(self.actor.params)
+        actor = self.actor.apply_gradients(grads=grads)
+
+        entropy = jax.lax.stop_gradient(actor_info["entropy"])
+
+        def temp_loss_fn(params: Any) -> tuple[jax.Array, Info]:
+            temp = self.temp.apply_fn({"params": params})
+            # Raises the temperature while the policy's entropy is below target, lowers it above.
+            loss = temp * (entropy - self.target_entropy)
+            return loss, {"temperature_loss": loss}
+
+        grads, temp_info = jax.grad(temp_loss_fn, has_aux=True)(self.temp.params)
+        temp = self.temp.apply_gradients(grads=grads)
+        info = {**actor_info, **temp_info, "temperature": temperature}
+        return self.replace(actor=actor, temp=temp, rng=rng), info
+
+    @jax.jit
+    def critic_step(self, batch: Batch) -> tuple[SACAgent, Info]:
+        """One critic step and target update on a single minibatch (what `update` scans over)."""
+        return self._critic_step(batch)
+
+    @jax.jit
+    def actor_step(self, batch: Batch) -> tuple[SACAgent, Info]:
+        """One actor step and one temperature step on a single minibatch (what `update` ends with)."""
+        return self._actor_step(batch)
+
+    @jax.jit
+    def update(self, batch: Batch) -> tuple[SACAgent, Info]:
+        """`utd` critic steps over `batch` split into `utd` minibatches, then one actor + temperature step on
+        the last minibatch. Returns the new agent and scalar diagnostics (critic ones averaged over the scan)."""
+        _check_batch(batch, self.utd)
+        minibatches = jax.tree.map(lambda x: x.reshape((self.utd, -1) + x.shape[1:]), batch)
+        agent, critic_info = jax.lax.scan(lambda a, mb: a._critic_step(mb), self, minibatches)
+        agent, actor_info = agent._actor_step(jax.tree.map(lambda x: x[-1], minibatches))
+        return agent, {**jax.tree.map(jnp.mean, critic_info), **actor_info}

@@ -1,0 +1,176 @@
+"""The learner's replay buffer.
+
+Owns: `ReplayBuffer`, a fixed-capacity ring buffer of transitions over flat dict observations
+(`"state/tcp_pose"`-style keys, any shapes and dtypes), filled on the host with validated inserts and sampled
+uniformly; and `to_agent_batch`, which turns a sample into the flat float32 batch the agents take.
+
+`terminated` and `truncated` are stored separately: the bootstrap mask is `1 - terminated`, so an episode cut
+off by a time limit still bootstraps from its last observation.
+
+Observations and next observations live in separate per-key arrays, reached only through `_gather`, so a later
+image store can keep each frame once (next frame = the following slot of the same episode) behind that one
+method without changing `insert` or `sample`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from serl_stack.config import ReplayConfig
+from serl_stack.data.obs import flatten_keys, to_vector
+
+ObsSpec = dict[str, tuple[tuple[int, ...], np.dtype]]
+"""Flat key path -> (shape, dtype) of one observation leaf."""
+
+
+def spec_from_example(obs: Mapping[str, Any]) -> ObsSpec:
+    """The spec of a (nested or flat) example observation: each leaf's shape and dtype."""
+    return {k: (tuple(v.shape), v.dtype) for k, v in flatten_keys(obs).items()}
+
+
+class ReplayBuffer:
+    """Ring buffer of `(obs, action, reward, next_obs, terminated, truncated)`; the oldest are overwritten."""
+
+    def __init__(
+        self,
+        obs_spec: Mapping[str, tuple[tuple[int, ...], Any]],
+        action_shape: tuple[int, ...],
+        cfg: ReplayConfig,
+        action_dtype: Any = np.float32,
+    ) -> None:
+        if cfg.capacity < 1:
+            raise ValueError(f"replay.capacity: got {cfg.capacity!r}, expected >= 1")
+        if not obs_spec:
+            raise ValueError("obs_spec: got an empty spec, expected at least one observation key")
+        self.capacity = int(cfg.capacity)
+        self.obs_spec: ObsSpec = {k: (tuple(shape), np.dtype(dtype)) for k, (shape, dtype) in obs_spec.items()}
+        self.action_shape = tuple(action_shape)
+        self.action_dtype = np.dtype(action_dtype)
+
+        def alloc(spec: ObsSpec) -> dict[str, np.ndarray]:
+            return {k: np.zeros((self.capacity, *shape), dtype) for k, (shape, dtype) in spec.items()}
+
+        self._obs = alloc(self.obs_spec)
+        self._next_obs = alloc(self.obs_spec)
+        self._actions = np.zeros((self.capacity, *self.action_shape), self.action_dtype)
+        self._rewards = np.zeros((self.capacity,), np.float32)
+        self._terminated = np.zeros((self.capacity,), bool)
+        self._truncated = np.zeros((self.capacity,), bool)
+        self._insert_index = 0
+        self._size = 0
+
+    @classmethod
+    def from_example(cls, obs: Mapping[str, Any], action: Any, cfg: ReplayConfig) -> ReplayBuffer:
+        """A buffer whose spec is taken from one example observation and action (e.g. the first reset)."""
+        action = np.asarray(action)
+        return cls(spec_from_example(obs), action.shape, cfg, action.dtype)
+
+    def __len__(self) -> int:
+        return self._size
+
+    # ----------------------------------------------------------------------------------------------- insert
+
+    def _check_obs(self, obs: Mapping[str, Any], name: str) -> dict[str, np.ndarray]:
+        flat = flatten_keys(obs)
+        missing = sorted(set(self.obs_spec) - set(flat))
+        extra = sorted(set(flat) - set(self.obs_spec))
+        if missing or extra:
+            raise ValueError(
+                f"{name}: keys do not match the spec (missing {missing}, unexpected {extra}); "
+                f"expected keys {sorted(self.obs_spec)}"
+            )
+        out = {}
+        for key, (shape, dtype) in self.obs_spec.items():
+            out[key] = _check_array(f"{name}['{key}']", flat[key], shape, dtype)
+        return out
+
+    def insert(
+        self,
+        obs: Mapping[str, Any],
+        action: Any,
+        reward: float,
+        next_obs: Mapping[str, Any],
+        terminated: bool,
+        truncated: bool,
+    ) -> None:
+        """Validate and store one transition. Raises ValueError naming the field on a wrong key, shape or dtype,
+        or a NaN/inf; nothing is written when validation fails."""
+        obs_flat = self._check_obs(obs, "obs")
+        next_flat = self._check_obs(next_obs, "next_obs")
+        action_arr = _check_array("action", action, self.action_shape, self.action_dtype)
+        reward_arr = _check_array("reward", reward, (), np.dtype(np.float32))
+        for name, flag in (("terminated", terminated), ("truncated", truncated)):
+            if not isinstance(flag, (bool, np.bool_)):
+                raise ValueError(f"{name}: got {flag!r} ({type(flag).__name__}), expected a bool")
+
+        i = self._insert_index
+        for key in self.obs_spec:
+            self._obs[key][i] = obs_flat[key]
+            self._next_obs[key][i] = next_flat[key]
+        self._actions[i] = action_arr
+        self._rewards[i] = reward_arr
+        self._terminated[i] = terminated
+        self._truncated[i] = truncated
+        self._insert_index = (i + 1) % self.capacity
+        self._size = min(self._size + 1, self.capacity)
+
+    # ----------------------------------------------------------------------------------------------- sample
+
+    def _gather(self, idx: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Observations and next observations at slots `idx` (the one place that knows how they are stored)."""
+        return ({k: v[idx] for k, v in self._obs.items()}, {k: v[idx] for k, v in self._next_obs.items()})
+
+    def sample(self, batch_size: int, rng: np.random.Generator) -> dict[str, Any]:
+        """`batch_size` transitions drawn uniformly with replacement.
+
+        Returns {"observations": {key: (B, ...)}, "actions": (B, *A), "rewards": (B,) float32,
+        "next_observations": {key: (B, ...)}, "masks": (B,) float32 = 1 - terminated,
+        "terminated": (B,) bool, "truncated": (B,) bool}.
+        """
+        if self._size == 0:
+            raise ValueError("sample: the replay buffer is empty; insert transitions first")
+        if batch_size < 1:
+            raise ValueError(f"batch_size: got {batch_size!r}, expected >= 1")
+        idx = rng.integers(0, self._size, size=batch_size)
+        obs, next_obs = self._gather(idx)
+        terminated = self._terminated[idx]
+        return {
+            "observations": obs,
+            "actions": self._actions[idx],
+            "rewards": self._rewards[idx],
+            "next_observations": next_obs,
+            "masks": 1.0 - terminated.astype(np.float32),
+            "terminated": terminated,
+            "truncated": self._truncated[idx],
+        }
+
+
+def _check_array(name: str, value: Any, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """`value` as an array of `dtype`, or a ValueError naming `name`, what was seen and what was expected."""
+    arr = np.asarray(value)
+    if arr.shape != shape:
+        raise ValueError(f"{name}: got shape {arr.shape}, expected {shape}")
+    # same_kind lets float64 -> float32 and int -> float through but refuses float -> int and signed ->
+    # unsigned, which would silently truncate or wrap (e.g. an image normalized to [0, 1] stored as zeros).
+    if not np.can_cast(arr.dtype, dtype, casting="same_kind"):
+        raise ValueError(f"{name}: got dtype {arr.dtype}, expected {dtype} (or a dtype that casts to it)")
+    if np.issubdtype(arr.dtype, np.inexact) and not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name}: got non-finite values (NaN or inf) in an array of shape {shape}")
+    return arr.astype(dtype, copy=False)
+
+
+def to_agent_batch(sample: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The agents' batch from a `ReplayBuffer.sample`: observations flattened in `keys` order to float32 (B, D).
+
+    `keys` is usually `serl_stack.data.obs.vector_keys(example_obs)`; the same order must be used when acting.
+    """
+    return {
+        "observations": to_vector(sample["observations"], keys, batch_dims=1),
+        "actions": np.asarray(sample["actions"], np.float32),
+        "rewards": np.asarray(sample["rewards"], np.float32),
+        "next_observations": to_vector(sample["next_observations"], keys, batch_dims=1),
+        "masks": np.asarray(sample["masks"], np.float32),
+    }
