@@ -1,0 +1,202 @@
+"""The actor process loop: step the env with the newest policy, stream transitions, evaluate at the end.
+
+Owns: the actor's bookkeeping (episodes, pacing against the learner, the final evaluation). It imports only the
+policy's inference function and never the learner, so it starts fast and runs next to the robot.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import jax
+import numpy as np
+from flax import serialization
+
+from serl_stack.config import Config
+from serl_stack.data.obs import flatten_keys, to_vector, vector_keys
+from serl_stack.transport.actor_client import ActorClient
+
+FLUSH_EVERY = 16
+"""Transitions per message; a batch is also sent at every episode end and before waiting on the learner."""
+LEARNER_SILENCE_WARN_S = 30.0
+
+
+def actor_may_step(env_steps: int, updates: int, start_steps: int, slack: int) -> bool:
+    """Sim pacing: env steps after the warm-up may lead learner updates by at most `slack`."""
+    return env_steps < start_steps or env_steps - start_steps <= updates + slack
+
+
+class PolicyRunner:
+    """The newest policy parameters and a jitted inference function over flat observation vectors."""
+
+    def __init__(self, obs_dim: int, action_dim: int, cfg: Config) -> None:
+        from serl_stack.agents.policy import make_policy_fn
+
+        init_params, self._policy = make_policy_fn(obs_dim, action_dim, cfg.agent)
+        self._template = init_params(jax.random.PRNGKey(0))
+        self.params: Any = None
+        self.version = -1
+
+    def load(self, version: int, state_dict: Any) -> None:
+        """Adopt broadcast parameters (a nested dict of arrays) if newer than what we have."""
+        if version <= self.version:
+            return
+        self.params = serialization.from_state_dict(self._template, state_dict)
+        self.version = version
+
+    def act(self, obs_vec: np.ndarray, key: jax.Array, deterministic: bool) -> np.ndarray:
+        return np.asarray(self._policy(self.params, obs_vec, key, deterministic))
+
+
+def evaluate(
+    env: gym.Env, policy: PolicyRunner, keys: tuple[str, ...], episodes: int, first_seed: int
+) -> dict[str, Any]:
+    """Deterministic episodes on seeds `first_seed, first_seed+1, ...`; success from `info["success"]`."""
+    returns, successes, lengths = [], [], []
+    key = jax.random.PRNGKey(0)  # unused by the deterministic policy, required by its signature
+    for i in range(episodes):
+        obs, _ = env.reset(seed=first_seed + i)
+        ret, length, done, info = 0.0, 0, False, {}
+        while not done:
+            action = policy.act(to_vector(flatten_keys(obs), keys), key, True)
+            obs, reward, terminated, truncated, info = env.step(action)
+            ret += float(reward)
+            length += 1
+            done = terminated or truncated
+        returns.append(ret)
+        successes.append(bool(info.get("success", False)))
+        lengths.append(length)
+    return {
+        "episodes": episodes,
+        "first_seed": first_seed,
+        "success_rate": float(np.mean(successes)),
+        "return_mean": float(np.mean(returns)),
+        "return_std": float(np.std(returns)),
+        "length_mean": float(np.mean(lengths)),
+        "params_version": policy.version,
+    }
+
+
+class Actor:
+    """Runs `cfg.train.total_env_steps` env steps, then the final evaluation; `run()` returns an exit code."""
+
+    def __init__(self, cfg: Config, run_dir: Path, actor_id: str = "actor-0", parent_pid: int | None = None):
+        from serl_stack.envs import make_env
+
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.parent_pid = parent_pid
+        t = cfg.transport
+        for name in ("transitions_port", "params_port"):
+            if getattr(t, name) == 0:
+                raise ValueError(f"transport.{name} is 0; the actor needs the learner's port (expected 1..65535)")
+        self.client = ActorClient(t.host, t.transitions_port, t.params_port, actor_id, t.max_message_bytes)
+        self.env = make_env(cfg.env)
+        self.pending: list[dict[str, Any]] = []
+        self.policy: PolicyRunner | None = None
+        self.keys: tuple[str, ...] = ()
+
+    def _flush(self) -> None:
+        if self.pending:
+            self.client.send("transitions", {"transitions": self.pending})
+            self.pending = []
+
+    def _poll(self, timeout_ms: int) -> None:
+        self.client.poll(timeout_ms)
+        body = self.client.params_body
+        if self.policy is not None and body is not None and "params" in body:
+            self.policy.load(self.client.params_version, body["params"])
+        if self.parent_pid is not None and os.getppid() != self.parent_pid:
+            raise SystemExit("actor: parent process is gone; stopping")
+
+    def _wait(self, ready, what: str) -> None:
+        """Poll the learner until `ready()`; warn when it has been silent for long."""
+        self._flush()
+        since = time.monotonic()
+        while not ready():
+            self._poll(100)
+            if time.monotonic() - since > LEARNER_SILENCE_WARN_S:
+                print(f"actor: still waiting for the learner ({what}); is it running?", flush=True)
+                since = time.monotonic()
+
+    def _updates(self) -> int:
+        return int(self.client.learner_status.get("updates", 0))
+
+    def run(self) -> int:
+        t = self.cfg.train
+        rng_key = jax.random.PRNGKey(t.seed + 1)
+        self.env.action_space.seed(t.seed)
+        obs, _ = self.env.reset(seed=t.seed)
+        self.keys = vector_keys(flatten_keys(obs))
+        obs_dim = int(to_vector(flatten_keys(obs), self.keys).shape[-1])
+        action_dim = int(np.prod(self.env.action_space.shape))
+        self.policy = PolicyRunner(obs_dim, action_dim, self.cfg)
+        episode, ep_return, ep_len = 0, 0.0, 0
+        try:
+            for step in range(t.total_env_steps):
+                if not actor_may_step(step, self._updates(), t.start_steps, t.throttle_slack):
+                    self._wait(
+                        lambda s=step: actor_may_step(s, self._updates(), t.start_steps, t.throttle_slack),
+                        "updates",
+                    )
+                if step < t.start_steps:
+                    action = self.env.action_space.sample()
+                else:
+                    if self.policy.params is None:
+                        self._wait(lambda: self.policy.params is not None, "first parameters")
+                    rng_key, key = jax.random.split(rng_key)
+                    action = self.policy.act(to_vector(flatten_keys(obs), self.keys), key, False)
+                next_obs, reward, terminated, truncated, info = self.env.step(action)
+                ep_return += float(reward)
+                ep_len += 1
+                self.pending.append(
+                    {
+                        "observation": obs,
+                        "action": np.asarray(action, dtype=np.float32),
+                        "executed_action": np.asarray(action, dtype=np.float32),
+                        "reward": float(reward),
+                        "next_observation": next_obs,
+                        "terminated": bool(terminated),
+                        "truncated": bool(truncated),
+                        "episode": episode,
+                    }
+                )
+                obs = next_obs
+                if terminated or truncated:
+                    self._flush()
+                    self.client.send(
+                        "episode",
+                        {"episode": episode, "return": ep_return, "length": ep_len,
+                         "success": bool(info.get("success", False))},
+                    )
+                    episode, ep_return, ep_len = episode + 1, 0.0, 0
+                    obs, _ = self.env.reset()
+                elif len(self.pending) >= FLUSH_EVERY:
+                    self._flush()
+                self._poll(0)
+            self._flush()
+            self.client.send("done", {"env_steps": t.total_env_steps})
+            print("actor: collection finished; waiting for the final parameters", flush=True)
+            self._wait(lambda: bool((self.client.params_body or {}).get("final")), "final parameters")
+            result = evaluate(self.env, self.policy, self.keys, t.eval_episodes, t.eval_seed)
+            (self.run_dir / "eval.json").write_text(json.dumps(result, indent=2))
+            self.client.send("eval", result)
+            self._wait(lambda: not self.client.unacked, "acknowledgement of the evaluation")
+            return 0
+        except KeyboardInterrupt:
+            self._flush()
+            print(f"actor: interrupted after episode {episode}", flush=True)
+            return 130
+        finally:
+            self.client.close()
+            self.env.close()
+
+
+def run_actor(cfg: Config, run_dir: Path, parent_pid: int | None = None) -> int:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return Actor(cfg, run_dir, parent_pid=parent_pid).run()

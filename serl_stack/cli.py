@@ -1,0 +1,84 @@
+"""The `serl` command: `serl train` (learner + actor on one machine), `serl learner`, `serl actor`, `serl config`.
+
+Owns: argument parsing and per-process setup (XLA/BLAS thread counts are set here, before JAX is imported, so
+each process uses the cores it was given). Everything heavy is imported inside the subcommand that needs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from serl_stack.config import ConfigError, dump, load
+
+
+def set_thread_env(threads: int) -> None:
+    """Limit XLA's CPU backend and BLAS pools to `threads`, 0 = no limit (must run before `import jax`)."""
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    if threads <= 0:
+        return
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", str(threads))
+    os.environ.setdefault("MKL_NUM_THREADS", str(threads))
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "intra_op_parallelism_threads" not in flags and threads == 1:
+        flags += " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    os.environ["XLA_FLAGS"] = flags.strip()
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", type=Path, default=None, help="YAML config (default: the built-in sim reach)")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config field by dotted path, e.g. --set agent.utd=4 (repeatable)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="serl", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train in sim: spawn a learner and an actor process talking ZeroMQ")
+    _add_config_args(p)
+    p.add_argument("--run-dir", type=Path, default=None, help="where logs and checkpoints go (default: a new folder)")
+
+    for name, what in (("learner", "run the learner process"), ("actor", "run the actor process")):
+        p = sub.add_parser(name, help=what)
+        _add_config_args(p)
+        p.add_argument("--run-dir", type=Path, required=True, help="run folder for logs/checkpoints")
+        p.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
+
+    p = sub.add_parser("config", help="print the resolved config as YAML")
+    _add_config_args(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = load(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"serl: config error: {e}", file=sys.stderr)
+        return 2
+    if args.command == "config":
+        print(dump(cfg), end="")
+        return 0
+    if args.command == "train":
+        from serl_stack.orchestrate import train
+
+        return train(cfg, args.run_dir)
+    if args.command == "learner":
+        set_thread_env(cfg.train.learner_threads)
+        from serl_stack.learner import run_learner
+
+        return run_learner(cfg, args.run_dir, args.parent_pid)
+    set_thread_env(cfg.train.actor_threads)
+    from serl_stack.actor import run_actor
+
+    return run_actor(cfg, args.run_dir, args.parent_pid)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

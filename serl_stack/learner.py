@@ -1,0 +1,217 @@
+"""The learner process loop: receive transitions, fill the replay buffer, update the agent, publish parameters.
+
+Owns: the learner's bookkeeping (counters, pacing against the actor, logging, checkpoint cadence). The algorithm
+lives in `agents/`, the wire in `transport/`, the buffer in `data/`. Started by `serl learner` (or by
+`serl train`, which spawns it as its own process).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from flax import serialization
+from tensorboardX import SummaryWriter
+
+from serl_stack.checkpoint import Checkpointer
+from serl_stack.config import Config
+from serl_stack.data.obs import flatten_keys, vector_keys
+from serl_stack.data.replay import ReplayBuffer, to_agent_batch
+from serl_stack.transport.learner_server import TOPIC_PARAMS, TOPIC_STATUS, LearnerServer
+
+STATUS_PERIOD_S = 0.5
+
+
+def learner_may_update(updates: int, env_steps: int, start_steps: int) -> bool:
+    """One update (of `utd` critic steps) per env step after the random warm-up, never ahead of the data."""
+    return env_steps >= start_steps and updates < env_steps - start_steps + 1
+
+
+class Learner:
+    """State of a running learner; `run()` loops until the actor is done (or Ctrl-C) and returns an exit code."""
+
+    def __init__(self, cfg: Config, run_dir: Path, parent_pid: int | None = None) -> None:
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.parent_pid = parent_pid
+        t = cfg.transport
+        self.server = LearnerServer(t.host, t.transitions_port, t.params_port, t.max_message_bytes)
+        self.writer = SummaryWriter(str(run_dir / "tb" / "learner"))
+        self.checkpointer = Checkpointer(run_dir / "checkpoints")
+        self.rng = np.random.default_rng(cfg.train.seed)
+        self.agent: Any = None
+        self.replay: ReplayBuffer | None = None
+        self.keys: tuple[str, ...] = ()
+        self.env_steps = 0
+        self.updates = 0
+        self.params_version = 0
+        self.quarantined = 0
+        self.episodes = 0
+        self.returns: deque[float] = deque(maxlen=20)
+        self.successes: deque[float] = deque(maxlen=20)
+        self.actor_done_steps: int | None = None
+        self.final_sent = False
+        self.eval_result: dict[str, Any] | None = None
+        self._ups_window: deque[tuple[float, int]] = deque(maxlen=50)
+        self._last_status = 0.0
+
+    # ------------------------------------------------------------------------------------------- messages
+    def _init_from_first(self, obs: dict[str, Any], action: np.ndarray) -> None:
+        from serl_stack.agents.sac import SACAgent  # deferred: building the agent compiles, keep import light
+
+        flat = flatten_keys(obs)
+        self.keys = vector_keys(flat)
+        obs_dim = int(sum(np.asarray(flat[k]).size for k in self.keys))
+        self.replay = ReplayBuffer.from_example(flat, np.asarray(action), self.cfg.replay)
+        self.agent = SACAgent.create(self.cfg.train.seed, obs_dim, int(np.asarray(action).size), self.cfg.agent)
+        self._publish_params()
+
+    def _insert(self, tr: Any) -> None:
+        if not isinstance(tr, dict):
+            raise ValueError(f"transition: expected a map, got {type(tr).__name__}")
+        for field in ("observation", "action", "reward", "next_observation", "terminated", "truncated"):
+            if field not in tr:
+                raise ValueError(f"transition has no '{field}' field")
+        if self.replay is None:
+            self._init_from_first(tr["observation"], tr["action"])
+        assert self.replay is not None
+        self.replay.insert(
+            flatten_keys(tr["observation"]),
+            np.asarray(tr["action"]),
+            float(tr["reward"]),
+            flatten_keys(tr["next_observation"]),
+            bool(tr["terminated"]),
+            bool(tr["truncated"]),
+        )
+
+    def _handle_messages(self, timeout_ms: int) -> None:
+        for msg in self.server.recv(timeout_ms):
+            body = msg.body if isinstance(msg.body, dict) else {}
+            if msg.msg_type == "transitions":
+                for tr in body.get("transitions", []):
+                    try:
+                        self._insert(tr)
+                    except (ValueError, TypeError, KeyError) as e:
+                        # A bad record is set aside and counted; the actor's sequence keeps moving.
+                        self.quarantined += 1
+                        self.writer.add_text("quarantined", str(e), self.env_steps)
+                        continue
+                    self.env_steps += 1
+            elif msg.msg_type == "episode":
+                self._log_episode(body)
+            elif msg.msg_type == "done":
+                self.actor_done_steps = int(body.get("env_steps", self.env_steps))
+            elif msg.msg_type == "eval":
+                self.eval_result = body
+                for k, v in body.items():
+                    if isinstance(v, (int, float)):
+                        self.writer.add_scalar(f"eval/{k}", v, self.updates)
+            self.server.reply(msg.identity, "ack", {"status": self.status()}, seq=msg.seq)
+
+    def _log_episode(self, body: dict[str, Any]) -> None:
+        self.episodes += 1
+        ret, success = float(body.get("return", 0.0)), float(bool(body.get("success", False)))
+        self.returns.append(ret)
+        self.successes.append(success)
+        self.writer.add_scalar("episode/return", ret, self.env_steps)
+        self.writer.add_scalar("episode/success", success, self.env_steps)
+        self.writer.add_scalar("episode/length", float(body.get("length", 0)), self.env_steps)
+
+    # ------------------------------------------------------------------------------------------- outputs
+    def status(self) -> dict[str, Any]:
+        ups = 0.0
+        if len(self._ups_window) >= 2:
+            (t0, u0), (t1, u1) = self._ups_window[0], self._ups_window[-1]
+            ups = (u1 - u0) / max(t1 - t0, 1e-9)
+        return {
+            "env_steps": self.env_steps,
+            "updates": self.updates,
+            "updates_per_s": ups,
+            "episodes": self.episodes,
+            "return_mean": float(np.mean(self.returns)) if self.returns else None,
+            "success_rate": float(np.mean(self.successes)) if self.successes else None,
+            "quarantined": self.quarantined,
+            "params_version": self.params_version,
+            "phase": "evaluating" if self.final_sent else "training",
+        }
+
+    def _publish_params(self, final: bool = False) -> None:
+        self.params_version += 1
+        params = jax.tree.map(np.asarray, serialization.to_state_dict(self.agent.actor_params))
+        body = {"params": params, "final": final, "status": self.status()}
+        self.server.publish(TOPIC_PARAMS, "params", body, seq=self.params_version)
+
+    def _checkpoint(self) -> Path:
+        meta = {"updates": self.updates, "env_steps": self.env_steps, "params_version": self.params_version}
+        return self.checkpointer.save(self.updates, self.agent, meta)
+
+    def _update(self) -> None:
+        assert self.replay is not None
+        a = self.cfg.agent
+        sample = self.replay.sample(a.utd * a.batch_size, self.rng)
+        self.agent, info = self.agent.update(to_agent_batch(sample, self.keys))
+        self.updates += 1
+        self._ups_window.append((time.monotonic(), self.updates))
+        t = self.cfg.train
+        if self.updates % self.cfg.transport.params_every == 0:
+            self._publish_params()
+        if self.updates % t.log_every == 0:
+            for k, v in jax.device_get(info).items():
+                self.writer.add_scalar(f"learner/{k}", float(np.mean(v)), self.updates)
+            self.writer.add_scalar("learner/updates_per_s", self.status()["updates_per_s"], self.updates)
+        if self.updates % t.checkpoint_every == 0:
+            self._checkpoint()
+
+    # ------------------------------------------------------------------------------------------- loop
+    def run(self) -> int:
+        t = self.cfg.train
+        final_at = 0.0
+        try:
+            while True:
+                can_update = self.agent is not None and learner_may_update(
+                    self.updates, self.env_steps, t.start_steps
+                )
+                self._handle_messages(0 if can_update else 20)
+                if can_update:
+                    self._update()
+                now = time.monotonic()
+                if now - self._last_status > STATUS_PERIOD_S:
+                    self._last_status = now
+                    self.server.publish(TOPIC_STATUS, "status", self.status())
+                    if self.parent_pid is not None and os.getppid() != self.parent_pid:
+                        print("learner: parent process is gone; stopping", flush=True)
+                        return 1
+                caught_up = self.actor_done_steps is not None and not learner_may_update(
+                    self.updates, self.env_steps, t.start_steps
+                )
+                if caught_up and self.env_steps >= (self.actor_done_steps or 0):
+                    if not self.final_sent and self.agent is not None:
+                        self._checkpoint()
+                        self.final_sent = True
+                    if now - final_at > 1.0 and self.agent is not None:
+                        final_at = now  # resent until the actor reports its evaluation
+                        self._publish_params(final=True)
+                if self.eval_result is not None:
+                    (self.run_dir / "eval.json").write_text(json.dumps(self.eval_result, indent=2))
+                    self.server.publish(TOPIC_STATUS, "status", {**self.status(), "phase": "done"})
+                    return 0
+        except KeyboardInterrupt:
+            if self.agent is not None:
+                path = self._checkpoint()
+                print(f"learner: interrupted; checkpoint saved to {path}", flush=True)
+            return 130
+        finally:
+            self.writer.close()
+            self.checkpointer.close()
+            self.server.close()
+
+
+def run_learner(cfg: Config, run_dir: Path, parent_pid: int | None = None) -> int:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return Learner(cfg, run_dir, parent_pid).run()

@@ -1,0 +1,167 @@
+"""`serl train`: run a learner and an actor as two spawned OS processes on this machine and show progress.
+
+Owns: the run folder (resolved config, per-process logs), picking free loopback ports, spawning both processes
+as fresh interpreters (never forked: JAX is not fork-safe), the progress display fed by the learner's status
+broadcast, Ctrl-C handling (both children stop; none is left behind), and the closing summary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import zmq
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from serl_stack.config import Config, dump
+from serl_stack.transport.learner_server import TOPIC_STATUS, endpoint
+from serl_stack.transport.protocol import ProtocolError, open_envelope
+
+STOP_GRACE_S = 30.0
+PLAIN_STATUS_EVERY_S = 15.0
+
+
+def free_port(host: str) -> int:
+    """A port that is free on `host` right now (the OS picks it)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def prepare_run(cfg: Config, run_dir: Path | None) -> tuple[Config, Path]:
+    """Pick ports left at 0, create the run folder and write the resolved config into it."""
+    t = cfg.transport
+    transport = dataclasses.replace(
+        t,
+        transitions_port=t.transitions_port or free_port(t.host),
+        params_port=t.params_port or free_port(t.host),
+    )
+    cfg = dataclasses.replace(cfg, transport=transport)
+    if run_dir is None:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        run_dir = Path(cfg.train.run_dir) / f"{stamp}-{cfg.env.id}-s{cfg.train.seed}"
+    run_dir = run_dir.absolute()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(dump(cfg))
+    return cfg, run_dir
+
+
+def spawn(role: str, run_dir: Path) -> subprocess.Popen:
+    """Start `serl <role>` as a new interpreter; its output goes to `<run_dir>/<role>.log`."""
+    log = open(run_dir / f"{role}.log", "wb")  # noqa: SIM115 - the child owns it for its lifetime
+    cmd = [sys.executable, "-m", "serl_stack.cli", role, "--config", str(run_dir / "config.yaml"),
+           "--run-dir", str(run_dir), "--parent-pid", str(os.getpid())]
+    # A new session: a terminal Ctrl-C reaches only us, and we stop the children in order.
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def stop(procs: dict[str, subprocess.Popen], grace_s: float = STOP_GRACE_S) -> None:
+    """SIGINT every live child (they checkpoint and exit), then SIGKILL whatever is left after `grace_s`."""
+    for p in procs.values():
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + grace_s
+    for p in procs.values():
+        try:
+            p.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _fmt(status: dict[str, Any]) -> str:
+    ret, succ = status.get("return_mean"), status.get("success_rate")
+    return (
+        f"upd/s {status.get('updates_per_s', 0.0):6.1f}  "
+        f"return {'-' if ret is None else f'{ret:7.2f}'}  "
+        f"success {'-' if succ is None else f'{100 * succ:5.1f}%'}  "
+        f"updates {status.get('updates', 0)}"
+    )
+
+
+def train(cfg: Config, run_dir: Path | None = None) -> int:
+    """Run a whole sim training: returns 0 when both processes finished and the evaluation was written."""
+    console = Console()
+    cfg, run_dir = prepare_run(cfg, run_dir)
+    console.print(f"[bold]serl train[/bold]  {cfg.env.id}  seed {cfg.train.seed}  run folder: {run_dir}")
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, TOPIC_STATUS)
+    sub.connect(endpoint(cfg.transport.host, cfg.transport.params_port))
+    procs = {"learner": spawn("learner", run_dir), "actor": spawn("actor", run_dir)}
+    status: dict[str, Any] = {}
+    code = 0
+    progress = Progress(
+        TextColumn("[bold blue]env steps"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+        TimeElapsedColumn(), console=console, transient=False, disable=not console.is_terminal,
+    )
+    task = progress.add_task("starting", total=cfg.train.total_env_steps)
+    last_plain = time.monotonic()
+    try:
+        with progress:
+            while any(p.poll() is None for p in procs.values()):
+                if sub.poll(200):
+                    try:
+                        msg = open_envelope(sub.recv_multipart()[1], cfg.transport.max_message_bytes)
+                        status = msg["body"] if isinstance(msg["body"], dict) else status
+                    except (ProtocolError, IndexError):
+                        pass  # the status line is cosmetic; a garbled one is skipped
+                progress.update(task, completed=status.get("env_steps", 0), description=_fmt(status))
+                if not console.is_terminal and time.monotonic() - last_plain > PLAIN_STATUS_EVERY_S:
+                    last_plain = time.monotonic()
+                    print(f"env steps {status.get('env_steps', 0)}/{cfg.train.total_env_steps}  {_fmt(status)}",
+                          flush=True)
+                failed = [r for r, p in procs.items() if p.poll() not in (None, 0)]
+                if failed:
+                    console.print(f"[red]{', '.join(failed)} exited with an error; stopping the run[/red]")
+                    code = 1
+                    break
+    except KeyboardInterrupt:
+        console.print("[yellow]Ctrl-C: stopping the learner and the actor (the learner saves a checkpoint)[/yellow]")
+        code = 130
+    finally:
+        stop(procs)
+        sub.close(linger=0)
+    for role, p in procs.items():
+        if p.returncode not in (0, 130, -signal.SIGINT):
+            code = code or 1
+            console.print(f"[red]{role} exited with code {p.returncode}; last lines of {run_dir / (role + '.log')}:")
+            console.print(_tail(run_dir / f"{role}.log"), markup=False, highlight=False)
+    _summary(console, cfg, run_dir)
+    return code
+
+
+def _summary(console: Console, cfg: Config, run_dir: Path) -> None:
+    eval_file = run_dir / "eval.json"
+    if eval_file.is_file():
+        r = json.loads(eval_file.read_text())
+        last = r["first_seed"] + r["episodes"] - 1
+        console.print(
+            f"[bold green]Final evaluation[/bold green]: {r['episodes']} deterministic episodes on held-out seeds "
+            f"{r['first_seed']}..{last}: success {100 * r['success_rate']:.1f}%, "
+            f"return {r['return_mean']:.2f} ± {r['return_std']:.2f}, mean length {r['length_mean']:.1f}"
+        )
+    else:
+        console.print("[yellow]No final evaluation was written (the run did not finish).[/yellow]")
+    console.print(f"TensorBoard logs: {run_dir / 'tb'}   (tensorboard --logdir {run_dir / 'tb'})")
+    console.print(f"Checkpoints:      {run_dir / 'checkpoints'}")
+    console.print(f"Process logs:     {run_dir / 'learner.log'}, {run_dir / 'actor.log'}")

@@ -1,0 +1,84 @@
+"""End to end: `serl train` spawns a learner and an actor process that talk ZeroMQ, train, evaluate and exit."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = [
+    "--set", "train.total_env_steps=1200", "--set", "train.start_steps=400", "--set", "train.eval_episodes=3",
+    "--set", "train.checkpoint_every=300", "--set", "train.log_every=100", "--set", "agent.hidden_dims=[64, 64]",
+    "--set", "agent.batch_size=64",
+]
+
+
+def _children_of(pid: int) -> list[int]:
+    """Live processes started by `serl train` with --parent-pid `pid` (read from /proc)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes().split(b"\0")
+            state = (d / "stat").read_text().split(") ")[-1].split()[0]
+        except OSError:
+            continue
+        if b"--parent-pid" in cmd and cmd[cmd.index(b"--parent-pid") + 1] == str(pid).encode() and state != "Z":
+            out.append(int(d.name))
+    return out
+
+
+def _serl(*args: str) -> list[str]:
+    return [sys.executable, "-m", "serl_stack.cli", *args]
+
+
+@pytest.mark.slow
+def test_serl_train_runs_end_to_end(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    proc = subprocess.run(
+        _serl("train", "--run-dir", str(run), *SMALL), capture_output=True, text=True, timeout=600, cwd=ROOT,
+        env={**os.environ, "MUJOCO_GL": "egl"},
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + (run / "learner.log").read_text()
+    result = json.loads((run / "eval.json").read_text())
+    assert result["episodes"] == 3 and 0.0 <= result["success_rate"] <= 1.0
+    assert result["first_seed"] == 1_000_000 and result["params_version"] > 1
+    assert "Final evaluation" in proc.stdout and str(run / "checkpoints") in proc.stdout
+    assert list((run / "tb" / "learner").glob("events.out.tfevents.*"))
+    steps = sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps and steps[-1] >= 800 - 1, steps  # one update per env step after the 400-step warm-up
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_both_processes_and_checkpoints(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        _serl("train", "--run-dir", str(run), *SMALL, "--set", "train.total_env_steps=100000"),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+        env={**os.environ, "MUJOCO_GL": "egl"},
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not list((run / "checkpoints").glob("[0-9]*")):
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            time.sleep(1)
+        children = _children_of(proc.pid)
+        assert len(children) == 2, children
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out
+    assert "Ctrl-C" in out
+    for pid in children:
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][:2]
+    assert "checkpoint saved" in (run / "learner.log").read_text()
