@@ -66,19 +66,19 @@ class EnvConfig:
     """Radians per step for a unit rotation action."""
     reset_joint_noise: float = 0.05
     """Uniform joint perturbation (radians) around the ready pose at reset."""
-    workspace_low: tuple[float, ...] = (0.3, -0.25, 0.005)
+    workspace_low: tuple[float, ...] = (0.25, -0.25, 0.005)
     """Lower corner (base frame, m) of the box the commanded TCP position is clipped to (stand-in for safety)."""
-    workspace_high: tuple[float, ...] = (0.65, 0.25, 0.4)
+    workspace_high: tuple[float, ...] = (0.65, 0.25, 0.55)
     """Upper corner (base frame, m) of the box the commanded TCP position is clipped to."""
-    orientation_cone: float = 0.7854
+    orientation_cone: float = 0.35
     """Largest rotation (rad, about any axis) of the commanded TCP frame away from the nominal downward one."""
-    reach_min: float = 0.0
+    reach_min: float = 0.35
     """Commanded flange position at least this far (m) from the shoulder (elbow not folded into its limit)."""
-    reach_max: float = 10.0
+    reach_max: float = 0.7
     """Commanded flange position at most this far (m) from the shoulder (arm not stretched to a singularity)."""
-    goal_low: tuple[float, ...] = (0.3, -0.15, 0.2)
+    goal_low: tuple[float, ...] = (0.35, -0.15, 0.15)
     """Reach task: lower corner (base frame, m) of the box goals are sampled from uniformly."""
-    goal_high: tuple[float, ...] = (0.6, 0.15, 0.4)
+    goal_high: tuple[float, ...] = (0.65, 0.15, 0.35)
     """Reach task: upper corner (base frame, m) of the goal box."""
     success_radius: float = 0.02
     """Reach task: the TCP within this distance (m) of the goal is a success."""
@@ -216,7 +216,7 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
             return tuple(_coerce(v, args[0], f"{path}[{i}]") for i, v in enumerate(value))
         if len(args) != len(value):
             raise ConfigError(f"{path}: expected {len(args)} items, got {len(value)}: {value!r}")
-        return tuple(_coerce(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(args, value, strict=True)))
+        return tuple(_coerce(v, a, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{path}: expected bool (true/false), got {value!r}")

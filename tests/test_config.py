@@ -92,3 +92,13 @@ def test_cli_reports_bad_config_and_exits_2(tmp_path: Path, capsys: pytest.Captu
     assert "train.total_env_steps" in err and "expected int" in err
     assert main(["config", "--set", "agent.utd=3"]) == 0
     assert "utd: 3" in capsys.readouterr().out
+
+
+def test_fixed_length_tuples_are_checked_item_by_item() -> None:
+    from serl_stack.config import _coerce
+
+    with pytest.raises(ConfigError, match=r"x\[1\]: expected int"):
+        _coerce([1, 2.5], tuple[float, int], "x")
+    assert _coerce([1, 2], tuple[float, int], "x") == (1.0, 2)
+    with pytest.raises(ConfigError, match="expected 2 items"):
+        _coerce([1.0], tuple[float, int], "x")

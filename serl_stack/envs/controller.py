@@ -1,0 +1,165 @@
+"""Operational-space (cartesian impedance) controller that tracks a target TCP pose in MuJoCo.
+
+Owns: `OpSpaceController`, which turns a target pose (position + quaternion wxyz, base frame) into arm joint
+torques every physics step:
+
+    tau = J^T Lambda (kp e - kd v) + qfrc_bias + N^T (kp_null (q_ready - q) - kd_null qdot)
+
+with Lambda = (J M^-1 J^T)^-1 the task-space inertia (so the gains give unit-mass, gain-independent dynamics:
+kd = 2 zeta sqrt(kp)), qfrc_bias the gravity + Coriolis compensation, and N^T the dynamically consistent
+null-space projector that keeps the posture term from disturbing the TCP. The pose error is clipped like
+the real CRISP controller clips it, and the torques are clipped to the arm's limits.
+
+It must be called between `mj_step1` (which computes kinematics, the inertia matrix and its factorisation
+for the current state) and `mj_step2`; `step` does exactly that. Arrays are preallocated because it runs
+500 times per second of sim time.
+"""
+
+from __future__ import annotations
+
+import math
+
+import mujoco
+import numpy as np
+
+from serl_stack.config import ControllerConfig
+from serl_stack.envs.panda import ArmSpec
+
+
+def quat_canonical(q: np.ndarray) -> np.ndarray:
+    """The same rotation with w >= 0 (the observation contract's hemisphere)."""
+    return -q if q[0] < 0 else q
+
+
+def quat_from_rotvec(rv: np.ndarray) -> np.ndarray:
+    """Rotation vector (axis * angle) -> quaternion wxyz."""
+    angle = float(np.linalg.norm(rv))
+    if angle < 1e-12:
+        return np.array([1.0, 0.0, 0.0, 0.0])
+    return np.concatenate(([np.cos(angle / 2)], np.sin(angle / 2) * rv / angle))
+
+
+def quat_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Hamilton product a * b (apply b, then a)."""
+    out = np.empty(4)
+    mujoco.mju_mulQuat(out, a, b)
+    return out
+
+
+def quat_error(target: np.ndarray, current: np.ndarray) -> np.ndarray:
+    """Rotation vector in the base frame that turns `current` into `target` (shortest way round)."""
+    local = np.empty(3)
+    mujoco.mju_subQuat(local, target, current)  # current * quat(local) = target, `local` in current's frame
+    out = np.empty(3)
+    mujoco.mju_rotVecQuat(out, local, current)
+    return out
+
+
+def rotvec_angle(target: np.ndarray, current: np.ndarray) -> float:
+    """Angle (radians) between two orientations."""
+    return float(np.linalg.norm(quat_error(target, current)))
+
+
+class OpSpaceController:
+    """Cartesian impedance control of the `site` pose via the 7 arm joints (dofs 0..6 of the model)."""
+
+    def __init__(self, model: mujoco.MjModel, spec: ArmSpec, config: ControllerConfig, site: str = "tcp") -> None:
+        for name in ("kp_pos", "kp_rot", "damping_ratio", "max_pos_error", "max_rot_error"):
+            if getattr(config, name) <= 0:
+                raise ValueError(f"ControllerConfig.{name}: expected > 0, got {getattr(config, name)}")
+        for name in ("kp_null", "joint_limit_margin", "joint_limit_stiffness"):
+            if getattr(config, name) < 0:
+                raise ValueError(f"ControllerConfig.{name}: expected >= 0, got {getattr(config, name)}")
+        half_range = float(np.min(spec.q_max - spec.q_min)) / 2
+        if config.joint_limit_margin >= half_range:
+            raise ValueError(
+                f"ControllerConfig.joint_limit_margin: expected < {half_range:.3f} rad (half the narrowest joint "
+                f"range), got {config.joint_limit_margin}"
+            )
+        self.model = model
+        self.cfg = config
+        self.n = len(spec.joints)
+        self.site_id = model.site(site).id
+        self.kp = np.array([config.kp_pos] * 3 + [config.kp_rot] * 3)
+        self.kd = 2.0 * config.damping_ratio * np.sqrt(self.kp)
+        self.kd_null = 2.0 * config.damping_ratio * np.sqrt(config.kp_null)
+        self.q_ready = spec.ready.copy()
+        self.tau_max = spec.max_torque.copy()
+        self._lim_lo = spec.q_min + config.joint_limit_margin
+        self._lim_hi = spec.q_max - config.joint_limit_margin
+        # Damping of the limit spring, critical for ~0.1 kg m^2 of joint inertia.
+        self._lim_kd = 2.0 * np.sqrt(config.joint_limit_stiffness * 0.1)
+        nv = model.nv
+        self._jac = np.zeros((6, nv))
+        self._minv_jt = np.zeros((6, nv))
+        self._quat = np.zeros(4)
+        self._err = np.zeros(6)
+        self._local = np.zeros(3)
+        self._tau0 = np.zeros(nv)
+        self._y = np.zeros(6)
+        self._depth = np.zeros(self.n)
+        self.target_pos = np.zeros(3)
+        self.target_quat = np.array([1.0, 0.0, 0.0, 0.0])
+        self.last_tau = np.zeros(self.n)
+
+    def set_target(self, pos: np.ndarray, quat: np.ndarray) -> None:
+        """Track this pose from now on (base frame, quaternion wxyz; normalised here)."""
+        self.target_pos[:] = pos
+        self.target_quat[:] = np.asarray(quat) / np.linalg.norm(quat)
+
+    def compute(self, data: mujoco.MjData) -> np.ndarray:
+        """Joint torques (n,) for the state in `data`; needs kinematics and the factorised M of that state."""
+        m, n, sid = self.model, self.n, self.site_id
+        jac, minv_jt, err = self._jac, self._minv_jt, self._err
+        mujoco.mj_jacSite(m, data, jac[:3], jac[3:], sid)
+
+        np.subtract(self.target_pos, data.site_xpos[sid], out=err[:3])
+        mujoco.mju_mat2Quat(self._quat, data.site_xmat[sid])
+        mujoco.mju_subQuat(self._local, self.target_quat, self._quat)  # in the current TCP frame
+        mujoco.mju_rotVecQuat(err[3:], self._local, self._quat)
+        # Clip like the real controller does: a far target must not become a huge force.
+        e = err.tolist()
+        pos_norm, rot_norm = math.hypot(e[0], e[1], e[2]), math.hypot(e[3], e[4], e[5])
+        if pos_norm > self.cfg.max_pos_error:
+            err[:3] *= self.cfg.max_pos_error / pos_norm
+        if rot_norm > self.cfg.max_rot_error:
+            err[3:] *= self.cfg.max_rot_error / rot_norm
+
+        qvel = data.qvel
+        tau0 = self._tau0
+        tau0[:n] = self.cfg.kp_null * (self.q_ready - data.qpos[:n]) - self.kd_null * qvel[:n]
+        mujoco.mj_solveM(m, data, minv_jt, jac)  # rows of M^-1 J^T
+        # One solve serves both terms: J^T Lambda (f - J M^-1 tau0) + tau0 is the task force plus the
+        # dynamically consistent null-space projection (I - J^T Lambda J M^-1) tau0 of the posture torque.
+        rhs = self.kp * err - self.kd * (jac @ qvel) - minv_jt @ tau0
+        chol = jac @ minv_jt.T  # Lambda^-1 = J M^-1 J^T
+        # mindiag floors tiny pivots, which keeps Lambda bounded near singular configurations.
+        mujoco.mju_cholFactor(chol, 1e-8)
+        mujoco.mju_cholSolve(self._y, chol, rhs)
+        out = (jac.T @ self._y)[:n]
+        out += tau0[:n]
+        out += data.qfrc_bias[:n]
+        out += self._limit_torque(data.qpos[:n], qvel[:n])
+        np.clip(out, -self.tau_max, self.tau_max, out=out)
+        self.last_tau = out
+        return out
+
+    def _limit_torque(self, q: np.ndarray, qdot: np.ndarray) -> np.ndarray | float:
+        """Spring-damper that pushes each joint out of the last `joint_limit_margin` before its limit.
+
+        Applied in full joint space (not projected), so near a limit the arm gives up tracking rather than
+        pressing into the stop — the sim stand-in for the real robot's joint-limit reflex.
+        """
+        depth = np.clip(q, self._lim_lo, self._lim_hi, out=self._depth)
+        depth -= q  # > 0 inside the lower zone, < 0 inside the upper zone, 0 elsewhere
+        if not depth.any():  # the common case: skip the rest
+            return 0.0
+        return self.cfg.joint_limit_stiffness * depth - (depth != 0) * self._lim_kd * qdot
+
+    def step(self, data: mujoco.MjData, n_steps: int = 1) -> None:
+        """Advance the physics `n_steps`, recomputing the torques at every step from the fresh state."""
+        m, n = self.model, self.n
+        for _ in range(n_steps):
+            mujoco.mj_step1(m, data)
+            data.ctrl[:n] = self.compute(data)
+            mujoco.mj_step2(m, data)

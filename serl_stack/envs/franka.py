@@ -1,0 +1,283 @@
+"""The MuJoCo Franka base env that every sim task shares.
+
+Owns: applying the DESIGN.md action contract to a *commanded* TCP pose (relative steps, workspace box and
+orientation cone clipping, binary gripper), stepping the physics with the operational-space controller at the
+physics rate, the robot half of the observation (`state`), the F/T reading in the base frame, time-limit
+truncation and the seeded reset to the ready pose. A task subclasses `FrankaEnv` and fills in four hooks:
+`_task_space`, `_reset_task`, `_task_obs` and `_evaluate`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import mujoco
+import numpy as np
+from gymnasium import spaces
+
+from serl_stack.config import EnvConfig
+from serl_stack.envs.controller import OpSpaceController, quat_canonical, quat_from_rotvec, quat_mul
+from serl_stack.envs.panda import PANDA, TIMESTEP, ArmSpec, dh_fk, load_model
+
+ObsDict = dict[str, dict[str, np.ndarray]]
+
+SETTLE_STEPS = 100
+"""Physics steps (0.2 s) the controller holds the reset pose before the episode starts."""
+_GRIPPER_CLOSE, _GRIPPER_OPEN = 0.5, -0.5
+GRIPPER_REACH = 0.06
+"""Distance (m) from the tool axis to the outer edge of the open finger pads; a tilted gripper reaches this
+far times sin(tilt) below the TCP, so the workspace floor is raised by that much."""
+
+
+def _vec3(cfg: EnvConfig, name: str) -> np.ndarray:
+    value = np.asarray(getattr(cfg, name), dtype=np.float64)
+    if value.shape != (3,) or not np.all(np.isfinite(value)):
+        raise ValueError(f"EnvConfig.{name}: expected 3 finite numbers (x, y, z), got {getattr(cfg, name)!r}")
+    return value
+
+
+def config_box(cfg: EnvConfig, low: str, high: str) -> tuple[np.ndarray, np.ndarray]:
+    """The box (low corner, high corner) that the config fields `low` and `high` describe, validated."""
+    lo, hi = _vec3(cfg, low), _vec3(cfg, high)
+    if np.any(lo >= hi):
+        raise ValueError(f"EnvConfig.{low} must be below EnvConfig.{high} on every axis, got {lo} and {hi}")
+    return lo, hi
+
+
+class FrankaEnv(gym.Env[ObsDict, np.ndarray]):
+    """A Franka Panda on a table, driven by relative TCP pose actions through a cartesian impedance controller."""
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
+
+    def __init__(self, config: EnvConfig | None = None, render_mode: str | None = None, spec: ArmSpec = PANDA) -> None:
+        cfg = config if config is not None else EnvConfig()
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(
+                f"render_mode: expected one of {self.metadata['render_modes']} or None, got {render_mode!r}"
+            )
+        for name in ("control_hz", "action_scale_pos", "action_scale_rot"):
+            if not getattr(cfg, name) > 0:
+                raise ValueError(f"EnvConfig.{name}: expected > 0, got {getattr(cfg, name)!r}")
+        if cfg.max_episode_steps < 1:
+            raise ValueError(f"EnvConfig.max_episode_steps: expected >= 1, got {cfg.max_episode_steps}")
+        if cfg.reset_joint_noise < 0:
+            raise ValueError(f"EnvConfig.reset_joint_noise: expected >= 0, got {cfg.reset_joint_noise}")
+        if not 0 < cfg.orientation_cone <= np.pi:
+            raise ValueError(f"EnvConfig.orientation_cone: expected in (0, pi] rad, got {cfg.orientation_cone}")
+        self.n_substeps = round(1.0 / (cfg.control_hz * TIMESTEP))
+        if self.n_substeps < 1:
+            raise ValueError(f"EnvConfig.control_hz: at most {1 / TIMESTEP:g} Hz (physics rate), got {cfg.control_hz}")
+        self.cfg = cfg
+        self.arm = spec
+        self.render_mode = render_mode
+        self.metadata = {**self.metadata, "render_fps": cfg.control_hz}
+        self.workspace_low, self.workspace_high = config_box(cfg, "workspace_low", "workspace_high")
+        if not 0 <= cfg.reach_min < cfg.reach_max:
+            raise ValueError(
+                f"EnvConfig.reach_min/reach_max: expected 0 <= min < max, got {cfg.reach_min}, {cfg.reach_max}"
+            )
+
+        self.model = load_model(spec)
+        self.data = mujoco.MjData(self.model)
+        self.controller = OpSpaceController(self.model, spec, cfg.controller)
+        self._n = len(spec.joints)
+        self._tcp = self.model.site("tcp").id
+        self._ft_site = self.model.site("ft_sensor").id
+        hand = self.model.body("hand").id
+        self._hand = hand
+        self._hand_weight = np.array([0.0, 0.0, -9.81 * self.model.body_subtreemass[hand]])
+        self._fingers = [self.model.jnt_qposadr[self.model.joint(f"finger_{s}").id] for s in ("left", "right")]
+        self._gripper_act = self.model.actuator("gripper").id
+        self._gripper_open = float(self.model.actuator_ctrlrange[self._gripper_act][1])
+        force_adr = self.model.sensor_adr[self.model.sensor("ft_force").id]
+        torque_adr = self.model.sensor_adr[self.model.sensor("ft_torque").id]
+        self._ft_force, self._ft_torque = slice(force_adr, force_adr + 3), slice(torque_adr, torque_adr + 3)
+        self._shoulder = np.array([0.0, 0.0, spec.joints[0].d])  # where joint 2's axis meets joint 1's
+        self.nominal_quat = dh_fk(spec.ready, spec)[1]
+        """TCP orientation at the ready pose (pointing down); the orientation cone is centred on it."""
+
+        self.action_space = spaces.Box(-1.0, 1.0, (7,), np.float32)
+        inf = np.inf
+        # Finite where physics bounds the value (the arm reaches < 1.2 m; soft joint limits can overshoot the
+        # finger stroke by a hair), infinite where contacts can produce anything.
+        pose_bound = np.array([2.0, 2.0, 2.0, 1.0, 1.0, 1.0, 1.0], dtype=np.float32)
+        width = 2 * spec.finger_stroke
+        state = {
+            "tcp_pose": spaces.Box(-pose_bound, pose_bound, (7,), np.float32),
+            "tcp_vel": spaces.Box(-inf, inf, (6,), np.float32),
+            "gripper_pos": spaces.Box(-0.01, width + 0.01, (1,), np.float32),
+            "tcp_force": spaces.Box(-inf, inf, (3,), np.float32),
+            "tcp_torque": spaces.Box(-inf, inf, (3,), np.float32),
+        }
+        self.observation_space = spaces.Dict({"state": spaces.Dict(state), "task": self._task_space()})
+
+        self.cmd_pos = np.zeros(3)
+        self.cmd_quat = np.array([1.0, 0.0, 0.0, 0.0])
+        self._elapsed = -1  # -1 until the first reset
+        self._renderer: mujoco.Renderer | None = None
+        self._vel6 = np.zeros(6)
+        self._quat = np.zeros(4)
+
+    # ------------------------------------------------------------------------------------ task hooks
+
+    def _task_space(self) -> spaces.Dict:
+        """Observation space of `obs["task"]`."""
+        return spaces.Dict({})
+
+    def _reset_task(self) -> None:
+        """Sample the task's randomness (goals, objects) from `self.np_random`; the arm is already settled."""
+
+    def _task_obs(self) -> dict[str, np.ndarray]:
+        """The `task` half of the observation."""
+        return {}
+
+    def _evaluate(self, obs: ObsDict) -> tuple[float, bool, dict[str, Any]]:
+        """(reward, terminated, info) for the state just observed."""
+        return 0.0, False, {}
+
+    # ------------------------------------------------------------------------------------ robot state
+
+    def tcp_pose(self) -> tuple[np.ndarray, np.ndarray]:
+        """Measured TCP (position (3,), quaternion wxyz (4,) with w >= 0), float64, base frame."""
+        mujoco.mju_mat2Quat(self._quat, self.data.site_xmat[self._tcp])
+        return self.data.site_xpos[self._tcp].copy(), quat_canonical(self._quat.copy())
+
+    def gripper_width(self) -> float:
+        """Opening width of the gripper (m), the sum of both fingers' travel."""
+        return float(self.data.qpos[self._fingers[0]] + self.data.qpos[self._fingers[1]])
+
+    def wrench(self) -> tuple[np.ndarray, np.ndarray]:
+        """External force (N) and torque (N m, about the flange) on the hand, in the base frame.
+
+        The sensor reads what the arm exerts on the hand; the external wrench is minus that, minus the hand's
+        static weight (like the real robot's estimate, which compensates the end-effector load). Inertial forces
+        of the accelerating hand are not compensated, so the reading is non-zero while the arm accelerates.
+        """
+        d = self.data
+        rot = d.site_xmat[self._ft_site].reshape(3, 3)
+        lever = d.subtree_com[self._hand] - d.site_xpos[self._ft_site]
+        force = -(rot @ d.sensordata[self._ft_force]) - self._hand_weight
+        torque = -(rot @ d.sensordata[self._ft_torque]) - np.cross(lever, self._hand_weight)
+        return force, torque
+
+    def _state_obs(self) -> dict[str, np.ndarray]:
+        pos, quat = self.tcp_pose()
+        mujoco.mj_objectVelocity(self.model, self.data, mujoco.mjtObj.mjOBJ_SITE, self._tcp, self._vel6, 0)
+        force, torque = self.wrench()
+        f32 = np.float32
+        return {
+            "tcp_pose": np.concatenate((pos, quat)).astype(f32),
+            # mj_objectVelocity gives (angular, linear); the contract is linear first.
+            "tcp_vel": np.concatenate((self._vel6[3:], self._vel6[:3])).astype(f32),
+            "gripper_pos": np.array([self.gripper_width()], dtype=f32),
+            "tcp_force": force.astype(f32),
+            "tcp_torque": torque.astype(f32),
+        }
+
+    def _get_obs(self) -> ObsDict:
+        return {"state": self._state_obs(), "task": self._task_obs()}
+
+    # ------------------------------------------------------------------------------------ commands
+
+    def _clip_orientation(self, quat: np.ndarray) -> np.ndarray:
+        """Pull `quat` back onto the cone of half-angle `orientation_cone` around the nominal orientation."""
+        rel = np.empty(3)
+        mujoco.mju_subQuat(rel, quat, self.nominal_quat)  # nominal * quat(rel) = quat
+        angle = float(np.linalg.norm(rel))
+        if angle <= self.cfg.orientation_cone:
+            return quat
+        return quat_mul(self.nominal_quat, quat_from_rotvec(rel * (self.cfg.orientation_cone / angle)))
+
+    def clip_command(self, pos: np.ndarray, quat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The pose closest to (pos, quat) that the stand-in safety limits allow.
+
+        Orientation: inside the cone around the nominal one. Position: inside the workspace box, with the
+        flange inside the reach shell around the shoulder (a box corner can be out of the arm's reach, or so
+        close to its base that the elbow folds into its limit), and the tilted gripper's lowest edge above the
+        workspace floor.
+        """
+        quat = self._clip_orientation(np.asarray(quat, dtype=np.float64) / np.linalg.norm(quat))
+        axis = np.empty(3)
+        mujoco.mju_rotVecQuat(axis, np.array([0.0, 0.0, 1.0]), quat)  # tool (TCP z) axis in the base frame
+        # Projections onto the box and onto the shell alternate; a few rounds settle on a pose satisfying both.
+        pos = np.asarray(pos, dtype=np.float64)
+        for _ in range(3):
+            pos = np.clip(pos, self.workspace_low, self.workspace_high)
+            radial = pos - self.arm.tcp_offset * axis - self._shoulder
+            dist = float(np.linalg.norm(radial))
+            reach = min(max(dist, self.cfg.reach_min), self.cfg.reach_max)
+            if reach == dist:
+                break
+            pos = pos + radial * (reach / dist - 1.0)
+        pos = np.clip(pos, self.workspace_low, self.workspace_high)
+        # A tilted gripper at the bare floor height digs its pads into the table with large forces (which can
+        # shove the arm into another IK branch): raise the floor so the lowest pad edge stays above it.
+        sin_tilt = float(np.sqrt(max(0.0, 1.0 - axis[2] * axis[2]))) if axis[2] < 0 else 1.0
+        pos[2] = max(pos[2], min(self.workspace_low[2] + GRIPPER_REACH * sin_tilt, self.workspace_high[2]))
+        return pos, quat
+
+    def _apply_action(self, action: np.ndarray) -> None:
+        """Move the commanded pose by one relative action and set the gripper target."""
+        cfg = self.cfg
+        # Rotation vector in the base frame, applied to the commanded (not measured) orientation.
+        quat = quat_mul(quat_from_rotvec(action[3:6] * cfg.action_scale_rot), self.cmd_quat)
+        self.cmd_pos, self.cmd_quat = self.clip_command(self.cmd_pos + action[:3] * cfg.action_scale_pos, quat)
+        if action[6] > _GRIPPER_CLOSE:
+            self.data.ctrl[self._gripper_act] = 0.0
+        elif action[6] < _GRIPPER_OPEN:
+            self.data.ctrl[self._gripper_act] = self._gripper_open
+        self.controller.set_target(self.cmd_pos, self.cmd_quat)
+
+    # ------------------------------------------------------------------------------------ gym API
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[ObsDict, dict]:
+        super().reset(seed=seed)
+        m, d, n = self.model, self.data, self._n
+        mujoco.mj_resetData(m, d)
+        noise = self.np_random.uniform(-self.cfg.reset_joint_noise, self.cfg.reset_joint_noise, n)
+        d.qpos[:n] = np.clip(self.arm.ready + noise, self.arm.q_min, self.arm.q_max)
+        d.qpos[self._fingers] = self.arm.finger_stroke
+        d.ctrl[self._gripper_act] = self._gripper_open
+        mujoco.mj_forward(m, d)
+        self.controller.set_target(*self.tcp_pose())
+        self.controller.step(d, SETTLE_STEPS)
+        mujoco.mj_forward(m, d)
+        self.cmd_pos, self.cmd_quat = self.tcp_pose()
+        self.controller.set_target(self.cmd_pos, self.cmd_quat)
+        self._elapsed = 0
+        self._reset_task()
+        obs = self._get_obs()
+        _, _, info = self._evaluate(obs)
+        return obs, info
+
+    def step(self, action: np.ndarray) -> tuple[ObsDict, float, bool, bool, dict[str, Any]]:
+        if self._elapsed < 0:
+            raise RuntimeError(f"{type(self).__name__}.step called before reset()")
+        a = np.asarray(action, dtype=np.float64)
+        if a.shape != (7,):
+            raise ValueError(f"action: expected shape (7,) [dx, dy, dz, drx, dry, drz, gripper], got {a.shape}")
+        # Non-finite actions hold the last command (what the safety filter will do on the real arm).
+        a = np.clip(np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0), -1.0, 1.0)
+        self._apply_action(a)
+        self.controller.step(self.data, self.n_substeps)
+        # mj_step2 leaves positions-derived quantities one step stale; refresh them for the observation.
+        mujoco.mj_forward(self.model, self.data)
+        self._elapsed += 1
+        obs = self._get_obs()
+        reward, terminated, info = self._evaluate(obs)
+        truncated = self._elapsed >= self.cfg.max_episode_steps
+        return obs, reward, terminated, truncated, info
+
+    def render(self) -> np.ndarray | None:
+        if self.render_mode != "rgb_array":
+            return None
+        if self._renderer is None:
+            self._renderer = mujoco.Renderer(self.model, 480, 640)
+        self._renderer.update_scene(self.data, camera="front")
+        return self._renderer.render()
+
+    def close(self) -> None:
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
