@@ -94,7 +94,11 @@ class Learner:
         for msg in self.server.recv(timeout_ms):
             body = msg.body if isinstance(msg.body, dict) else {}
             if msg.msg_type == "transitions":
-                for tr in body.get("transitions", []):
+                batch = body.get("transitions")
+                if not isinstance(batch, list):
+                    self.quarantined += 1  # the whole message is unusable; ack it so the actor moves on
+                    batch = []
+                for tr in batch:
                     try:
                         self._insert(tr)
                     except (ValueError, TypeError, KeyError) as e:
