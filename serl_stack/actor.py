@@ -132,7 +132,7 @@ class Actor:
         rng_key = jax.random.PRNGKey(t.seed + 1)
         self.env.action_space.seed(t.seed)
         obs, _ = self.env.reset(seed=t.seed)
-        self.keys = vector_keys(flatten_keys(obs))
+        self.keys = vector_keys(flatten_keys(obs), self.cfg.agent.obs_keys)
         obs_dim = int(to_vector(flatten_keys(obs), self.keys).shape[-1])
         action_dim = int(np.prod(self.env.action_space.shape))
         self.policy = PolicyRunner(obs_dim, action_dim, self.cfg)

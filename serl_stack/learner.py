@@ -48,6 +48,7 @@ class Learner:
         self.agent: Any = None
         self.replay: ReplayBuffer | None = None
         self.keys: tuple[str, ...] = ()
+        self._action_dim = 0
         self.env_steps = 0
         self.updates = 0
         self.params_version = 0
@@ -62,14 +63,22 @@ class Learner:
         self._last_status = 0.0
 
     # ------------------------------------------------------------------------------------------- messages
-    def _init_from_first(self, obs: dict[str, Any], action: np.ndarray) -> None:
+    def _init_replay(self, obs: dict[str, Any], action: np.ndarray) -> None:
+        flat = flatten_keys(obs)
+        self.keys = vector_keys(flat, self.cfg.agent.obs_keys)
+        self.replay = ReplayBuffer.from_example(flat, np.asarray(action), self.cfg.replay)
+        self._action_dim = int(np.asarray(action).size)
+
+    def _init_agent(self) -> None:
+        """Build the agent once the warm-up data is in (its observation statistics fix the normalization)."""
         from serl_stack.agents.sac import SACAgent  # deferred: building the agent compiles, keep import light
 
-        flat = flatten_keys(obs)
-        self.keys = vector_keys(flat)
-        obs_dim = int(sum(np.asarray(flat[k]).size for k in self.keys))
-        self.replay = ReplayBuffer.from_example(flat, np.asarray(action), self.cfg.replay)
-        self.agent = SACAgent.create(self.cfg.train.seed, obs_dim, int(np.asarray(action).size), self.cfg.agent)
+        assert self.replay is not None
+        warmup = to_agent_batch(self.replay.sample(len(self.replay), self.rng), self.keys)["observations"]
+        norm = None
+        if self.cfg.agent.normalize_observations:
+            norm = {"mean": warmup.mean(axis=0), "std": warmup.std(axis=0)}
+        self.agent = SACAgent.create(self.cfg.train.seed, warmup.shape[1], self._action_dim, self.cfg.agent, norm)
         self._publish_params()
 
     def _insert(self, tr: Any) -> None:
@@ -79,7 +88,10 @@ class Learner:
             if field not in tr:
                 raise ValueError(f"transition has no '{field}' field")
         if self.replay is None:
-            self._init_from_first(tr["observation"], tr["action"])
+            try:
+                self._init_replay(tr["observation"], tr["action"])
+            except KeyError as e:  # agent.obs_keys names a key the env does not have: a config error, fatal
+                raise SystemExit(f"learner: {e.args[0]}") from e
         assert self.replay is not None
         self.replay.insert(
             flatten_keys(tr["observation"]),
@@ -178,6 +190,8 @@ class Learner:
         final_at = 0.0
         try:
             while True:
+                if self.agent is None and self.replay is not None and len(self.replay) >= max(1, t.start_steps):
+                    self._init_agent()
                 can_update = self.agent is not None and learner_may_update(
                     self.updates, self.env_steps, t.start_steps
                 )

@@ -222,21 +222,31 @@ def test_success_rewards_one_and_terminates(env: FrankaReachEnv) -> None:
         e = FrankaReachEnv(_cfg(dense_reward=dense))
         e.reset(seed=7)
         e.goal = e.data.site_xpos[e._tcp].copy()  # put the goal on the TCP: next step succeeds
+        _, _, info0 = e._evaluate(e._get_obs())
         _, reward, terminated, truncated, info = e.step(np.zeros(7, dtype=np.float32))
         assert info["success"] and terminated and not truncated
         assert info["distance"] <= e.cfg.success_radius
-        assert reward == pytest.approx(1.0 - (info["distance"] if dense else 0.0))
+        progress = (info0["distance"] - info["distance"]) / e.cfg.action_scale_pos
+        assert reward == pytest.approx(1.0 + (progress if dense else 0.0))
 
 
-def test_no_success_gives_zero_sparse_or_minus_distance_dense_and_truncates_at_the_limit() -> None:
+def test_no_success_gives_zero_sparse_or_progress_dense_and_truncates_at_the_limit() -> None:
     for dense in (False, True):
         e = FrankaReachEnv(_cfg(dense_reward=dense, max_episode_steps=3))
-        e.reset(seed=8)
+        _, info = e.reset(seed=8)
+        prev = info["distance"]
+        toward = np.zeros(7, dtype=np.float32)
+        toward[:3] = np.clip((e.goal - e.tcp_pose()[0]) / e.cfg.action_scale_pos, -1, 1)
         for t in range(1, 4):
-            _, reward, terminated, truncated, info = e.step(np.zeros(7, dtype=np.float32))
+            action = toward if t < 3 else -toward  # two steps toward the goal, then one away
+            _, reward, terminated, truncated, info = e.step(action)
             assert not info["success"] and not terminated
             assert truncated == (t == 3)
-            assert reward == pytest.approx(-info["distance"] if dense else 0.0)
+            progress = (prev - info["distance"]) / e.cfg.action_scale_pos
+            assert reward == pytest.approx(progress if dense else 0.0)
+            if dense:
+                assert (reward > 0.3) if t < 3 else (reward < 0), (t, reward)
+            prev = info["distance"]
 
 
 def test_forces_respond_to_pressing_on_the_table() -> None:

@@ -23,7 +23,9 @@ from flax.training.train_state import TrainState
 from serl_stack.agents.networks import (
     CriticEnsemble,
     Temperature,
+    identity_obs_norm,
     make_actor,
+    normalize_obs,
     tanh_gaussian_mode,
     tanh_gaussian_sample,
 )
@@ -86,15 +88,35 @@ class SACAgent(struct.PyTreeNode):
     target_critic: TrainState
     temp: TrainState
     rng: jax.Array
+    obs_norm: dict[str, jax.Array]
+    """Fixed observation standardization {"mean", "std"} (D,), applied inside every network call."""
     discount: float = struct.field(pytree_node=False)
     tau: float = struct.field(pytree_node=False)
     target_entropy: float = struct.field(pytree_node=False)
     utd: int = struct.field(pytree_node=False)
 
     @classmethod
-    def create(cls, seed: int, obs_dim: int, action_dim: int, cfg: AgentConfig) -> SACAgent:
-        """A freshly initialized agent for flat observations of size `obs_dim` and actions in [-1, 1]^A."""
+    def create(
+        cls,
+        seed: int,
+        obs_dim: int,
+        action_dim: int,
+        cfg: AgentConfig,
+        obs_norm: dict[str, Any] | None = None,
+    ) -> SACAgent:
+        """A freshly initialized agent for flat observations of size `obs_dim` and actions in [-1, 1]^A.
+
+        `obs_norm` = {"mean": (D,), "std": (D,)} standardizes observations (typically statistics of the
+        warm-up data); None leaves them unchanged.
+        """
         _check_config(cfg, obs_dim, action_dim)
+        if obs_norm is None:
+            norm = identity_obs_norm(obs_dim)
+        else:
+            norm = {k: jnp.asarray(obs_norm[k], jnp.float32) for k in ("mean", "std")}
+            for k, v in norm.items():
+                if v.shape != (obs_dim,) or not bool(jnp.all(jnp.isfinite(v))):
+                    raise ValueError(f"obs_norm['{k}']: expected {obs_dim} finite values, got shape {v.shape}")
         rng, actor_key, critic_key, temp_key = jax.random.split(jax.random.PRNGKey(seed), 4)
         obs = jnp.zeros((1, obs_dim), jnp.float32)
         act = jnp.zeros((1, action_dim), jnp.float32)
@@ -115,6 +137,7 @@ class SACAgent(struct.PyTreeNode):
             target_critic=target_critic,
             temp=temp,
             rng=rng,
+            obs_norm=norm,
             discount=float(cfg.discount),
             tau=float(cfg.tau),
             target_entropy=-float(cfg.target_entropy_scale) * action_dim,
@@ -125,22 +148,30 @@ class SACAgent(struct.PyTreeNode):
 
     @property
     def actor_params(self) -> Any:
-        """The actor's parameters: exactly the pytree `policy.make_policy_fn`'s `policy_fn` takes."""
-        return self.actor.params
+        """`{"actor": ..., "obs_norm": ...}`: exactly the pytree `policy.make_policy_fn`'s `policy_fn` takes."""
+        return {"actor": self.actor.params, "obs_norm": self.obs_norm}
 
     @jax.jit
     def sample_actions(self, observations: jax.Array, key: jax.Array) -> jax.Array:
         """A stochastic action in [-1, 1] for `(D,)` or `(B, D)` observations."""
-        mean, log_std = self.actor.apply_fn({"params": self.actor.params}, observations)
+        mean, log_std = self.actor.apply_fn({"params": self.actor.params}, normalize_obs(observations, self.obs_norm))
         return tanh_gaussian_sample(mean, log_std, key)[0]
 
     @jax.jit
     def eval_actions(self, observations: jax.Array) -> jax.Array:
         """The deterministic action tanh(mean) for `(D,)` or `(B, D)` observations."""
-        mean, _ = self.actor.apply_fn({"params": self.actor.params}, observations)
+        mean, _ = self.actor.apply_fn({"params": self.actor.params}, normalize_obs(observations, self.obs_norm))
         return tanh_gaussian_mode(mean)
 
     # ------------------------------------------------------------------------------------------- learning
+
+    def _normalized(self, batch: Batch) -> Batch:
+        """`batch` with both observation fields standardized; the private steps below expect this."""
+        return {
+            **batch,
+            "observations": normalize_obs(batch["observations"], self.obs_norm),
+            "next_observations": normalize_obs(batch["next_observations"], self.obs_norm),
+        }
 
     def _temperature(self) -> jax.Array:
         return self.temp.apply_fn({"params": self.temp.params})
@@ -199,19 +230,19 @@ class SACAgent(struct.PyTreeNode):
     @jax.jit
     def critic_step(self, batch: Batch) -> tuple[SACAgent, Info]:
         """One critic step and target update on a single minibatch (what `update` scans over)."""
-        return self._critic_step(batch)
+        return self._critic_step(self._normalized(batch))
 
     @jax.jit
     def actor_step(self, batch: Batch) -> tuple[SACAgent, Info]:
         """One actor step and one temperature step on a single minibatch (what `update` ends with)."""
-        return self._actor_step(batch)
+        return self._actor_step(self._normalized(batch))
 
     @jax.jit
     def update(self, batch: Batch) -> tuple[SACAgent, Info]:
         """`utd` critic steps over `batch` split into `utd` minibatches, then one actor + temperature step on
         the last minibatch. Returns the new agent and scalar diagnostics (critic ones averaged over the scan)."""
         _check_batch(batch, self.utd)
-        minibatches = jax.tree.map(lambda x: x.reshape((self.utd, -1) + x.shape[1:]), batch)
+        minibatches = jax.tree.map(lambda x: x.reshape((self.utd, -1) + x.shape[1:]), self._normalized(batch))
         agent, critic_info = jax.lax.scan(lambda a, mb: a._critic_step(mb), self, minibatches)
         agent, actor_info = agent._actor_step(jax.tree.map(lambda x: x[-1], minibatches))
         return agent, {**jax.tree.map(jnp.mean, critic_info), **actor_info}

@@ -40,9 +40,18 @@ def unflatten_keys(flat: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def vector_keys(flat: Mapping[str, Any]) -> tuple[str, ...]:
-    """The sorted key paths that go into the agent's flat vector (everything but images)."""
-    return tuple(sorted(k for k in flat if not k.startswith(IMAGE_PREFIX)))
+def vector_keys(flat: Mapping[str, Any], selected: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The sorted key paths that go into the agent's flat vector: `selected` if given, else all but images.
+
+    A selected key that the observation does not have is an error naming it and the keys there are.
+    """
+    available = sorted(k for k in flat if not k.startswith(IMAGE_PREFIX))
+    if not selected:
+        return tuple(available)
+    missing = [k for k in selected if k not in available]
+    if missing:
+        raise KeyError(f"agent.obs_keys: {missing} not in the observation; expected some of {available}")
+    return tuple(sorted(selected))
 
 
 def to_vector(flat: Mapping[str, Any], keys: tuple[str, ...], batch_dims: int = 0) -> np.ndarray:

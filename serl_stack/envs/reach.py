@@ -1,8 +1,11 @@
 """FrankaReach-v0: bring the TCP within `success_radius` of a goal point sampled in a box in front of the robot.
 
 Owns: goal sampling, the `task` observation (`goal_pos`), reward, termination and the `success` / `distance`
-info. Reward: 1.0 on success, else 0.0; with `dense_reward` the negative TCP-goal distance in metres is added
-every step (so an episode that ends sooner collects less penalty — shaping that agrees with the sparse goal).
+info. Reward: 1.0 on success, else 0.0; with `dense_reward` the progress toward the goal this step, in units of
+one full translation step, is added: `(d_prev - d) / action_scale_pos` (about +1 for a full step straight at the
+goal, negative when moving away). It is the difference of the potential -d / action_scale_pos (Ng et al., 1999),
+so the shaping of a whole episode sums to how much closer it ended, and it tells the critic at once which way
+is better.
 The episode terminates on success and is truncated by the base env after `max_episode_steps`.
 """
 
@@ -36,6 +39,7 @@ class FrankaReachEnv(FrankaEnv):
                 f"workspace_low/workspace_high {self.workspace_low}..{self.workspace_high}"
             )
         self.goal = (self.goal_low + self.goal_high) / 2
+        self._prev_distance = 0.0
 
     def _task_space(self) -> spaces.Dict:
         return spaces.Dict(
@@ -62,5 +66,8 @@ class FrankaReachEnv(FrankaEnv):
         success = distance <= self.cfg.success_radius
         reward = float(success)
         if self.cfg.dense_reward:
-            reward -= distance
+            # The evaluation at reset (elapsed 0) only records the starting distance.
+            prev = self._prev_distance if self._elapsed > 0 else distance
+            reward += (prev - distance) / self.cfg.action_scale_pos
+        self._prev_distance = distance
         return reward, success, {"success": success, "distance": distance}

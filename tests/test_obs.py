@@ -1,0 +1,43 @@
+"""Observation flattening: key paths, the agent vector's order, and key selection."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from serl_stack.data.obs import flatten_keys, to_vector, unflatten_keys, vector_dim, vector_keys
+
+OBS = {
+    "state": {"tcp_pose": np.arange(7, dtype=np.float32), "gripper_pos": np.array([0.04], np.float32)},
+    "task": {"goal_pos": np.array([1.0, 2.0, 3.0])},
+    "images": {"wrist": np.zeros((4, 4, 3), np.uint8)},
+}
+
+
+def test_flatten_round_trip_and_sorted_vector_without_images() -> None:
+    flat = flatten_keys(OBS)
+    assert set(flat) == {"state/tcp_pose", "state/gripper_pos", "task/goal_pos", "images/wrist"}
+    assert unflatten_keys(flat)["state"]["tcp_pose"] is flat["state/tcp_pose"]
+    keys = vector_keys(flat)
+    assert keys == ("state/gripper_pos", "state/tcp_pose", "task/goal_pos")
+    vec = to_vector(flat, keys)
+    assert vec.dtype == np.float32 and vec.shape == (11,) == (vector_dim(flat, keys),)
+    np.testing.assert_allclose(vec, [0.04, 0, 1, 2, 3, 4, 5, 6, 1, 2, 3], rtol=1e-6)
+
+
+def test_batched_vector_keeps_leading_axes() -> None:
+    flat = {k: np.stack([v, v + 1]) for k, v in flatten_keys(OBS).items()}
+    vec = to_vector(flat, ("state/tcp_pose", "task/goal_pos"), batch_dims=1)
+    assert vec.shape == (2, 10)
+    np.testing.assert_array_equal(vec[1] - vec[0], np.ones(10))
+
+
+def test_selected_keys_are_sorted_and_unknown_ones_named() -> None:
+    flat = flatten_keys(OBS)
+    assert vector_keys(flat, ("task/goal_pos", "state/tcp_pose")) == ("state/tcp_pose", "task/goal_pos")
+    with pytest.raises(KeyError, match="state/tcp_vel"):
+        vector_keys(flat, ("state/tcp_vel",))
+    with pytest.raises(KeyError, match="images/wrist"):  # images never go into the vector
+        vector_keys(flat, ("images/wrist",))
+    with pytest.raises(KeyError, match="missing 'task/other'"):
+        to_vector(flat, ("task/other",))
