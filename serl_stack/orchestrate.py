@@ -100,7 +100,7 @@ def _fmt(status: dict[str, Any]) -> str:
 
 def train(cfg: Config, run_dir: Path | None = None) -> int:
     """Run a whole sim training: returns 0 when both processes finished and the evaluation was written."""
-    console = Console()
+    console = Console(soft_wrap=True)  # paths stay on one line in logs, where the width defaults to 80
     cfg, run_dir = prepare_run(cfg, run_dir)
     console.print(f"[bold]serl train[/bold]  {cfg.env.id}  seed {cfg.train.seed}  run folder: {run_dir}")
     sub = zmq.Context.instance().socket(zmq.SUB)
