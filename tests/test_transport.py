@@ -153,3 +153,67 @@ def test_size_limit_and_unsendable_types() -> None:
     with pytest.raises(ProtocolError, match="cannot be sent"):
         pack(np.array(["a"], dtype=object))
     assert open_envelope(envelope("ping", "a", {}, 1), MAX)["type"] == "ping"
+
+
+# ------------------------------------------------------------------------------------------- schema check
+
+
+def _reach_like() -> dict:
+    obs = {"state": {"tcp_pose": np.zeros(7, np.float32)}, "task": {"goal_pos": np.ones(3, np.float32)}}
+    return {
+        "observation": obs, "next_observation": obs, "action": np.zeros(7, np.float32),
+        "executed_action": np.zeros(7, np.float32), "reward": 0.5, "terminated": False, "truncated": True,
+        "episode": 3,
+    }
+
+
+def test_transition_matching_the_handshake_spec_passes_after_the_wire() -> None:
+    from serl_stack.transport.protocol import check_spec, check_transition, make_spec
+
+    t = _reach_like()
+    spec = check_spec(unpack(pack(make_spec(t["observation"], t["action"]))))
+    check_transition(unpack(pack(t)), spec)
+
+
+@pytest.mark.parametrize(
+    "mutate, reason",
+    [
+        (lambda t: t.pop("reward"), "missing fields"),
+        (lambda t: t["observation"]["state"].update(tcp_pose=np.zeros(6, np.float32)), "observation/state/tcp_pose"),
+        (lambda t: t["observation"]["state"].update(tcp_pose=np.zeros(7, np.float64)), "expected <f4"),
+        (lambda t: t["next_observation"].update(extra={"x": np.zeros(1)}), "do not match the handshake"),
+        (lambda t: t.update(action=np.full(7, np.nan, np.float32)), "'action': holds NaN"),
+        (lambda t: t.update(executed_action=[0.0] * 7), "'executed_action': expected an array"),
+        (lambda t: t.update(reward=float("inf")), "'reward'"),
+        (lambda t: t.update(reward=True), "'reward'"),
+        (lambda t: t.update(terminated=1), "'terminated'"),
+        (lambda t: t.update(episode=-1), "'episode'"),
+    ],
+)
+def test_transition_not_matching_the_spec_is_rejected_naming_the_field(mutate, reason: str) -> None:
+    import copy
+
+    from serl_stack.transport.protocol import check_transition, make_spec
+
+    t = _reach_like()
+    spec = make_spec(t["observation"], t["action"])
+    t = copy.deepcopy(t)
+    mutate(t)
+    with pytest.raises(ProtocolError, match=reason):
+        check_transition(t, spec)
+
+
+@pytest.mark.parametrize(
+    "spec, reason",
+    [
+        ([1], "expected a map"),
+        ({"observation": {"a": ["<f4", [-1]]}, "action": ["<f4", [7]]}, "observation/a"),
+        ({"observation": {"a": ["|O", [1]]}, "action": ["<f4", [7]]}, "dtype"),
+        ({"observation": {}, "action": ["<f4"]}, "'action'"),
+    ],
+)
+def test_bad_handshake_specs_are_rejected(spec, reason: str) -> None:
+    from serl_stack.transport.protocol import check_spec
+
+    with pytest.raises(ProtocolError, match=reason):
+        check_spec(spec)

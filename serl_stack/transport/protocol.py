@@ -119,3 +119,89 @@ def open_envelope(data: bytes, max_bytes: int | None = None, expect: set[str] | 
     if "body" not in msg:
         raise ProtocolError("message has no 'body' field")
     return dict(msg)
+
+
+# ------------------------------------------------------------------------------------------- transition schema
+
+Spec = dict[str, Any]
+"""What an actor announces in its handshake: {"observation": {key path: [dtype, shape]}, "action": [dtype, shape]}."""
+
+TRANSITION_FIELDS = ("observation", "action", "executed_action", "reward", "next_observation", "terminated",
+                     "truncated", "episode")
+
+
+def _leaves(obs: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(obs, Mapping):
+        return {prefix: obs}
+    out: dict[str, Any] = {}
+    for k, v in obs.items():
+        if not isinstance(k, str):
+            raise ProtocolError(f"observation key {k!r:.40} under '{prefix}': expected a str")
+        out.update(_leaves(v, f"{prefix}/{k}" if prefix else k))
+    return out
+
+
+def make_spec(observation: Mapping[str, Any], action: np.ndarray) -> Spec:
+    """The spec of one example observation and action, as the actor announces it."""
+    obs = {k: [np.asarray(v).dtype.str, list(np.asarray(v).shape)] for k, v in _leaves(observation).items()}
+    a = np.asarray(action)
+    return {"observation": obs, "action": [a.dtype.str, list(a.shape)]}
+
+
+def check_spec(spec: Any) -> Spec:
+    """Validate a spec received in a handshake; returns it."""
+    if not isinstance(spec, Mapping) or not isinstance(spec.get("observation"), Mapping):
+        raise ProtocolError("spec: expected a map with 'observation' (map) and 'action'")
+    entries = {**{f"observation/{k}": v for k, v in spec["observation"].items()}, "action": spec.get("action")}
+    for name, entry in entries.items():
+        ok = isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str) and isinstance(entry[1], list)
+        if not ok or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**31 for d in entry[1]):
+            raise ProtocolError(f"spec '{name}': expected [dtype: str, shape: list of non-negative ints]")
+        try:
+            kind = np.dtype(entry[0]).kind
+        except TypeError as e:
+            raise ProtocolError(f"spec '{name}': {entry[0]!r:.40} is not a numpy dtype") from e
+        if kind not in _ALLOWED_KINDS:
+            raise ProtocolError(f"spec '{name}': dtype {entry[0]!r}; expected bool, int, uint or float")
+    return dict(spec)
+
+
+def _check_array(name: str, value: Any, entry: list) -> None:
+    dtype, shape = entry
+    if not isinstance(value, np.ndarray):
+        got = type(value).__name__
+        raise ProtocolError(f"transition field '{name}': expected an array of {dtype} {shape}, got {got}")
+    if value.dtype.str != dtype or list(value.shape) != shape:
+        raise ProtocolError(
+            f"transition field '{name}': expected {dtype} {shape}, got {value.dtype.str} {list(value.shape)}"
+        )
+    if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
+        raise ProtocolError(f"transition field '{name}': holds NaN or inf")
+
+
+def check_transition(t: Any, spec: Spec) -> None:
+    """Raise `ProtocolError` naming the first field of `t` that does not match the announced `spec`."""
+    if not isinstance(t, Mapping):
+        raise ProtocolError(f"transition: expected a map, got {type(t).__name__}")
+    missing = [f for f in TRANSITION_FIELDS if f not in t]
+    if missing:
+        raise ProtocolError(f"transition: missing fields {missing}; expected {list(TRANSITION_FIELDS)}")
+    for field in ("observation", "next_observation"):
+        leaves = _leaves(t[field])
+        expected = spec["observation"]
+        if set(leaves) != set(expected):
+            raise ProtocolError(
+                f"transition field '{field}': keys {sorted(leaves)} do not match the handshake {sorted(expected)}"
+            )
+        for key, value in leaves.items():
+            _check_array(f"{field}/{key}", value, expected[key])
+    for field in ("action", "executed_action"):
+        _check_array(field, t[field], spec["action"])
+    reward = t["reward"]
+    if isinstance(reward, bool) or not isinstance(reward, (int, float)) or not np.isfinite(reward):
+        raise ProtocolError(f"transition field 'reward': expected a finite number, got {reward!r:.40}")
+    for field in ("terminated", "truncated"):
+        if not isinstance(t[field], bool):
+            raise ProtocolError(f"transition field '{field}': expected a bool, got {t[field]!r:.40}")
+    if isinstance(t["episode"], bool) or not isinstance(t["episode"], int) or t["episode"] < 0:
+        raise ProtocolError(f"transition field 'episode': expected a non-negative int, got {t['episode']!r:.40}")
