@@ -1,5 +1,7 @@
 """The `serl` command: `serl train` (learner + actor on one machine), `serl learner`, `serl actor`, `serl config`.
 
+`serl keys` writes a CurveZMQ keypair for `transport.curve` (see docs/security.md).
+
 Owns: argument parsing and per-process setup (XLA/BLAS thread counts are set here, before JAX is imported, so
 each process uses the cores it was given). Everything heavy is imported inside the subcommand that needs it.
 """
@@ -52,11 +54,43 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("config", help="print the resolved config as YAML")
     _add_config_args(p)
+
+    p = sub.add_parser("keys", help="write a CurveZMQ keypair (NAME.key public, NAME.key_secret secret, mode 0600)")
+    p.add_argument("--out", type=Path, required=True, help="folder for the two files (created if missing)")
+    p.add_argument("--name", required=True, help="file name stem, e.g. learner or actor-0")
+    p.add_argument("--actor-id", default=None, help="bind the key to this actor id (default: the file name stem)")
     return parser
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from serl_stack.transport.auth import KeyFileError, generate_keypair
+
+    try:
+        public, secret = generate_keypair(args.out, args.name, args.actor_id)
+    except (KeyFileError, OSError) as e:
+        print(f"serl keys: {e}", file=sys.stderr)
+        return 2
+    print(f"public key: {public}  (safe to share)")
+    print(f"secret key: {secret}  (mode 0600; keep it on this machine only)")
+    if args.actor_id is None:  # no id: the pair may serve the learner, or an actor named by the file
+        print(
+            f"As the learner: run it with transport.curve=true transport.learner_secret_key={secret}\n"
+            "  transport.allowed_actors_dir=<folder of actors' .key files>, and give each actor a copy of\n"
+            f"  {public} as its transport.learner_public_key."
+        )
+    prefix = "Or as" if args.actor_id is None else "As"
+    print(
+        f"{prefix} actor {args.actor_id or args.name!r}: copy {public} into the learner's\n"
+        "  transport.allowed_actors_dir (then restart the learner), and run this actor with transport.curve=true\n"
+        f"  transport.actor_secret_key={secret} transport.learner_public_key=<the learner's .key file>."
+    )
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "keys":
+        return _keys(args)
     try:
         cfg = load(args.config, args.overrides)
     except ConfigError as e:
