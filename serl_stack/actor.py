@@ -20,6 +20,9 @@ from flax import serialization
 from serl_stack.config import Config
 from serl_stack.data.obs import flatten_keys, to_vector, vector_keys
 from serl_stack.transport.actor_client import ActorClient
+from serl_stack.transport.outbox import DurableOutbox
+from serl_stack.transport.protocol import make_spec
+from serl_stack.transport.spool import ActorSpool
 
 FLUSH_EVERY = 16
 """Transitions per message; a batch is also sent at every episode end and before waiting on the learner."""
@@ -97,17 +100,26 @@ class Actor:
                 raise ValueError(f"transport.{name} is 0; the actor needs the learner's port (expected 1..65535)")
         self.client = ActorClient(t.host, t.transitions_port, t.params_port, actor_id, t.max_message_bytes)
         self.env = make_env(cfg.env)
-        self.pending: list[dict[str, Any]] = []
+        # Each put reaches the OS at once (survives a crash of this process); fsyncs are batched per flush.
+        self.spool = ActorSpool(run_dir / f"spool-{actor_id}", fsync=False)
+        self.outbox: DurableOutbox | None = None
+        self._unflushed = 0
         self.policy: PolicyRunner | None = None
         self.keys: tuple[str, ...] = ()
 
     def _flush(self) -> None:
-        if self.pending:
-            self.client.send("transitions", {"transitions": self.pending})
-            self.pending = []
+        if self.outbox is not None:
+            self.outbox.flush()
+        self._unflushed = 0
 
     def _poll(self, timeout_ms: int) -> None:
         self.client.poll(timeout_ms)
+        if self.outbox is not None:
+            while self.client.replies:
+                self.outbox.on_reply(*self.client.replies.popleft())
+            if self.outbox.refused_reason is not None:
+                raise SystemExit(f"actor: the learner refused this actor: {self.outbox.refused_reason}")
+            self.outbox.maintain()
         body = self.client.params_body
         if self.policy is not None and body is not None and "params" in body:
             self.policy.load(self.client.params_version, body["params"])
@@ -136,9 +148,14 @@ class Actor:
         obs_dim = int(to_vector(flatten_keys(obs), self.keys).shape[-1])
         action_dim = int(np.prod(self.env.action_space.shape))
         self.policy = PolicyRunner(obs_dim, action_dim, self.cfg)
+        ledger = self.run_dir / f"ledger-{self.client.actor_id}.txt" if self.cfg.transport.ledger else None
+        spec = make_spec(obs, np.zeros(action_dim, np.float32))
+        self.outbox = DurableOutbox(self.client, self.spool, spec, ledger=ledger)
+        # Transitions spooled by an earlier run of this actor count: a restarted actor continues, not repeats.
+        first_step = self.spool.next_seq() - 1
         episode, ep_return, ep_len = 0, 0.0, 0
         try:
-            for step in range(t.total_env_steps):
+            for step in range(first_step, t.total_env_steps):
                 if not actor_may_step(step, self._updates(), t.start_steps, t.throttle_slack):
                     self._wait(
                         lambda s=step: actor_may_step(s, self._updates(), t.start_steps, t.throttle_slack),
@@ -154,7 +171,7 @@ class Actor:
                 next_obs, reward, terminated, truncated, info = self.env.step(action)
                 ep_return += float(reward)
                 ep_len += 1
-                self.pending.append(
+                self.outbox.add(
                     {
                         "observation": obs,
                         "action": np.asarray(action, dtype=np.float32),
@@ -176,10 +193,12 @@ class Actor:
                     )
                     episode, ep_return, ep_len = episode + 1, 0.0, 0
                     obs, _ = self.env.reset()
-                elif len(self.pending) >= FLUSH_EVERY:
-                    self._flush()
+                else:
+                    self._unflushed += 1
+                    if self._unflushed >= FLUSH_EVERY:
+                        self._flush()
                 self._poll(0)
-            self._flush()
+            self._wait(lambda: len(self.spool) == 0, "every transition on the learner's disk")
             self.client.send("done", {"env_steps": t.total_env_steps})
             print("actor: collection finished; waiting for the final parameters", flush=True)
             self._wait(lambda: bool((self.client.params_body or {}).get("final")), "final parameters")
@@ -194,6 +213,9 @@ class Actor:
             return 130
         finally:
             self.client.close()
+            if self.outbox is not None:
+                self.outbox.close()
+            self.spool.close()
             self.env.close()
 
 

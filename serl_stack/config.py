@@ -142,6 +142,18 @@ class TransportConfig:
     """Broadcast policy parameters every this many learner updates."""
     max_message_bytes: int = 64 * 1024 * 1024
     """Largest message accepted from a peer."""
+    curve: bool = False
+    """Encrypt and authenticate the link with CurveZMQ (docs/security.md); needs the key paths below."""
+    learner_secret_key: str = ""
+    """Learner, with curve: path of its secret certificate (the `.key_secret` file from `serl keys`)."""
+    allowed_actors_dir: str = ""
+    """Learner, with curve: folder of authorized actors' public `.key` files (each binds one actor id to one key)."""
+    actor_secret_key: str = ""
+    """Actor, with curve: path of its own secret certificate (`serl keys --actor-id ...`, the `.key_secret` file)."""
+    learner_public_key: str = ""
+    """Actor, with curve: path of the learner's public certificate (the learner's `.key` file)."""
+    ledger: bool = False
+    """Actor keeps `<run>/ledger-<actor id>.txt`: seq and SHA-256 of every transition it spools (audit trail)."""
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,10 @@ from serl_stack.checkpoint import Checkpointer
 from serl_stack.config import Config
 from serl_stack.data.obs import flatten_keys, vector_keys
 from serl_stack.data.replay import ReplayBuffer, to_agent_batch
+from serl_stack.transport.inbox import DurableInbox
 from serl_stack.transport.learner_server import TOPIC_PARAMS, TOPIC_STATUS, LearnerServer
+from serl_stack.transport.log import TransitionLog
+from serl_stack.transport.protocol import make_spec, unpack
 
 STATUS_PERIOD_S = 0.5
 
@@ -42,6 +45,9 @@ class Learner:
         self.parent_pid = parent_pid
         t = cfg.transport
         self.server = LearnerServer(t.host, t.transitions_port, t.params_port, t.max_message_bytes)
+        self.log = TransitionLog(run_dir / "transitions")
+        self.inbox = DurableInbox(self.server, self.log, status=self.status, max_item_bytes=t.max_message_bytes,
+                                  on_welcome=self._send_params_to)
         self.writer = SummaryWriter(str(run_dir / "tb" / "learner"))
         self.checkpointer = Checkpointer(run_dir / "checkpoints")
         self.rng = np.random.default_rng(cfg.train.seed)
@@ -52,7 +58,6 @@ class Learner:
         self.env_steps = 0
         self.updates = 0
         self.params_version = 0
-        self.quarantined = 0
         self.episodes = 0
         self.returns: deque[float] = deque(maxlen=20)
         self.successes: deque[float] = deque(maxlen=20)
@@ -81,12 +86,8 @@ class Learner:
         self.agent = SACAgent.create(self.cfg.train.seed, warmup.shape[1], self._action_dim, self.cfg.agent, norm)
         self._publish_params()
 
-    def _insert(self, tr: Any) -> None:
-        if not isinstance(tr, dict):
-            raise ValueError(f"transition: expected a map, got {type(tr).__name__}")
-        for field in ("observation", "action", "reward", "next_observation", "terminated", "truncated"):
-            if field not in tr:
-                raise ValueError(f"transition has no '{field}' field")
+    def _insert(self, tr: dict[str, Any]) -> None:
+        """Put one durable, schema-checked transition into the replay buffer."""
         if self.replay is None:
             try:
                 self._init_replay(tr["observation"], tr["action"])
@@ -95,31 +96,46 @@ class Learner:
         assert self.replay is not None
         self.replay.insert(
             flatten_keys(tr["observation"]),
-            np.asarray(tr["action"]),
+            tr["action"],
             float(tr["reward"]),
             flatten_keys(tr["next_observation"]),
-            bool(tr["terminated"]),
-            bool(tr["truncated"]),
+            tr["terminated"],
+            tr["truncated"],
         )
+        self.env_steps += 1
+
+    def rebuild_from_log(self) -> int:
+        """Refill the replay buffer from the durable log (after a restart); returns how many transitions."""
+        for _, _, _, payload in self.log.replay():
+            t = unpack(payload)
+            if self.inbox.expected_spec is None:  # actors must keep announcing what the log already holds
+                self.inbox.expected_spec = make_spec(t["observation"], t["action"])
+            self._insert(t)
+        return self.env_steps
+
+    def resume(self) -> None:
+        """After a restart: refill the replay buffer from the log and restore the latest checkpoint, if any."""
+        n = self.rebuild_from_log()
+        step = self.checkpointer.latest_step()
+        if step is not None and self.replay is not None:
+            from serl_stack.agents.sac import SACAgent
+
+            obs_dim = to_agent_batch(self.replay.sample(1, self.rng), self.keys)["observations"].shape[1]
+            template = SACAgent.create(self.cfg.train.seed, obs_dim, self._action_dim, self.cfg.agent)
+            self.agent, meta = self.checkpointer.restore(template, step)
+            self.updates = int(meta.get("updates", step))
+            self.params_version = int(meta.get("params_version", 0))
+            self._publish_params()
+        if n or step is not None:
+            print(f"learner: resumed with {n} transitions from the log, checkpoint {step}", flush=True)
 
     def _handle_messages(self, timeout_ms: int) -> None:
-        for msg in self.server.recv(timeout_ms):
+        delivered, others = self.inbox.handle(self.server.recv(timeout_ms))
+        for d in delivered:
+            self._insert(d.transition)
+        for msg in others:
             body = msg.body if isinstance(msg.body, dict) else {}
-            if msg.msg_type == "transitions":
-                batch = body.get("transitions")
-                if not isinstance(batch, list):
-                    self.quarantined += 1  # the whole message is unusable; ack it so the actor moves on
-                    batch = []
-                for tr in batch:
-                    try:
-                        self._insert(tr)
-                    except (ValueError, TypeError, KeyError) as e:
-                        # A bad record is set aside and counted; the actor's sequence keeps moving.
-                        self.quarantined += 1
-                        self.writer.add_text("quarantined", str(e), self.env_steps)
-                        continue
-                    self.env_steps += 1
-            elif msg.msg_type == "episode":
+            if msg.msg_type == "episode":
                 self._log_episode(body)
             elif msg.msg_type == "done":
                 self.actor_done_steps = int(body.get("env_steps", self.env_steps))
@@ -152,16 +168,23 @@ class Learner:
             "episodes": self.episodes,
             "return_mean": float(np.mean(self.returns)) if self.returns else None,
             "success_rate": float(np.mean(self.successes)) if self.successes else None,
-            "quarantined": self.quarantined,
+            "quarantined": self.inbox.quarantined,
             "params_version": self.params_version,
             "phase": "evaluating" if self.final_sent else "training",
         }
 
+    def _params_body(self, final: bool = False) -> dict[str, Any]:
+        params = jax.tree.map(np.asarray, serialization.to_state_dict(self.agent.actor_params))
+        return {"params": params, "final": final, "status": self.status()}
+
     def _publish_params(self, final: bool = False) -> None:
         self.params_version += 1
-        params = jax.tree.map(np.asarray, serialization.to_state_dict(self.agent.actor_params))
-        body = {"params": params, "final": final, "status": self.status()}
-        self.server.publish(TOPIC_PARAMS, "params", body, seq=self.params_version)
+        self.server.publish(TOPIC_PARAMS, "params", self._params_body(final), seq=self.params_version)
+
+    def _send_params_to(self, identity: bytes) -> None:
+        """A (re)joining actor gets the current parameters at once, not at the next broadcast."""
+        if self.agent is not None:
+            self.server.reply(identity, "params", self._params_body(self.final_sent), seq=self.params_version)
 
     def _checkpoint(self) -> Path:
         meta = {"updates": self.updates, "env_steps": self.env_steps, "params_version": self.params_version}
@@ -188,6 +211,7 @@ class Learner:
     def run(self) -> int:
         t = self.cfg.train
         final_at = 0.0
+        self.resume()
         try:
             while True:
                 if self.agent is None and self.replay is not None and len(self.replay) >= max(1, t.start_steps):

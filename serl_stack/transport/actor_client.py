@@ -10,19 +10,28 @@ from __future__ import annotations
 import collections
 import contextlib
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
 from serl_stack.transport.learner_server import TOPIC_PARAMS, endpoint
 from serl_stack.transport.protocol import ProtocolError, envelope, open_envelope
 
+if TYPE_CHECKING:
+    from serl_stack.transport.auth import CurveClient
+
 
 class ActorClient:
     """Connects to a learner; `send` queues a message, `poll` processes acks and parameter broadcasts."""
 
     def __init__(
-        self, host: str, transitions_port: int, params_port: int, actor_id: str, max_message_bytes: int
+        self,
+        host: str,
+        transitions_port: int,
+        params_port: int,
+        actor_id: str,
+        max_message_bytes: int,
+        security: CurveClient | None = None,
     ) -> None:
         self.actor_id = actor_id
         self._max_bytes = max_message_bytes
@@ -30,11 +39,15 @@ class ActorClient:
         self._dealer = self._ctx.socket(zmq.DEALER)
         self._dealer.setsockopt(zmq.LINGER, 0)
         self._dealer.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+        if security is not None:  # CURVE options must be set before connect
+            security.configure(self._dealer)
         self._dealer.connect(endpoint(host, transitions_port))
         self._sub = self._ctx.socket(zmq.SUB)
         self._sub.setsockopt(zmq.LINGER, 0)
         self._sub.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
         self._sub.setsockopt(zmq.SUBSCRIBE, TOPIC_PARAMS)
+        if security is not None:
+            security.configure(self._sub)
         self._sub.connect(endpoint(host, params_port))
         self._poller = zmq.Poller()
         self._poller.register(self._dealer, zmq.POLLIN)
@@ -52,6 +65,8 @@ class ActorClient:
         self.last_heard = 0.0
         """time.monotonic() of the last message from the learner."""
         self.rejected: collections.Counter[str] = collections.Counter()
+        self.replies: collections.deque[tuple[str, dict[str, Any]]] = collections.deque(maxlen=10_000)
+        """(type, body) of replies from the learner (ack, welcome, refused), for the caller to consume."""
 
     def send(self, msg_type: str, body: Any) -> int:
         """Send a message to the learner; returns its sequence number (kept until acknowledged)."""
@@ -84,7 +99,7 @@ class ActorClient:
                     data = self._dealer.recv(zmq.NOBLOCK)
                 except zmq.Again:
                     break
-                got |= self._handle(data, {"ack"})
+                got |= self._handle(data, {"ack", "welcome", "refused", "params"})
         if self._sub in events:
             while True:
                 try:
@@ -108,11 +123,12 @@ class ActorClient:
             self.rejected["body not a map"] += 1
             return False
         self.last_heard = time.monotonic()
-        if msg["type"] == "ack":
+        if msg["type"] in ("ack", "welcome", "refused"):
             acked = msg["seq"]
             self.acked_seq = max(self.acked_seq, acked)
             for seq in [s for s in self.unacked if s <= acked]:
                 del self.unacked[seq]
+            self.replies.append((msg["type"], body))
         elif msg["type"] == "params" and msg["seq"] > self.params_version:  # never go back to an older version
             self.params_version = msg["seq"]
             self.params_body = body

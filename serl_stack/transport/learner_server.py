@@ -10,15 +10,18 @@ from __future__ import annotations
 import collections
 import contextlib
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
 from serl_stack.transport.protocol import ProtocolError, envelope, open_envelope
 
+if TYPE_CHECKING:
+    from serl_stack.transport.auth import CurveServer
+
 TOPIC_PARAMS = b"params"
 TOPIC_STATUS = b"status"
-ACTOR_MESSAGE_TYPES = {"transitions", "episode", "done", "eval", "ping"}
+ACTOR_MESSAGE_TYPES = {"hello", "transitions", "episode", "done", "eval", "ping"}
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,8 @@ class Incoming:
     sender: str
     seq: int
     body: Any
+    user_id: str | None = None
+    """Actor id the CURVE handshake authenticated (equal to `sender`), or None when security is off."""
 
 
 def endpoint(host: str, port: int | None = None) -> str:
@@ -49,14 +54,26 @@ def _bind(sock: zmq.Socket, host: str, port: int) -> int:
 class LearnerServer:
     """Binds the learner's sockets; `recv` returns validated actor messages, `reply`/`publish` answer."""
 
-    def __init__(self, host: str, transitions_port: int, params_port: int, max_message_bytes: int) -> None:
-        self._ctx = zmq.Context.instance()
+    def __init__(
+        self,
+        host: str,
+        transitions_port: int,
+        params_port: int,
+        max_message_bytes: int,
+        security: CurveServer | None = None,
+    ) -> None:
+        # With CURVE the sockets live in the CurveServer's context: its ZAP handler only sees that context.
+        self._ctx = zmq.Context.instance() if security is None else security.context
+        self._security = security
         self._max_bytes = max_message_bytes
         self._router = self._ctx.socket(zmq.ROUTER)
         self._router.setsockopt(zmq.LINGER, 0)
         self._router.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
         self._pub = self._ctx.socket(zmq.PUB)
         self._pub.setsockopt(zmq.LINGER, 0)
+        if security is not None:  # the PUB too, so an unlisted actor receives no parameters
+            security.configure(self._router)
+            security.configure(self._pub)
         try:
             self.transitions_port = _bind(self._router, host, transitions_port)
             self.params_port = _bind(self._pub, host, params_port)
@@ -78,7 +95,7 @@ class LearnerServer:
             return out
         while len(out) < max_messages:
             try:
-                frames = self._router.recv_multipart(zmq.NOBLOCK)
+                frames, user_id = self._recv_frames()
             except zmq.Again:
                 break
             if len(frames) != 2:
@@ -90,8 +107,20 @@ class LearnerServer:
             except ProtocolError as e:
                 self.rejected[str(e).split(":")[0][:60]] += 1
                 continue
-            out.append(Incoming(identity, msg["type"], msg["from"], msg["seq"], msg["body"]))
+            if self._security is not None and msg["from"] != user_id:
+                # The key proved who connected; a different `from` is an actor posing as another.
+                self.rejected["spoofed actor id"] += 1
+                continue
+            out.append(Incoming(identity, msg["type"], msg["from"], msg["seq"], msg["body"], user_id))
         return out
+
+    def _recv_frames(self) -> tuple[list[bytes], str | None]:
+        """One multipart message and, with CURVE, the actor id its connection authenticated as."""
+        if self._security is None:
+            return self._router.recv_multipart(zmq.NOBLOCK), None
+        # Only zero-copy Frames expose the connection's metadata (the ZAP handler's User-Id).
+        frames = self._router.recv_multipart(zmq.NOBLOCK, copy=False)
+        return [f.bytes for f in frames], frames[-1].get("User-Id")
 
     def reply(self, identity: bytes, msg_type: str, body: Any, seq: int = 0) -> None:
         """Send a message to one actor (an ack, typically); dropped if that actor is gone."""
