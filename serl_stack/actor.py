@@ -20,6 +20,7 @@ from flax import serialization
 from serl_stack.config import Config
 from serl_stack.data.obs import flatten_keys, to_vector, vector_keys
 from serl_stack.transport.actor_client import ActorClient
+from serl_stack.transport.auth import curve_client_from_config
 from serl_stack.transport.outbox import DurableOutbox
 from serl_stack.transport.protocol import make_spec
 from serl_stack.transport.spool import ActorSpool
@@ -88,7 +89,7 @@ def evaluate(
 class Actor:
     """Runs `cfg.train.total_env_steps` env steps, then the final evaluation; `run()` returns an exit code."""
 
-    def __init__(self, cfg: Config, run_dir: Path, actor_id: str = "actor-0", parent_pid: int | None = None):
+    def __init__(self, cfg: Config, run_dir: Path, parent_pid: int | None = None):
         from serl_stack.envs import make_env
 
         self.cfg = cfg
@@ -98,7 +99,15 @@ class Actor:
         for name in ("transitions_port", "params_port"):
             if getattr(t, name) == 0:
                 raise ValueError(f"transport.{name} is 0; the actor needs the learner's port (expected 1..65535)")
-        self.client = ActorClient(t.host, t.transitions_port, t.params_port, actor_id, t.max_message_bytes)
+        security = curve_client_from_config(t)
+        if security is not None and security.actor_id not in (None, t.actor_id):
+            raise ValueError(
+                f"transport.actor_id is {t.actor_id!r} but the key {t.actor_secret_key} is bound to "
+                f"{security.actor_id!r}; the learner would reject every message as spoofed"
+            )
+        actor_id = t.actor_id
+        self.client = ActorClient(t.host, t.transitions_port, t.params_port, actor_id, t.max_message_bytes, security)
+        self._warned_silent = False
         self.env = make_env(cfg.env)
         # Each put reaches the OS at once (survives a crash of this process); fsyncs are batched per flush.
         self.spool = ActorSpool(run_dir / f"spool-{actor_id}", fsync=False)
@@ -120,6 +129,14 @@ class Actor:
             if self.outbox.refused_reason is not None:
                 raise SystemExit(f"actor: the learner refused this actor: {self.outbox.refused_reason}")
             self.outbox.maintain()
+        t = self.cfg.transport
+        if time.monotonic() - self.client.last_sent > t.heartbeat_s:
+            self.client.send("ping", {})
+        silent = self.client.silent_for() > t.learner_silent_warn_s
+        if silent and not self._warned_silent:
+            print(f"actor: the learner has been silent for over {t.learner_silent_warn_s:g} s; "
+                  "acting on the last parameters and spooling transitions", flush=True)
+        self._warned_silent = silent
         body = self.client.params_body
         if self.policy is not None and body is not None and "params" in body:
             self.policy.load(self.client.params_version, body["params"])

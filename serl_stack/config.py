@@ -152,6 +152,12 @@ class TransportConfig:
     """Actor, with curve: path of its own secret certificate (`serl keys --actor-id ...`, the `.key_secret` file)."""
     learner_public_key: str = ""
     """Actor, with curve: path of the learner's public certificate (the learner's `.key` file)."""
+    actor_id: str = "actor-0"
+    """This actor's id (with curve it must equal the actor_id bound to its key); the learner keys logs by it."""
+    heartbeat_s: float = 1.0
+    """An idle actor pings the learner this often; the learner's status broadcast is its heartbeat back."""
+    learner_silent_warn_s: float = 10.0
+    """The actor warns (and keeps acting on its last parameters) when the learner is silent this long."""
     ledger: bool = False
     """Actor keeps `<run>/ledger-<actor id>.txt`: seq and SHA-256 of every transition it spools (audit trail)."""
 

@@ -23,6 +23,7 @@ from serl_stack.checkpoint import Checkpointer
 from serl_stack.config import Config
 from serl_stack.data.obs import flatten_keys, vector_keys
 from serl_stack.data.replay import ReplayBuffer, to_agent_batch
+from serl_stack.transport.auth import curve_server_from_config
 from serl_stack.transport.inbox import DurableInbox
 from serl_stack.transport.learner_server import TOPIC_PARAMS, TOPIC_STATUS, LearnerServer
 from serl_stack.transport.log import TransitionLog
@@ -44,7 +45,9 @@ class Learner:
         self.run_dir = run_dir
         self.parent_pid = parent_pid
         t = cfg.transport
-        self.server = LearnerServer(t.host, t.transitions_port, t.params_port, t.max_message_bytes)
+        self.security = curve_server_from_config(t)
+        self.server = LearnerServer(t.host, t.transitions_port, t.params_port, t.max_message_bytes, self.security)
+        self.actor_last_heard: dict[str, float] = {}
         self.log = TransitionLog(run_dir / "transitions")
         self.inbox = DurableInbox(self.server, self.log, status=self.status, max_item_bytes=t.max_message_bytes,
                                   on_welcome=self._send_params_to)
@@ -130,7 +133,11 @@ class Learner:
             print(f"learner: resumed with {n} transitions from the log, checkpoint {step}", flush=True)
 
     def _handle_messages(self, timeout_ms: int) -> None:
-        delivered, others = self.inbox.handle(self.server.recv(timeout_ms))
+        messages = self.server.recv(timeout_ms)
+        now = time.monotonic()
+        for msg in messages:
+            self.actor_last_heard[msg.sender] = now
+        delivered, others = self.inbox.handle(messages)
         for d in delivered:
             self._insert(d.transition)
         for msg in others:
@@ -169,6 +176,8 @@ class Learner:
             "return_mean": float(np.mean(self.returns)) if self.returns else None,
             "success_rate": float(np.mean(self.successes)) if self.successes else None,
             "quarantined": self.inbox.quarantined,
+            "rejected": dict(self.server.rejected),
+            "actors_silent_s": {a: round(time.monotonic() - t, 2) for a, t in self.actor_last_heard.items()},
             "params_version": self.params_version,
             "phase": "evaluating" if self.final_sent else "training",
         }
@@ -252,6 +261,9 @@ class Learner:
             self.writer.close()
             self.checkpointer.close()
             self.server.close()
+            self.log.close()
+            if self.security is not None:
+                self.security.close()
 
 
 def run_learner(cfg: Config, run_dir: Path, parent_pid: int | None = None) -> int:

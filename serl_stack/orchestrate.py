@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from serl_stack.config import Config, dump
+from serl_stack.transport.auth import curve_client_from_config
 from serl_stack.transport.learner_server import TOPIC_STATUS, endpoint
 from serl_stack.transport.protocol import ProtocolError, open_envelope
 
@@ -88,13 +89,23 @@ def _tail(path: Path, lines: int = 15) -> str:
         return "(no log)"
 
 
-def _fmt(status: dict[str, Any]) -> str:
+def link_status(status: dict[str, Any], learner_silent_s: float, limit_s: float = 3.0) -> str:
+    """`link ok`, or which side has been silent for how long."""
+    if learner_silent_s > limit_s:
+        return f"learner silent {learner_silent_s:.0f}s"
+    silent = {a: t for a, t in (status.get("actors_silent_s") or {}).items() if t > limit_s}
+    if silent:
+        return "silent: " + ", ".join(f"{a} {t:.0f}s" for a, t in silent.items())
+    return "link ok" if status else "connecting"
+
+
+def _fmt(status: dict[str, Any], link: str) -> str:
     ret, succ = status.get("return_mean"), status.get("success_rate")
     return (
         f"upd/s {status.get('updates_per_s', 0.0):6.1f}  "
         f"return {'-' if ret is None else f'{ret:7.2f}'}  "
         f"success {'-' if succ is None else f'{100 * succ:5.1f}%'}  "
-        f"updates {status.get('updates', 0)}"
+        f"updates {status.get('updates', 0)}  {link}"
     )
 
 
@@ -106,6 +117,9 @@ def train(cfg: Config, run_dir: Path | None = None) -> int:
     sub = zmq.Context.instance().socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
     sub.setsockopt(zmq.SUBSCRIBE, TOPIC_STATUS)
+    security = curve_client_from_config(cfg.transport)  # with curve, we listen with the actor's key
+    if security is not None:
+        security.configure(sub)
     sub.connect(endpoint(cfg.transport.host, cfg.transport.params_port))
     procs = {"learner": spawn("learner", run_dir), "actor": spawn("actor", run_dir)}
     status: dict[str, Any] = {}
@@ -115,7 +129,7 @@ def train(cfg: Config, run_dir: Path | None = None) -> int:
         TimeElapsedColumn(), console=console, transient=False, disable=not console.is_terminal,
     )
     task = progress.add_task("starting", total=cfg.train.total_env_steps)
-    last_plain = time.monotonic()
+    last_plain = heard = time.monotonic()
     try:
         with progress:
             while any(p.poll() is None for p in procs.values()):
@@ -123,12 +137,14 @@ def train(cfg: Config, run_dir: Path | None = None) -> int:
                     try:
                         msg = open_envelope(sub.recv_multipart()[1], cfg.transport.max_message_bytes)
                         status = msg["body"] if isinstance(msg["body"], dict) else status
+                        heard = time.monotonic()
                     except (ProtocolError, IndexError):
                         pass  # the status line is cosmetic; a garbled one is skipped
-                progress.update(task, completed=status.get("env_steps", 0), description=_fmt(status))
+                link = link_status(status, time.monotonic() - heard if status else 0.0)
+                progress.update(task, completed=status.get("env_steps", 0), description=_fmt(status, link))
                 if not console.is_terminal and time.monotonic() - last_plain > PLAIN_STATUS_EVERY_S:
-                    last_plain = time.monotonic()
-                    print(f"env steps {status.get('env_steps', 0)}/{cfg.train.total_env_steps}  {_fmt(status)}",
+                    last_plain = heard = time.monotonic()
+                    print(f"env steps {status.get('env_steps', 0)}/{cfg.train.total_env_steps}  {_fmt(status, link)}",
                           flush=True)
                 failed = [r for r, p in procs.items() if p.poll() not in (None, 0)]
                 if failed:

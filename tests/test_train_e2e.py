@@ -82,3 +82,12 @@ def test_ctrl_c_stops_both_processes_and_checkpoints(tmp_path: Path) -> None:
     for pid in children:
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][:2]
     assert "checkpoint saved" in (run / "learner.log").read_text()
+
+
+def test_link_status_names_the_silent_side() -> None:
+    from serl_stack.orchestrate import link_status
+
+    assert link_status({}, 0.0) == "connecting"
+    assert link_status({"actors_silent_s": {"actor-0": 0.2}}, 0.5) == "link ok"
+    assert link_status({"actors_silent_s": {"actor-0": 0.2}}, 12.0) == "learner silent 12s"
+    assert link_status({"actors_silent_s": {"actor-0": 7.0, "actor-1": 0.1}}, 0.1) == "silent: actor-0 7s"

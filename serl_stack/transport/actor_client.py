@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
-from serl_stack.transport.learner_server import TOPIC_PARAMS, endpoint
+from serl_stack.transport.learner_server import TOPIC_PARAMS, TOPIC_STATUS, endpoint
 from serl_stack.transport.protocol import ProtocolError, envelope, open_envelope
 
 if TYPE_CHECKING:
@@ -46,6 +46,7 @@ class ActorClient:
         self._sub.setsockopt(zmq.LINGER, 0)
         self._sub.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
         self._sub.setsockopt(zmq.SUBSCRIBE, TOPIC_PARAMS)
+        self._sub.setsockopt(zmq.SUBSCRIBE, TOPIC_STATUS)  # the learner's heartbeat
         if security is not None:
             security.configure(self._sub)
         self._sub.connect(endpoint(host, params_port))
@@ -62,15 +63,22 @@ class ActorClient:
         self.params_version = -1
         self.learner_status: dict[str, Any] = {}
         """The most recent status the learner attached to an ack or a parameter message."""
+        self.last_sent = 0.0
+        """time.monotonic() of the last message sent (an idle actor pings to stay visible)."""
         self.last_heard = 0.0
         """time.monotonic() of the last message from the learner."""
         self.rejected: collections.Counter[str] = collections.Counter()
         self.replies: collections.deque[tuple[str, dict[str, Any]]] = collections.deque(maxlen=10_000)
         """(type, body) of replies from the learner (ack, welcome, refused), for the caller to consume."""
 
+    def silent_for(self) -> float:
+        """Seconds since the learner was last heard (inf before the first message)."""
+        return time.monotonic() - self.last_heard if self.last_heard else float("inf")
+
     def send(self, msg_type: str, body: Any) -> int:
         """Send a message to the learner; returns its sequence number (kept until acknowledged)."""
         self._seq += 1
+        self.last_sent = time.monotonic()
         data = envelope(msg_type, self.actor_id, body, self._seq)
         if len(data) > self._max_bytes:
             raise ValueError(f"{msg_type} message of {len(data)} bytes exceeds max_message_bytes={self._max_bytes}")
@@ -109,14 +117,14 @@ class ActorClient:
                 except ValueError:
                     self.rejected["frame count"] += 1
                     continue
-                got |= self._handle(data, {"params"})
+                got |= self._handle(data, {"params", "status"})
         return got
 
     def _handle(self, data: bytes, expect: set[str]) -> bool:
         try:
             msg = open_envelope(data, self._max_bytes, expect=expect)
         except ProtocolError as e:
-            self.rejected[str(e).split(":")[0][:60]] += 1
+            self.rejected[e.reason] += 1
             return False
         body = msg["body"]
         if not isinstance(body, dict):
@@ -132,7 +140,7 @@ class ActorClient:
         elif msg["type"] == "params" and msg["seq"] > self.params_version:  # never go back to an older version
             self.params_version = msg["seq"]
             self.params_body = body
-        status = body.get("status")
+        status = body if msg["type"] == "status" else body.get("status")
         if isinstance(status, dict):
             self.learner_status = status
         return True

@@ -105,7 +105,7 @@ class LearnerServer:
             try:
                 msg = open_envelope(data, self._max_bytes, expect=ACTOR_MESSAGE_TYPES)
             except ProtocolError as e:
-                self.rejected[str(e).split(":")[0][:60]] += 1
+                self.rejected[e.reason] += 1
                 continue
             if self._security is not None and msg["from"] != user_id:
                 # The key proved who connected; a different `from` is an actor posing as another.

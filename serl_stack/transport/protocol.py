@@ -28,6 +28,31 @@ _MAX_NDIM = 8
 class ProtocolError(ValueError):
     """A message that does not follow the protocol; the text names the field and what was expected."""
 
+    @property
+    def reason(self) -> str:
+        """A short category from a fixed set, for counting rejections (the text itself holds peer values)."""
+        text = str(self)
+        for prefix, reason in _REASONS:
+            if text.startswith(prefix):
+                return reason
+        return "malformed"
+
+
+_REASONS = (
+    ("message of ", "too large"),
+    ("message is not valid msgpack", "not msgpack"),
+    ("message field 'v'", "wrong version"),
+    ("message field", "bad envelope"),
+    ("message:", "bad envelope"),
+    ("message has no", "bad envelope"),
+    ("unknown msgpack extension", "bad array"),
+    ("ndarray", "bad array"),
+    ("array dtype", "bad array"),
+    ("transition", "bad transition"),
+    ("spec", "bad spec"),
+    ("observation key", "bad transition"),
+)
+
 
 def _pack_array(a: np.ndarray) -> msgpack.ExtType:
     if a.dtype.kind not in _ALLOWED_KINDS:
