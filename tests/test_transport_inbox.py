@@ -144,3 +144,15 @@ def test_items_with_unusable_seq_are_counted_not_fatal(tmp_path: Path, seq) -> N
         assert link.inbox.quarantined == 1 and not link.delivered
     finally:
         link.close()
+
+
+def test_a_welcomed_actor_gets_the_current_parameters_at_once(tmp_path: Path) -> None:
+    link = Link(tmp_path)
+    params = {"w": np.arange(4, dtype=np.float32)}
+    link.inbox.on_welcome = lambda identity: link.server.reply(identity, "params", {"params": params}, seq=5)
+    try:
+        link.pump(2, until=lambda: link.client.params_body is not None)
+        assert link.outbox.welcomed and link.client.params_version == 5
+        np.testing.assert_array_equal(link.client.params_body["params"]["w"], params["w"])
+    finally:
+        link.close()
