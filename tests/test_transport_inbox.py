@@ -156,3 +156,36 @@ def test_a_welcomed_actor_gets_the_current_parameters_at_once(tmp_path: Path) ->
         np.testing.assert_array_equal(link.client.params_body["params"]["w"], params["w"])
     finally:
         link.close()
+
+
+def test_several_actors_feed_one_learner(tmp_path: Path) -> None:
+    link = Link(tmp_path, actor_id="a0")
+    other = ActorClient("127.0.0.1", link.server.transitions_port, link.server.params_port, "a1", MAX)
+    spool = ActorSpool(tmp_path / "spool-a1", fsync=False)
+    t0 = transition(0)
+    second = DurableOutbox(other, spool, make_spec(t0["observation"], t0["action"]), resend_after_s=0.3)
+    try:
+        deadline = time.monotonic() + 5
+        while not (link.outbox.welcomed and second.welcomed) and time.monotonic() < deadline:
+            link.pump(0.05)
+            other.poll(5)
+            while other.replies:
+                second.on_reply(*other.replies.popleft())
+        for i in range(30):
+            link.outbox.add(transition(i))
+            second.add(transition(100 + i))
+        second.flush()
+        deadline = time.monotonic() + 5
+        while (len(link.spool) or len(spool)) and time.monotonic() < deadline:
+            link.pump(0.05)
+            other.poll(5)
+            while other.replies:
+                second.on_reply(*other.replies.popleft())
+        by_actor: dict[str, list[int]] = {}
+        for _, actor, seq, _ in link.log.replay():
+            by_actor.setdefault(actor, []).append(seq)
+        assert by_actor == {"a0": list(range(1, 31)), "a1": list(range(1, 31))}
+    finally:
+        other.close()
+        spool.close()
+        link.close()
