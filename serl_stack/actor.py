@@ -221,8 +221,8 @@ class Actor:
             self._wait(lambda: bool((self.client.params_body or {}).get("final")), "final parameters")
             result = evaluate(self.env, self.policy, self.keys, t.eval_episodes, t.eval_seed)
             (self.run_dir / "eval.json").write_text(json.dumps(result, indent=2))
-            self.client.send("eval", result)
-            self._wait(lambda: not self.client.unacked, "acknowledgement of the evaluation")
+            seq = self.client.send("eval", result)
+            self._wait(lambda: self.client.acked_seq >= seq, "acknowledgement of the evaluation")
             return 0
         except KeyboardInterrupt:
             self._flush()

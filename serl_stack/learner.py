@@ -21,7 +21,7 @@ from tensorboardX import SummaryWriter
 
 from serl_stack.checkpoint import Checkpointer
 from serl_stack.config import Config
-from serl_stack.data.obs import flatten_keys, vector_keys
+from serl_stack.data.obs import flatten_keys, vector_dim, vector_keys
 from serl_stack.data.replay import ReplayBuffer, to_agent_batch
 from serl_stack.transport.auth import curve_server_from_config
 from serl_stack.transport.inbox import DurableInbox
@@ -57,7 +57,7 @@ class Learner:
         self.agent: Any = None
         self.replay: ReplayBuffer | None = None
         self.keys: tuple[str, ...] = ()
-        self._action_dim = 0
+        self._obs_dim = self._action_dim = 0
         self.env_steps = 0
         self.updates = 0
         self.params_version = 0
@@ -75,6 +75,7 @@ class Learner:
         flat = flatten_keys(obs)
         self.keys = vector_keys(flat, self.cfg.agent.obs_keys)
         self.replay = ReplayBuffer.from_example(flat, np.asarray(action), self.cfg.replay)
+        self._obs_dim = vector_dim(flat, self.keys)
         self._action_dim = int(np.asarray(action).size)
 
     def _init_agent(self) -> None:
@@ -86,7 +87,7 @@ class Learner:
         norm = None
         if self.cfg.agent.normalize_observations:
             norm = {"mean": warmup.mean(axis=0), "std": warmup.std(axis=0)}
-        self.agent = SACAgent.create(self.cfg.train.seed, warmup.shape[1], self._action_dim, self.cfg.agent, norm)
+        self.agent = SACAgent.create(self.cfg.train.seed, self._obs_dim, self._action_dim, self.cfg.agent, norm)
         self._publish_params()
 
     def _insert(self, tr: dict[str, Any]) -> None:
@@ -123,8 +124,7 @@ class Learner:
         if step is not None and self.replay is not None:
             from serl_stack.agents.sac import SACAgent
 
-            obs_dim = to_agent_batch(self.replay.sample(1, self.rng), self.keys)["observations"].shape[1]
-            template = SACAgent.create(self.cfg.train.seed, obs_dim, self._action_dim, self.cfg.agent)
+            template = SACAgent.create(self.cfg.train.seed, self._obs_dim, self._action_dim, self.cfg.agent)
             self.agent, meta = self.checkpointer.restore(template, step)
             self.updates = int(meta.get("updates", step))
             self.params_version = int(meta.get("params_version", 0))

@@ -51,6 +51,16 @@ class Link:
             self.outbox.flush()
             self.outbox.maintain()
 
+    def pump_with(self, client: ActorClient, outbox: DurableOutbox, until, seconds: float = 5.0) -> None:
+        """Pump this link and a second actor's client/outbox until `until()`."""
+        deadline = time.monotonic() + seconds
+        while not until() and time.monotonic() < deadline:
+            self.pump(0.02)
+            client.poll(5)
+            while client.replies:
+                outbox.on_reply(*client.replies.popleft())
+            outbox.flush()
+
     def close(self) -> None:
         self.client.close()
         self.server.close()
@@ -97,12 +107,7 @@ def test_spec_mismatch_is_refused_with_the_reason(tmp_path: Path) -> None:
         other = ActorClient("127.0.0.1", link.server.transitions_port, link.server.params_port, "a1", MAX)
         spool = ActorSpool(tmp_path / "spool-a1", fsync=False)
         bad = DurableOutbox(other, spool, make_spec({"state": {"x": np.zeros(2, np.float32)}}, np.zeros(7, np.float32)))
-        deadline = time.monotonic() + 5
-        while bad.refused_reason is None and time.monotonic() < deadline:
-            link.inbox.handle(link.server.recv(5))
-            other.poll(5)
-            while other.replies:
-                bad.on_reply(*other.replies.popleft())
+        link.pump_with(other, bad, until=lambda: bad.refused_reason is not None)
         assert bad.refused_reason is not None and "spec mismatch" in bad.refused_reason
         other.close()
         spool.close()
@@ -165,22 +170,11 @@ def test_several_actors_feed_one_learner(tmp_path: Path) -> None:
     t0 = transition(0)
     second = DurableOutbox(other, spool, make_spec(t0["observation"], t0["action"]), resend_after_s=0.3)
     try:
-        deadline = time.monotonic() + 5
-        while not (link.outbox.welcomed and second.welcomed) and time.monotonic() < deadline:
-            link.pump(0.05)
-            other.poll(5)
-            while other.replies:
-                second.on_reply(*other.replies.popleft())
+        link.pump_with(other, second, until=lambda: link.outbox.welcomed and second.welcomed)
         for i in range(30):
             link.outbox.add(transition(i))
             second.add(transition(100 + i))
-        second.flush()
-        deadline = time.monotonic() + 5
-        while (len(link.spool) or len(spool)) and time.monotonic() < deadline:
-            link.pump(0.05)
-            other.poll(5)
-            while other.replies:
-                second.on_reply(*other.replies.popleft())
+        link.pump_with(other, second, until=lambda: not (len(link.spool) or len(spool)))
         by_actor: dict[str, list[int]] = {}
         for _, actor, seq, _ in link.log.replay():
             by_actor.setdefault(actor, []).append(seq)
