@@ -1,6 +1,7 @@
 """The `serl` command: `serl train` (learner + actor on one machine), `serl learner`, `serl actor`, `serl config`.
 
-`serl keys` writes a CurveZMQ keypair for `transport.curve` (see docs/security.md).
+`serl keys` writes a CurveZMQ keypair for `transport.curve` (see docs/security.md). `serl record-demos` records
+scripted demonstrations in the format of docs/demos.md.
 
 Owns: argument parsing and per-process setup (XLA/BLAS thread counts are set here, before JAX is imported, so
 each process uses the cores it was given). Everything heavy is imported inside the subcommand that needs it.
@@ -13,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from serl_stack.config import ConfigError, dump, load
+from serl_stack.config import Config, ConfigError, dump, load
 
 
 def set_thread_env(threads: int) -> None:
@@ -59,7 +60,63 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="folder for the two files (created if missing)")
     p.add_argument("--name", required=True, help="file name stem, e.g. learner or actor-0")
     p.add_argument("--actor-id", default=None, help="bind the key to this actor id (default: the file name stem)")
+
+    p = sub.add_parser("record-demos", help="record scripted demonstrations (successful episodes only; docs/demos.md)")
+    _add_config_args(p)
+    p.add_argument("--out", type=Path, required=True, help="new demo folder (must not already hold demos)")
+    p.add_argument("--episodes", type=int, required=True, help="episodes to run; only the successful ones are kept")
+    p.add_argument("--noise", type=float, default=0.1, help="std of Gaussian noise on the scripted action (0.1)")
+    p.add_argument("--seed", type=int, default=None, help="first reset seed and noise seed (default: train.seed)")
     return parser
+
+
+def _record_demos(cfg: Config, args: argparse.Namespace) -> int:
+    import numpy as np
+    from rich.progress import Progress
+
+    from serl_stack.config import to_dict
+    from serl_stack.data.demos import METADATA_FILE, DemoFormatError, EpisodeBuilder, save_episode
+    from serl_stack.envs import make_env
+    from serl_stack.envs.scripted import make_scripted
+
+    if args.episodes < 1:
+        print(f"serl record-demos: --episodes: got {args.episodes}, expected >= 1", file=sys.stderr)
+        return 2
+    if (args.out / METADATA_FILE).exists():
+        print(f"serl record-demos: --out: {args.out} already holds demos; expected a new folder", file=sys.stderr)
+        return 2
+    seed = cfg.train.seed if args.seed is None else args.seed
+    try:
+        policy = make_scripted(cfg.env, args.noise, np.random.default_rng(seed))
+    except ValueError as e:
+        print(f"serl record-demos: {e}", file=sys.stderr)
+        return 2
+    env = make_env(cfg.env)
+    builder = EpisodeBuilder()
+    kept = 0
+    try:
+        with Progress() as progress:
+            task = progress.add_task("recording", total=args.episodes)
+            for i in range(args.episodes):
+                obs, info = env.reset(seed=seed + i)
+                builder.start(obs)
+                done = False
+                while not done:
+                    action = policy(obs)
+                    obs, reward, terminated, truncated, info = env.step(action)
+                    builder.add(action, reward, obs, terminated, truncated)
+                    done = terminated or truncated
+                if info.get("success", False):
+                    save_episode(args.out, builder.build(success=True), env_id=cfg.env.id, config=to_dict(cfg))
+                    kept += 1
+                progress.update(task, advance=1, description=f"recording ({kept} kept)")
+    except (DemoFormatError, OSError) as e:
+        print(f"serl record-demos: {e}", file=sys.stderr)
+        return 1
+    finally:
+        env.close()
+    print(f"kept {kept} of {args.episodes} episodes (successful only) in {args.out}")
+    return 0
 
 
 def _keys(args: argparse.Namespace) -> int:
@@ -99,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "config":
         print(dump(cfg), end="")
         return 0
+    if args.command == "record-demos":
+        return _record_demos(cfg, args)
     if args.command == "train":
         from serl_stack.orchestrate import train
 
