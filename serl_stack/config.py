@@ -93,7 +93,9 @@ class AgentConfig:
     hidden_dims: tuple[int, ...] = (256, 256)
     """Hidden layer widths of actor and critic MLPs."""
     num_critics: int = 2
-    """Critic ensemble size."""
+    """Critic ensemble size (RLPD: 10)."""
+    critic_subset: int = 0
+    """Critics in the random subset whose min forms the TD target (RLPD: 2); 0 = all (clipped double-Q)."""
     actor_lr: float = 3e-4
     """Actor Adam learning rate."""
     critic_lr: float = 3e-4

@@ -141,6 +141,55 @@ def test_utd_update_equals_sequential_critic_steps_then_one_actor_step():
     assert_trees_close(scanned, looped)
 
 
+def _independent_td_target(agent: SACAgent, batch: dict, subset: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """The TD target and critic loss of one critic step, recomputed outside the agent from the same rng:
+    the min over the critics `jax.random.choice` picks (`subset` of them), or over all when `subset` is None."""
+    if subset is None:
+        _, key = jax.random.split(agent.rng)
+    else:
+        _, key, subset_key = jax.random.split(agent.rng, 3)
+    mean, log_std = agent.actor.apply_fn({"params": agent.actor.params}, batch["next_observations"])
+    next_actions, next_log_probs = tanh_gaussian_sample(mean, log_std, key)
+    next_qs = np.asarray(agent.target_critic.apply_fn(
+        {"params": agent.target_critic.params}, batch["next_observations"], next_actions
+    ))
+    if subset is not None:
+        chosen = np.asarray(jax.random.choice(subset_key, next_qs.shape[0], (subset,), replace=False))
+        assert len(set(chosen.tolist())) == subset
+        next_qs = next_qs[chosen]
+    temperature = float(agent.temp.apply_fn({"params": agent.temp.params}))
+    target = batch["rewards"] + agent.discount * batch["masks"] * (next_qs.min(0) - temperature * next_log_probs)
+    qs = np.asarray(agent.critic.apply_fn({"params": agent.critic.params}, batch["observations"], batch["actions"]))
+    return np.asarray(target), np.mean((qs - target[None]) ** 2)
+
+
+@pytest.mark.parametrize("subset", [2, 0])
+def test_td_target_is_min_over_random_critic_subset(subset):
+    cfg = dataclasses.replace(SMALL, num_critics=10, critic_subset=subset, critic_layer_norm=True)
+    agent = SACAgent.create(0, OBS_DIM, ACTION_DIM, cfg)
+    batch = random_batch(cfg.batch_size, seed=3)
+    batch["masks"] = np.ones(cfg.batch_size, np.float32)  # every target bootstraps through the critics
+    _, info = agent.critic_step(batch)
+    target, loss = _independent_td_target(agent, batch, subset or None)
+    np.testing.assert_allclose(info["target_q"], target.mean(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(info["critic_loss"], loss, rtol=1e-5, atol=1e-6)
+    if subset:
+        # A 2-of-10 min is less pessimistic than the min over all 10 (the two differ at this init).
+        all_min, _ = _independent_td_target(agent, batch, None)
+        assert np.all(target >= all_min - 1e-6) and target.mean() > all_min.mean() + 1e-4
+
+
+def test_critic_subset_of_all_critics_is_clipped_double_q_and_bad_subset_is_named():
+    full = dataclasses.replace(SMALL, num_critics=4, critic_subset=4)
+    a, _ = SACAgent.create(0, OBS_DIM, ACTION_DIM, full).update(random_batch(SMALL.batch_size))
+    b, _ = SACAgent.create(0, OBS_DIM, ACTION_DIM, dataclasses.replace(full, critic_subset=0)).update(
+        random_batch(SMALL.batch_size)
+    )
+    assert trees_equal(a, b)
+    with pytest.raises(ValueError, match=r"agent.critic_subset: got 5, expected in \[0, agent.num_critics=4\]"):
+        SACAgent.create(0, OBS_DIM, ACTION_DIM, dataclasses.replace(full, critic_subset=5))
+
+
 def test_terminal_transitions_do_not_bootstrap():
     # With masks all 0 the target is the reward alone, whatever the critics and the actor say.
     agent = SACAgent.create(0, OBS_DIM, ACTION_DIM, SMALL)

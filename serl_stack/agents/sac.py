@@ -3,7 +3,10 @@
 Owns: `SACAgent`, a `flax.struct.PyTreeNode` holding the actor, critic ensemble, target critics and temperature
 train states plus an RNG key, with the SAC losses next to the steps that use them. One jitted `update` runs
 `utd` critic steps (a `lax.scan` over minibatches, target update after each) and then one actor and one
-temperature step on the last minibatch; with `utd = 1` this is standard SAC. Nothing here does I/O.
+temperature step on the last minibatch; with `utd = 1` this is standard SAC. The TD target takes the min over
+the whole critic ensemble or, RLPD-style (`critic_subset`), over a random subset drawn per critic step.
+`update_from_replay` runs the same update on a batch sampled from a `DeviceReplay` inside the same jit.
+Nothing here does I/O.
 
 Batch format (all `jax`/`numpy` arrays, N = utd * batch_size): "observations" (N, D) float32, "actions"
 (N, A) in [-1, 1], "rewards" (N,), "next_observations" (N, D), "masks" (N,) = 1 - terminated (a truncated
@@ -12,7 +15,7 @@ episode still bootstraps, so its mask is 1).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +34,9 @@ from serl_stack.agents.networks import (
 )
 from serl_stack.config import AgentConfig
 
+if TYPE_CHECKING:
+    from serl_stack.data.device_replay import DeviceReplay
+
 Batch = dict[str, jax.Array]
 Info = dict[str, jax.Array]
 
@@ -48,6 +54,12 @@ def _check_config(cfg: AgentConfig, obs_dim: int, action_dim: int) -> None:
             "a non-empty list of positive widths",
         ),
         ("agent.num_critics", cfg.num_critics, cfg.num_critics >= 1, ">= 1"),
+        (
+            "agent.critic_subset",
+            cfg.critic_subset,
+            0 <= cfg.critic_subset <= cfg.num_critics,
+            f"in [0, agent.num_critics={cfg.num_critics}] (0 = all critics)",
+        ),
         ("agent.utd", cfg.utd, cfg.utd >= 1, ">= 1"),
         ("agent.batch_size", cfg.batch_size, cfg.batch_size >= 1, ">= 1"),
         ("agent.discount", cfg.discount, 0.0 <= cfg.discount <= 1.0, "in [0, 1]"),
@@ -94,6 +106,10 @@ class SACAgent(struct.PyTreeNode):
     tau: float = struct.field(pytree_node=False)
     target_entropy: float = struct.field(pytree_node=False)
     utd: int = struct.field(pytree_node=False)
+    batch_size: int = struct.field(pytree_node=False)
+    """Minibatch size of one critic step; `update_from_replay` samples `utd * batch_size` transitions."""
+    critic_subset: int = struct.field(pytree_node=False)
+    """Size of the random critic subset whose min is the TD target; 0 or `num_critics` = the whole ensemble."""
 
     @classmethod
     def create(
@@ -142,6 +158,8 @@ class SACAgent(struct.PyTreeNode):
             tau=float(cfg.tau),
             target_entropy=-float(cfg.target_entropy_scale) * action_dim,
             utd=int(cfg.utd),
+            batch_size=int(cfg.batch_size),
+            critic_subset=int(cfg.critic_subset),
         )
 
     # ------------------------------------------------------------------------------------------- inference
@@ -177,13 +195,25 @@ class SACAgent(struct.PyTreeNode):
         return self.temp.apply_fn({"params": self.temp.params})
 
     def _critic_step(self, batch: Batch) -> tuple[SACAgent, Info]:
-        rng, key = jax.random.split(self.rng)
+        num_critics = jax.tree.leaves(self.target_critic.params)[0].shape[0]
+        use_subset = 0 < self.critic_subset < num_critics
+        # The key stream depends on the (static) subset setting only, so the clipped double-Q path draws
+        # exactly the keys it always did.
+        if use_subset:
+            rng, key, subset_key = jax.random.split(self.rng, 3)
+        else:
+            rng, key = jax.random.split(self.rng)
         mean, log_std = self.actor.apply_fn({"params": self.actor.params}, batch["next_observations"])
         next_actions, next_log_probs = tanh_gaussian_sample(mean, log_std, key)
         next_qs = self.target_critic.apply_fn(
             {"params": self.target_critic.params}, batch["next_observations"], next_actions
         )
-        # Clipped double-Q over the whole ensemble, with the entropy bonus of the next action in the backup.
+        if use_subset:
+            # RLPD: the min over a fresh random subset of Z critics per step is less pessimistic than the min
+            # over all E (which grows more negative with E) yet still curbs overestimation.
+            subset = jax.random.choice(subset_key, num_critics, (self.critic_subset,), replace=False)
+            next_qs = next_qs[subset]
+        # Min over the chosen critics, with the entropy bonus of the next action in the backup.
         next_v = next_qs.min(axis=0) - self._temperature() * next_log_probs
         target_q = batch["rewards"] + self.discount * batch["masks"] * next_v
 
@@ -241,6 +271,18 @@ class SACAgent(struct.PyTreeNode):
     def update(self, batch: Batch) -> tuple[SACAgent, Info]:
         """`utd` critic steps over `batch` split into `utd` minibatches, then one actor + temperature step on
         the last minibatch. Returns the new agent and scalar diagnostics (critic ones averaged over the scan)."""
+        return self._update(batch)
+
+    @jax.jit
+    def update_from_replay(self, replay: DeviceReplay, key: jax.Array) -> tuple[SACAgent, Info]:
+        """`update` on `utd * batch_size` transitions drawn uniformly from a device-resident `replay` with `key`,
+        sampling inside the same compiled call (no host-to-device batch copy per step).
+
+        Equals `update(replay.sample(key, utd * batch_size))`. `replay` must hold at least one transition.
+        """
+        return self._update(replay.sample(key, self.utd * self.batch_size))
+
+    def _update(self, batch: Batch) -> tuple[SACAgent, Info]:
         _check_batch(batch, self.utd)
         minibatches = jax.tree.map(lambda x: x.reshape((self.utd, -1) + x.shape[1:]), self._normalized(batch))
         agent, critic_info = jax.lax.scan(lambda a, mb: a._critic_step(mb), self, minibatches)
