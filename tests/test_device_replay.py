@@ -7,12 +7,12 @@ import dataclasses
 import jax
 import numpy as np
 import pytest
+from test_sac import ACTION_DIM, OBS_DIM, random_batch  # one batch generator for all agent tests
 
 from serl_stack.agents.sac import SACAgent
 from serl_stack.config import AgentConfig
 from serl_stack.data.device_replay import DeviceReplay
 
-OBS_DIM, ACTION_DIM = 5, 2
 SMALL = AgentConfig(hidden_dims=(32, 32), batch_size=16)
 
 
@@ -25,17 +25,6 @@ def tagged_batch(start: int, n: int) -> dict[str, np.ndarray]:
         "rewards": ids,
         "next_observations": np.repeat(ids[:, None], OBS_DIM, 1) + 0.5,
         "masks": (ids % 2).astype(np.float32),
-    }
-
-
-def random_batch(n: int, seed: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return {
-        "observations": rng.normal(size=(n, OBS_DIM)).astype(np.float32),
-        "actions": rng.uniform(-1, 1, (n, ACTION_DIM)).astype(np.float32),
-        "rewards": rng.normal(size=n).astype(np.float32),
-        "next_observations": rng.normal(size=(n, OBS_DIM)).astype(np.float32),
-        "masks": (rng.uniform(size=n) > 0.1).astype(np.float32),
     }
 
 
