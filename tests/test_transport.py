@@ -64,7 +64,7 @@ def _actor_process(tport: int, pport: int, result: mp.Queue) -> None:
         result.put("no params")
         return
     client.send("transitions", {"transitions": [client.params_body["params"]]})
-    while client.unacked and time.monotonic() < deadline:
+    while client.acked_seq < client.sent_seq and time.monotonic() < deadline:
         client.poll(100)
     result.put(("ok", client.acked_seq, client.params_version))
     client.close()

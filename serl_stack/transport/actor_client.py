@@ -54,8 +54,6 @@ class ActorClient:
         self._poller.register(self._dealer, zmq.POLLIN)
         self._poller.register(self._sub, zmq.POLLIN)
         self._seq = 0
-        self.unacked: collections.OrderedDict[int, bytes] = collections.OrderedDict()
-        """Encoded messages sent but not yet acknowledged, by sequence number."""
         self.acked_seq = 0
         """Highest sequence number the learner has acknowledged."""
         self.params_body: dict[str, Any] | None = None
@@ -71,31 +69,29 @@ class ActorClient:
         self.replies: collections.deque[tuple[str, dict[str, Any]]] = collections.deque(maxlen=10_000)
         """(type, body) of replies from the learner (ack, welcome, refused), for the caller to consume."""
 
+    @property
+    def sent_seq(self) -> int:
+        """Sequence number of the last message sent."""
+        return self._seq
+
     def silent_for(self) -> float:
         """Seconds since the learner was last heard (inf before the first message)."""
         return time.monotonic() - self.last_heard if self.last_heard else float("inf")
 
     def send(self, msg_type: str, body: Any) -> int:
-        """Send a message to the learner; returns its sequence number (kept until acknowledged)."""
+        """Send a message to the learner; returns its sequence number (`acked_seq` tells when it was answered).
+
+        Nothing is kept for resending here: transitions live in the actor's disk spool until the learner has
+        them on disk (`DurableOutbox`), and control messages are cheap to send again."""
         self._seq += 1
         self.last_sent = time.monotonic()
         data = envelope(msg_type, self.actor_id, body, self._seq)
         if len(data) > self._max_bytes:
             raise ValueError(f"{msg_type} message of {len(data)} bytes exceeds max_message_bytes={self._max_bytes}")
-        self.unacked[self._seq] = data
-        # Not connected yet or queue full: the message stays in `unacked` and `resend_unacked` sends it again.
+        # Not connected yet or queue full: dropped here; the outbox resends from the spool after a re-handshake.
         with contextlib.suppress(zmq.Again):
             self._dealer.send(data, zmq.NOBLOCK)
         return self._seq
-
-    def resend_unacked(self) -> int:
-        """Send every unacknowledged message again (after a reconnect); returns how many."""
-        for data in self.unacked.values():
-            try:
-                self._dealer.send(data, zmq.NOBLOCK)
-            except zmq.Again:
-                break
-        return len(self.unacked)
 
     def poll(self, timeout_ms: int = 0) -> bool:
         """Handle waiting acks and parameters (blocking up to `timeout_ms` for the first); True if any."""
@@ -134,8 +130,6 @@ class ActorClient:
         if msg["type"] in ("ack", "welcome", "refused"):
             acked = msg["seq"]
             self.acked_seq = max(self.acked_seq, acked)
-            for seq in [s for s in self.unacked if s <= acked]:
-                del self.unacked[seq]
             self.replies.append((msg["type"], body))
         elif msg["type"] == "params" and msg["seq"] > self.params_version:  # never go back to an older version
             self.params_version = msg["seq"]
