@@ -46,12 +46,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train in sim: spawn a learner and an actor process talking ZeroMQ")
     _add_config_args(p)
     p.add_argument("--run-dir", type=Path, default=None, help="where logs and checkpoints go (default: a new folder)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run in --run-dir (its config.yaml unless --config is given)")
 
     for name, what in (("learner", "run the learner process"), ("actor", "run the actor process")):
         p = sub.add_parser(name, help=what)
         _add_config_args(p)
         p.add_argument("--run-dir", type=Path, required=True, help="run folder for logs/checkpoints")
         p.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
+        if name == "learner":
+            p.add_argument("--resume", action="store_true",
+                           help="continue the run in --run-dir: rebuild the replay from its log, restore the "
+                           "latest checkpoint (needed when the folder already holds a run)")
 
     p = sub.add_parser("config", help="print the resolved config as YAML")
     _add_config_args(p)
@@ -148,6 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "keys":
         return _keys(args)
+    if args.command == "train" and args.resume:
+        if args.run_dir is None:
+            print("serl train: --resume needs --run-dir (the run to continue)", file=sys.stderr)
+            return 2
+        if args.config is None and (args.run_dir / "config.yaml").exists():
+            args.config = args.run_dir / "config.yaml"
     try:
         cfg = load(args.config, args.overrides)
     except ConfigError as e:
@@ -161,12 +173,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "train":
         from serl_stack.orchestrate import train
 
-        return train(cfg, args.run_dir)
+        return train(cfg, args.run_dir, args.resume)
     if args.command == "learner":
         set_thread_env(cfg.train.learner_threads)
         from serl_stack.learner import run_learner
 
-        return run_learner(cfg, args.run_dir, args.parent_pid)
+        return run_learner(cfg, args.run_dir, args.parent_pid, args.resume)
     set_thread_env(cfg.train.actor_threads)
     from serl_stack.actor import run_actor
 

@@ -128,6 +128,13 @@ class ReplayConfig:
 
     capacity: int = 200_000
     """Transitions kept in the ring buffer."""
+    on_device: bool = True
+    """Mirror the buffer's agent vectors into device memory and sample inside the jitted update (no host round
+    trip per update); false samples on the host and copies each batch to the device."""
+    demo_dir: str = ""
+    """Folder of demonstrations (docs/demos.md) mixed into every batch; empty = no demonstrations."""
+    demo_fraction: float = 0.5
+    """Share of every minibatch drawn from the demonstrations when `demo_dir` is set (RLPD/SERL: 0.5)."""
 
 
 @dataclass(frozen=True)
@@ -179,7 +186,9 @@ class TrainConfig:
     log_every: int = 500
     """Learner updates between TensorBoard scalar writes."""
     checkpoint_every: int = 5_000
-    """Learner updates between checkpoints."""
+    """Learner updates between checkpoints (one is also written on Ctrl-C and at the end of the run)."""
+    keep_checkpoints: int = 3
+    """Checkpoints kept on disk; older ones are deleted (the transition log is kept whole)."""
     eval_episodes: int = 50
     """Deterministic episodes in the final evaluation."""
     eval_seed: int = 1_000_000

@@ -21,15 +21,20 @@ from tensorboardX import SummaryWriter
 
 from serl_stack.checkpoint import Checkpointer
 from serl_stack.config import Config
-from serl_stack.data.obs import flatten_keys, vector_dim, vector_keys
-from serl_stack.data.replay import ReplayBuffer, to_agent_batch
+from serl_stack.data.obs import flatten_keys
 from serl_stack.transport.auth import curve_server_from_config
 from serl_stack.transport.inbox import DurableInbox
 from serl_stack.transport.learner_server import TOPIC_PARAMS, TOPIC_STATUS, LearnerServer
 from serl_stack.transport.log import TransitionLog
 from serl_stack.transport.protocol import make_spec, unpack
+from serl_stack.updater import Updater
 
 STATUS_PERIOD_S = 0.5
+
+
+def previous_run(run_dir: Path) -> list[str]:
+    """What of an earlier run `run_dir` holds (its transition log, its checkpoints); empty for a new folder."""
+    return [p.name for p in (run_dir / "transitions", run_dir / "checkpoints") if p.is_dir() and any(p.iterdir())]
 
 
 def learner_may_update(updates: int, env_steps: int, start_steps: int) -> bool:
@@ -40,7 +45,13 @@ def learner_may_update(updates: int, env_steps: int, start_steps: int) -> bool:
 class Learner:
     """State of a running learner; `run()` loops until the actor is done (or Ctrl-C) and returns an exit code."""
 
-    def __init__(self, cfg: Config, run_dir: Path, parent_pid: int | None = None) -> None:
+    def __init__(self, cfg: Config, run_dir: Path, parent_pid: int | None = None, resume: bool = False) -> None:
+        previous = previous_run(run_dir)
+        if previous and not resume:
+            raise SystemExit(
+                f"learner: {run_dir} already holds a run ({', '.join(previous)}); pass --resume to continue it, "
+                "or choose a new --run-dir"
+            )
         self.cfg = cfg
         self.run_dir = run_dir
         self.parent_pid = parent_pid
@@ -52,14 +63,9 @@ class Learner:
         self.inbox = DurableInbox(self.server, self.log, status=self.status, max_item_bytes=t.max_message_bytes,
                                   on_welcome=self._send_params_to)
         self.writer = SummaryWriter(str(run_dir / "tb" / "learner"))
-        self.checkpointer = Checkpointer(run_dir / "checkpoints")
-        self.rng = np.random.default_rng(cfg.train.seed)
-        self.agent: Any = None
-        self.replay: ReplayBuffer | None = None
-        self.keys: tuple[str, ...] = ()
-        self._obs_dim = self._action_dim = 0
+        self.checkpointer = Checkpointer(run_dir / "checkpoints", max_to_keep=cfg.train.keep_checkpoints)
+        self.updater: Updater | None = None
         self.env_steps = 0
-        self.updates = 0
         self.params_version = 0
         self.episodes = 0
         self.returns: deque[float] = deque(maxlen=20)
@@ -71,34 +77,30 @@ class Learner:
         self._last_status = 0.0
 
     # ------------------------------------------------------------------------------------------- messages
-    def _init_replay(self, obs: dict[str, Any], action: np.ndarray) -> None:
-        flat = flatten_keys(obs)
-        self.keys = vector_keys(flat, self.cfg.agent.obs_keys)
-        self.replay = ReplayBuffer.from_example(flat, np.asarray(action), self.cfg.replay)
-        self._obs_dim = vector_dim(flat, self.keys)
-        self._action_dim = int(np.asarray(action).size)
+    @property
+    def agent(self) -> Any:
+        return None if self.updater is None else self.updater.agent
+
+    @property
+    def updates(self) -> int:
+        return 0 if self.updater is None else self.updater.updates
 
     def _init_agent(self) -> None:
         """Build the agent once the warm-up data is in (its observation statistics fix the normalization)."""
-        from serl_stack.agents.sac import SACAgent  # deferred: building the agent compiles, keep import light
-
-        assert self.replay is not None
-        warmup = to_agent_batch(self.replay.sample(len(self.replay), self.rng), self.keys)["observations"]
-        norm = None
-        if self.cfg.agent.normalize_observations:
-            norm = {"mean": warmup.mean(axis=0), "std": warmup.std(axis=0)}
-        self.agent = SACAgent.create(self.cfg.train.seed, self._obs_dim, self._action_dim, self.cfg.agent, norm)
+        assert self.updater is not None
+        self.updater.init_agent()
         self._publish_params()
 
     def _insert(self, tr: dict[str, Any]) -> None:
         """Put one durable, schema-checked transition into the replay buffer."""
-        if self.replay is None:
+        if self.updater is None:
             try:
-                self._init_replay(tr["observation"], tr["action"])
+                self.updater = Updater(self.cfg, flatten_keys(tr["observation"]), tr["action"])
             except KeyError as e:  # agent.obs_keys names a key the env does not have: a config error, fatal
                 raise SystemExit(f"learner: {e.args[0]}") from e
-        assert self.replay is not None
-        self.replay.insert(
+            except (ValueError, OSError) as e:  # bad demonstrations or settings: say which, before any update
+                raise SystemExit(f"learner: {e}") from e
+        self.updater.insert(
             flatten_keys(tr["observation"]),
             tr["action"],
             float(tr["reward"]),
@@ -121,12 +123,15 @@ class Learner:
         """After a restart: refill the replay buffer from the log and restore the latest checkpoint, if any."""
         n = self.rebuild_from_log()
         step = self.checkpointer.latest_step()
-        if step is not None and self.replay is not None:
-            from serl_stack.agents.sac import SACAgent
-
-            template = SACAgent.create(self.cfg.train.seed, self._obs_dim, self._action_dim, self.cfg.agent)
-            self.agent, meta = self.checkpointer.restore(template, step)
-            self.updates = int(meta.get("updates", step))
+        if step is not None and self.updater is not None:
+            try:
+                agent, meta = self.checkpointer.restore(self.updater.new_agent(), step)
+            except (ValueError, KeyError) as e:
+                raise SystemExit(
+                    f"learner: checkpoint {step} in {self.checkpointer.directory} does not fit this config's agent "
+                    f"(network sizes, critic count and observation keys must stay the same to resume): {e}"
+                ) from e
+            self.updater.restore(agent, meta)
             self.params_version = int(meta.get("params_version", 0))
             self._publish_params()
         if n or step is not None:
@@ -196,15 +201,19 @@ class Learner:
             self.server.reply(identity, "params", self._params_body(self.final_sent), seq=self.params_version)
 
     def _checkpoint(self) -> Path:
-        meta = {"updates": self.updates, "env_steps": self.env_steps, "params_version": self.params_version}
+        assert self.updater is not None
+        meta = {
+            **self.updater.checkpoint_meta(),
+            "env_steps": self.env_steps,
+            # The replay buffer is rebuilt from the log on restart; this is how much of it the agent had seen.
+            "log_offset": self.env_steps,
+            "params_version": self.params_version,
+        }
         return self.checkpointer.save(self.updates, self.agent, meta)
 
     def _update(self) -> None:
-        assert self.replay is not None
-        a = self.cfg.agent
-        sample = self.replay.sample(a.utd * a.batch_size, self.rng)
-        self.agent, info = self.agent.update(to_agent_batch(sample, self.keys))
-        self.updates += 1
+        assert self.updater is not None
+        info = self.updater.step()
         self._ups_window.append((time.monotonic(), self.updates))
         t = self.cfg.train
         if self.updates % self.cfg.transport.params_every == 0:
@@ -223,7 +232,7 @@ class Learner:
         self.resume()
         try:
             while True:
-                if self.agent is None and self.replay is not None and len(self.replay) >= max(1, t.start_steps):
+                if self.agent is None and self.updater is not None and self.env_steps >= max(1, t.start_steps):
                     self._init_agent()
                 can_update = self.agent is not None and learner_may_update(
                     self.updates, self.env_steps, t.start_steps
@@ -266,6 +275,6 @@ class Learner:
                 self.security.close()
 
 
-def run_learner(cfg: Config, run_dir: Path, parent_pid: int | None = None) -> int:
+def run_learner(cfg: Config, run_dir: Path, parent_pid: int | None = None, resume: bool = False) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
-    return Learner(cfg, run_dir, parent_pid).run()
+    return Learner(cfg, run_dir, parent_pid, resume).run()

@@ -58,11 +58,11 @@ def prepare_run(cfg: Config, run_dir: Path | None) -> tuple[Config, Path]:
     return cfg, run_dir
 
 
-def spawn(role: str, run_dir: Path) -> subprocess.Popen:
-    """Start `serl <role>` as a new interpreter; its output goes to `<run_dir>/<role>.log`."""
-    log = open(run_dir / f"{role}.log", "wb")  # noqa: SIM115 - the child owns it for its lifetime
+def spawn(role: str, run_dir: Path, extra: tuple[str, ...] = ()) -> subprocess.Popen:
+    """Start `serl <role>` as a new interpreter; its output is appended to `<run_dir>/<role>.log`."""
+    log = open(run_dir / f"{role}.log", "ab")  # noqa: SIM115 - the child owns it for its lifetime
     cmd = [sys.executable, "-m", "serl_stack.cli", role, "--config", str(run_dir / "config.yaml"),
-           "--run-dir", str(run_dir), "--parent-pid", str(os.getpid())]
+           "--run-dir", str(run_dir), "--parent-pid", str(os.getpid()), *extra]
     # A new session: a terminal Ctrl-C reaches only us, and we stop the children in order.
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             start_new_session=True)
@@ -109,9 +109,21 @@ def _fmt(status: dict[str, Any], link: str) -> str:
     )
 
 
-def train(cfg: Config, run_dir: Path | None = None) -> int:
-    """Run a whole sim training: returns 0 when both processes finished and the evaluation was written."""
+def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> int:
+    """Run a whole sim training: returns 0 when both processes finished and the evaluation was written.
+
+    With `resume`, an interrupted run in `run_dir` continues: the learner rebuilds its replay buffer from the
+    transition log and restores the latest checkpoint, the actor continues from its spool.
+    """
     console = Console(soft_wrap=True)  # paths stay on one line in logs, where the width defaults to 80
+    if run_dir is not None and not resume:
+        from serl_stack.learner import previous_run
+
+        previous = previous_run(run_dir.absolute())
+        if previous:
+            console.print(f"[red]{run_dir} already holds a run ({', '.join(previous)}); add --resume to continue "
+                          "it, or choose a new --run-dir")
+            return 2
     cfg, run_dir = prepare_run(cfg, run_dir)
     console.print(f"[bold]serl train[/bold]  {cfg.env.id}  seed {cfg.train.seed}  run folder: {run_dir}")
     sub = zmq.Context.instance().socket(zmq.SUB)
@@ -121,7 +133,7 @@ def train(cfg: Config, run_dir: Path | None = None) -> int:
     if security is not None:
         security.configure(sub)
     sub.connect(endpoint(cfg.transport.host, cfg.transport.params_port))
-    procs = {"learner": spawn("learner", run_dir), "actor": spawn("actor", run_dir)}
+    procs = {"learner": spawn("learner", run_dir, ("--resume",) if resume else ()), "actor": spawn("actor", run_dir)}
     status: dict[str, Any] = {}
     code = 0
     progress = Progress(

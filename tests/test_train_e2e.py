@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from serl_stack.transport.log import TransitionLog
+
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = [
     "--set", "train.total_env_steps=1200", "--set", "train.start_steps=400", "--set", "train.eval_episodes=3",
@@ -34,6 +36,15 @@ def _children_of(pid: int) -> list[int]:
         if b"--parent-pid" in cmd and cmd[cmd.index(b"--parent-pid") + 1] == str(pid).encode() and state != "Z":
             out.append(int(d.name))
     return out
+
+
+def _logged(run: Path) -> int:
+    """Transitions in the run's durable log."""
+    log = TransitionLog(run / "transitions")
+    try:
+        return sum(1 for _ in log.replay())
+    finally:
+        log.close()
 
 
 def _serl(*args: str) -> list[str]:
@@ -82,6 +93,25 @@ def test_ctrl_c_stops_both_processes_and_checkpoints(tmp_path: Path) -> None:
     for pid in children:
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][:2]
     assert "checkpoint saved" in (run / "learner.log").read_text()
+
+    # The folder now holds a run: starting over in it is refused, continuing it is one flag.
+    env = {**os.environ, "MUJOCO_GL": "egl"}
+    refused = subprocess.run(_serl("train", "--run-dir", str(run)), capture_output=True, text=True, cwd=ROOT, env=env)
+    assert refused.returncode == 2 and "--resume" in refused.stdout, refused.stdout + refused.stderr
+    saved = max(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())
+    logged = _logged(run)
+    total = logged + 300
+    resumed = subprocess.run(
+        _serl("train", "--resume", "--run-dir", str(run), "--set", f"train.total_env_steps={total}"),
+        capture_output=True, text=True, timeout=600, cwd=ROOT, env=env,
+    )
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + (run / "learner.log").read_text()[-3000:]
+    learner_log = (run / "learner.log").read_text()
+    assert f"resumed with {logged} transitions from the log, checkpoint {saved}" in learner_log
+    assert _logged(run) == total  # nothing lost, nothing repeated
+    final = max(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())
+    assert final > saved  # the restored agent kept learning from where it stopped
+    assert json.loads((run / "eval.json").read_text())["episodes"] == 3
 
 
 def test_link_status_names_the_silent_side() -> None:

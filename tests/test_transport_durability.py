@@ -38,10 +38,10 @@ def _config(run: Path) -> Path:
     return path
 
 
-def _start(role: str, cfg: Path, run: Path) -> subprocess.Popen:
+def _start(role: str, cfg: Path, run: Path, *extra: str) -> subprocess.Popen:
     log = open(run / f"{role}.log", "ab")  # noqa: SIM115 - handed to the child
     return subprocess.Popen(
-        [sys.executable, "-m", "serl_stack.cli", role, "--config", str(cfg), "--run-dir", str(run)],
+        [sys.executable, "-m", "serl_stack.cli", role, "--config", str(cfg), "--run-dir", str(run), *extra],
         stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, "MUJOCO_GL": "egl"},
     )
 
@@ -89,7 +89,8 @@ def test_sigkill_and_restart_loses_and_duplicates_nothing(tmp_path: Path, victim
     procs[victim].wait()
     killed_at = len(_ledger(run))
     time.sleep(1.0)
-    procs[victim] = _start(victim, cfg, run)
+    # A learner restarted on a folder that holds a run must be told to continue it.
+    procs[victim] = _start(victim, cfg, run, *(("--resume",) if victim == "learner" else ()))
     _finish([procs["learner"], procs["actor"]], run)
 
     produced, logged = _ledger(run), _logged(run)

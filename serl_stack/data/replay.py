@@ -134,7 +134,13 @@ class ReplayBuffer:
             raise ValueError("sample: the replay buffer is empty; insert transitions first")
         if batch_size < 1:
             raise ValueError(f"batch_size: got {batch_size!r}, expected >= 1")
-        idx = rng.integers(0, self._size, size=batch_size)
+        return self.take(rng.integers(0, self._size, size=batch_size))
+
+    def take(self, idx: np.ndarray) -> dict[str, Any]:
+        """The transitions at slots `idx` (each in [0, len(self))), in `sample`'s format."""
+        idx = np.asarray(idx)
+        if idx.size and (idx.min() < 0 or idx.max() >= self._size):
+            raise IndexError(f"take: slots must lie in [0, {self._size}), got {idx.min()}..{idx.max()}")
         obs, next_obs = self._gather(idx)
         terminated = self._terminated[idx]
         return {

@@ -1,0 +1,169 @@
+"""The learner's update machinery, without the process around it.
+
+Owns: the replay buffer (on the host, the source of truth) and its device mirror, the demonstrations and how
+they are mixed into every minibatch, the agent, the update counter, the sampling randomness, and which of these
+a checkpoint holds. `serl_stack.learner.Learner` feeds it transitions from the transport and decides when to
+step; tests and benchmarks drive it directly.
+
+Sampling is a pure function of (seed, update index): update i samples with `fold_in(PRNGKey(seed), i)` inside
+the jitted update (or, on the host path, from a numpy Generator whose state goes into the checkpoint), so a run
+restored from a checkpoint continues bit for bit like one that was never stopped, given the same data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+
+from serl_stack.config import Config
+from serl_stack.data.demos import DemoFormatError, MixedSampler, replay_from_demos
+from serl_stack.data.device_mix import DeviceMix, demo_rows
+from serl_stack.data.device_replay import REPLAY_KEYS, DeviceReplay
+from serl_stack.data.obs import to_vector, vector_dim, vector_keys
+from serl_stack.data.replay import ReplayBuffer, to_agent_batch
+
+Info = dict[str, Any]
+
+
+def _chunks(n: int) -> list[int]:
+    """`n` as a sum of powers of two, largest first: inserting in such chunks compiles at most log2(capacity)
+    insert shapes however the transitions arrive."""
+    return [1 << b for b in range(n.bit_length() - 1, -1, -1) if n >> b & 1]
+
+
+class Updater:
+    """Replay + demonstrations + agent for one learner. Build it from the first transition's observation."""
+
+    def __init__(self, cfg: Config, example_obs: Mapping[str, Any], example_action: Any) -> None:
+        """`example_obs` is a flat observation (`flatten_keys` form), `example_action` one action."""
+        if cfg.train.keep_checkpoints < 1:
+            raise ValueError(f"train.keep_checkpoints: got {cfg.train.keep_checkpoints!r}, expected >= 1")
+        demo_rows(cfg.replay.demo_fraction, cfg.agent.batch_size)  # validates the fraction
+        self.cfg = cfg
+        self.keys = vector_keys(example_obs, cfg.agent.obs_keys)
+        self.replay = ReplayBuffer.from_example(example_obs, np.asarray(example_action), cfg.replay)
+        self.obs_dim = vector_dim(example_obs, self.keys)
+        self.action_dim = int(np.asarray(example_action).size)
+        self.agent: Any = None
+        self.updates = 0
+        self._base_key = jax.random.PRNGKey(cfg.train.seed)
+        self._rng = np.random.default_rng(cfg.train.seed)
+        self._pending: list[dict[str, np.ndarray]] = []
+        self._device: DeviceReplay | None = None
+        self._device_demos: DeviceReplay | None = None
+        self.demos: ReplayBuffer | None = None
+        if cfg.replay.demo_dir:
+            self.demos = self._load_demos(cfg.replay.demo_dir)
+
+    # ------------------------------------------------------------------------------------------- data
+    def _load_demos(self, directory: str) -> ReplayBuffer:
+        demos = replay_from_demos(directory)
+        for key in self.keys:
+            if key not in demos.obs_spec or demos.obs_spec[key][0] != self.replay.obs_spec[key][0]:
+                raise DemoFormatError(
+                    f"replay.demo_dir={directory}: observation '{key}' has shape "
+                    f"{demos.obs_spec.get(key, (None,))[0]}, the env gives {self.replay.obs_spec[key][0]}"
+                )
+        if demos.action_shape != self.replay.action_shape:
+            raise DemoFormatError(
+                f"replay.demo_dir={directory}: actions have shape {demos.action_shape}, "
+                f"the env's are {self.replay.action_shape}"
+            )
+        return demos
+
+    def insert(
+        self,
+        obs: Mapping[str, Any],
+        action: Any,
+        reward: float,
+        next_obs: Mapping[str, Any],
+        terminated: bool,
+        truncated: bool,
+    ) -> None:
+        """Store one transition (flat observations); it reaches the device mirror before the next update."""
+        self.replay.insert(obs, action, reward, next_obs, terminated, truncated)
+        if self.cfg.replay.on_device:
+            self._pending.append(
+                {
+                    "observations": to_vector(obs, self.keys),
+                    "actions": np.asarray(action, np.float32).reshape(-1),
+                    "rewards": np.float32(reward),
+                    "next_observations": to_vector(next_obs, self.keys),
+                    "masks": np.float32(1.0 - float(terminated)),
+                }
+            )
+
+    def _flush(self) -> None:
+        """Copy the transitions inserted since the last update into the device mirror."""
+        if self._device is None:
+            self._device = DeviceReplay.create(self.replay.capacity, self.obs_dim, self.action_dim)
+            if self.demos is not None:
+                self._device_demos = DeviceReplay.create(len(self.demos), self.obs_dim, self.action_dim)
+                rows = to_agent_batch(self.demos.take(np.arange(len(self.demos))), self.keys)
+                self._device_demos = self._device_demos.insert_batch(rows)
+        # Rows older than the newest `capacity` would be overwritten in the ring anyway.
+        pending = self._pending[-self.replay.capacity:]
+        self._pending = []
+        start = 0
+        for size in _chunks(len(pending)):
+            part = pending[start:start + size]
+            start += size
+            self._device = self._device.insert_batch({k: np.stack([p[k] for p in part]) for k in REPLAY_KEYS})
+
+    def agent_batch(self, n: int) -> dict[str, np.ndarray]:
+        """`n` transitions from the host buffer as an agent batch (host sampling path)."""
+        return to_agent_batch(self.replay.sample(n, self._rng), self.keys)
+
+    # ------------------------------------------------------------------------------------------- agent
+    def new_agent(self, obs_norm: Mapping[str, Any] | None = None) -> Any:
+        from serl_stack.agents.sac import SACAgent  # deferred: building the agent compiles; keep import light
+
+        return SACAgent.create(self.cfg.train.seed, self.obs_dim, self.action_dim, self.cfg.agent, obs_norm)
+
+    def init_agent(self) -> None:
+        """Create the agent; its observation standardization comes from the data collected so far."""
+        if len(self.replay) == 0:
+            raise ValueError("init_agent: the replay buffer is empty; insert the warm-up transitions first")
+        norm = None
+        if self.cfg.agent.normalize_observations:
+            warmup = to_agent_batch(self.replay.take(np.arange(len(self.replay))), self.keys)["observations"]
+            norm = {"mean": warmup.mean(axis=0), "std": warmup.std(axis=0)}
+        self.agent = self.new_agent(norm)
+
+    def step(self) -> Info:
+        """One update (`agent.utd` critic steps, one actor and temperature step); returns device scalars."""
+        a = self.cfg.agent
+        if self.cfg.replay.on_device:
+            self._flush()
+            assert self._device is not None
+            source: DeviceReplay | DeviceMix = self._device
+            if self._device_demos is not None:
+                source = DeviceMix.create(self._device, self._device_demos, a.batch_size, self.cfg.replay.demo_fraction)
+            key = jax.random.fold_in(self._base_key, self.updates)
+            self.agent, info = self.agent.update_from_replay(source, key)
+        else:
+            self.agent, info = self.agent.update(self._host_batch())
+        self.updates += 1
+        return info
+
+    def _host_batch(self) -> dict[str, np.ndarray]:
+        a = self.cfg.agent
+        if self.demos is None:
+            return self.agent_batch(a.utd * a.batch_size)
+        mixed = MixedSampler(self.replay, self.demos, self.cfg.replay.demo_fraction)
+        parts = [to_agent_batch(mixed.sample(a.batch_size, self._rng), self.keys) for _ in range(a.utd)]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    # ------------------------------------------------------------------------------------------- checkpoints
+    def checkpoint_meta(self) -> dict[str, Any]:
+        """What a checkpoint needs besides the agent pytree (optimizer states and the agent's RNG are in it)."""
+        return {"updates": self.updates, "host_rng": self._rng.bit_generator.state}
+
+    def restore(self, agent: Any, meta: Mapping[str, Any]) -> None:
+        self.agent = agent
+        self.updates = int(meta["updates"])
+        if "host_rng" in meta:
+            self._rng.bit_generator.state = dict(meta["host_rng"])
