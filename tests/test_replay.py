@@ -175,3 +175,38 @@ def test_to_agent_batch_concatenates_in_key_order():
     np.testing.assert_array_equal(batch["observations"][0], [3.0] * 8 + [1.0])
     np.testing.assert_array_equal(batch["next_observations"][0], [4.0] * 8 + [0.0])
     assert batch["masks"].tolist() == [0.0, 0.0]
+
+
+@pytest.mark.parametrize("capacity", [7, 50])
+def test_images_are_stored_once_per_frame_and_next_frames_stay_right(capacity: int) -> None:
+    """Three episodes of distinct frames, through a ring that wraps (capacity 7) or not (50)."""
+    spec = {"images/wrist": ((4, 4, 3), np.uint8), "state/x": ((2,), np.float32)}
+    buf = ReplayBuffer(spec, (1,), ReplayConfig(capacity=capacity))
+    frame_id = 0
+    expected: list[tuple[int, int]] = []  # (obs frame, next frame) of every inserted transition
+
+    def frame(k: int) -> np.ndarray:
+        return np.full((4, 4, 3), k % 251, np.uint8)
+
+    for length in (5, 9, 6):
+        first = frame_id
+        for t in range(length):
+            o, n = first + t, first + t + 1
+            obs = {"images/wrist": frame(o), "state/x": np.array([o, 0], np.float32)}
+            nxt = {"images/wrist": frame(n), "state/x": np.array([n, 0], np.float32)}
+            buf.insert(obs, np.zeros(1, np.float32), 0.0, nxt, t == length - 1, False)
+            expected.append((o, n))
+        frame_id = first + length + 1
+    got = buf.take(np.arange(len(buf)))
+    # Ring order: slot s holds the transition inserted at index s (mod capacity).
+    for s in range(len(buf)):
+        total = len(expected)
+        ins = max(i for i in range(total) if i % capacity == s)
+        o, n = expected[ins]
+        assert (got["observations"]["images/wrist"][s] == o % 251).all()
+        assert (got["next_observations"]["images/wrist"][s] == n % 251).all(), (s, o, n)
+        assert got["next_observations"]["state/x"][s][0] == n
+    assert len(buf) == min(capacity, len(expected))
+    # One frame per transition, plus at most one aside per episode end in the buffer, the newest, the wrap slot.
+    assert buf.stored_frames() <= len(buf) + 3 + 2
+    assert buf.stored_frames() < 2 * len(buf)

@@ -7,9 +7,11 @@ uniformly; and `to_agent_batch`, which turns a sample into the flat float32 batc
 `terminated` and `truncated` are stored separately: the bootstrap mask is `1 - terminated`, so an episode cut
 off by a time limit still bootstraps from its last observation.
 
-Observations and next observations live in separate per-key arrays, reached only through `_gather`, so a later
-image store can keep each frame once (next frame = the following slot of the same episode) behind that one
-method without changing `insert` or `sample`.
+Images (keys under `images/`) are stored once per frame, as uint8: the next observation's frame of slot i is
+the observation frame of slot i + 1 when that transition continues the same episode (the frames are equal), so
+only frames that start no later transition (episode ends, the newest transition, the slot before the ring wraps)
+are kept aside. Vector keys keep separate observation and next-observation arrays. `_gather` is the one place
+that knows this.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from serl_stack.config import ReplayConfig
-from serl_stack.data.obs import flatten_keys, to_vector
+from serl_stack.data.obs import IMAGE_PREFIX, flatten_keys, to_vector
 
 ObsSpec = dict[str, tuple[tuple[int, ...], np.dtype]]
 """Flat key path -> (shape, dtype) of one observation leaf."""
@@ -53,8 +55,13 @@ class ReplayBuffer:
         def alloc(spec: ObsSpec) -> dict[str, np.ndarray]:
             return {k: np.zeros((self.capacity, *shape), dtype) for k, (shape, dtype) in spec.items()}
 
+        self.image_keys = tuple(k for k in self.obs_spec if k.startswith(IMAGE_PREFIX))
         self._obs = alloc(self.obs_spec)
-        self._next_obs = alloc(self.obs_spec)
+        self._next_obs = alloc({k: v for k, v in self.obs_spec.items() if k not in self.image_keys})
+        # Image next-observations: the slot whose observation frame is this slot's next frame, or -1 while
+        # the frame waits in `_next_frames` (no later transition of the same episode starts with it yet).
+        self._next_slot = np.full((self.capacity,), -1, np.int64)
+        self._next_frames: dict[int, dict[str, np.ndarray]] = {}
         self._actions = np.zeros((self.capacity, *self.action_shape), self.action_dtype)
         self._rewards = np.zeros((self.capacity,), np.float32)
         self._terminated = np.zeros((self.capacity,), bool)
@@ -109,7 +116,10 @@ class ReplayBuffer:
         i = self._insert_index
         for key in self.obs_spec:
             self._obs[key][i] = obs_flat[key]
+        for key in self._next_obs:
             self._next_obs[key][i] = next_flat[key]
+        if self.image_keys:
+            self._store_next_frames(i, obs_flat, next_flat)
         self._actions[i] = action_arr
         self._rewards[i] = reward_arr
         self._terminated[i] = terminated
@@ -117,11 +127,35 @@ class ReplayBuffer:
         self._insert_index = (i + 1) % self.capacity
         self._size = min(self._size + 1, self.capacity)
 
+    def _store_next_frames(self, i: int, obs_flat: dict[str, np.ndarray], next_flat: dict[str, np.ndarray]) -> None:
+        self._next_frames.pop(i, None)  # the transition that held slot i is gone
+        prev = i - 1  # never across the ring's wrap: slot 0 is overwritten before slot capacity - 1
+        waiting = self._next_frames.get(prev) if prev >= 0 else None
+        if waiting is not None and all(np.array_equal(waiting[k], obs_flat[k]) for k in self.image_keys):
+            self._next_slot[prev] = i
+            del self._next_frames[prev]
+        self._next_slot[i] = -1
+        self._next_frames[i] = {k: next_flat[k].copy() for k in self.image_keys}
+
+    def stored_frames(self) -> int:
+        """Image frames held per camera: one per transition plus the next frames kept aside."""
+        return (self._size + len(self._next_frames)) if self.image_keys else 0
+
     # ----------------------------------------------------------------------------------------------- sample
 
     def _gather(self, idx: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Observations and next observations at slots `idx` (the one place that knows how they are stored)."""
-        return ({k: v[idx] for k, v in self._obs.items()}, {k: v[idx] for k, v in self._next_obs.items()})
+        obs = {k: v[idx] for k, v in self._obs.items()}
+        next_obs = {k: v[idx] for k, v in self._next_obs.items()}
+        if self.image_keys:
+            slots = self._next_slot[idx]
+            aside = np.flatnonzero(slots < 0)
+            for key in self.image_keys:
+                frames = self._obs[key][np.maximum(slots, 0)]
+                for j in aside:
+                    frames[j] = self._next_frames[int(idx[j])][key]
+                next_obs[key] = frames
+        return obs, next_obs
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> dict[str, Any]:
         """`batch_size` transitions drawn uniformly with replacement.
