@@ -6,7 +6,6 @@ import dataclasses
 import os
 import subprocess
 import sys
-import time
 
 import gymnasium as gym
 import numpy as np
@@ -298,20 +297,6 @@ def test_scripted_policy_solves_the_task(env: FrankaReachEnv) -> None:
         lengths.append(steps)
     print(f"\nscripted policy: {successes}/20 successes, mean episode length {np.mean(lengths):.1f} steps")
     assert successes >= 18
-
-
-def test_step_time_is_well_under_five_ms(env: FrankaReachEnv) -> None:
-    env.reset(seed=0)
-    rng = np.random.default_rng(0)
-    actions = rng.uniform(-1, 1, (20, 7)).astype(np.float32)
-    best = np.inf
-    for _ in range(3):  # best of three: the machine may be shared
-        t0 = time.perf_counter()
-        for a in actions:
-            env.step(a)
-        best = min(best, (time.perf_counter() - t0) / len(actions))
-    print(f"\nenv step: {best * 1e3:.2f} ms")
-    assert best < 5e-3
 
 
 def test_controller_gains_come_from_the_config() -> None:
