@@ -18,7 +18,7 @@ import numpy as np
 from flax import serialization
 
 from serl_stack.config import Config
-from serl_stack.data.obs import flatten_keys, to_vector, vector_keys
+from serl_stack.data.obs import IMAGE_PREFIX, agent_obs, flatten_keys, image_keys_of, to_vector, vector_dim, vector_keys
 from serl_stack.transport.actor_client import ActorClient
 from serl_stack.transport.auth import curve_client_from_config
 from serl_stack.transport.outbox import DurableOutbox
@@ -36,15 +36,24 @@ def actor_may_step(env_steps: int, updates: int, start_steps: int, slack: int) -
 
 
 class PolicyRunner:
-    """The newest policy parameters and a jitted inference function over flat observation vectors."""
+    """The newest policy parameters and a jitted inference function over env observations."""
 
-    def __init__(self, obs_dim: int, action_dim: int, cfg: Config) -> None:
+    def __init__(self, example_obs: dict[str, Any], action_dim: int, cfg: Config) -> None:
         from serl_stack.agents.policy import make_policy_fn
 
-        init_params, self._policy = make_policy_fn(obs_dim, action_dim, cfg.agent)
+        flat = flatten_keys(example_obs)
+        self.keys = vector_keys(flat, cfg.agent.obs_keys)
+        self.image_keys = image_keys_of(flat, cfg.agent.image_keys)
+        image_shapes = {k[len(IMAGE_PREFIX):]: tuple(np.shape(flat[k])) for k in self.image_keys}
+        init_params, self._policy = make_policy_fn(vector_dim(flat, self.keys), action_dim, cfg.agent,
+                                                   image_shapes or None)
         self._template = init_params(jax.random.PRNGKey(0))
         self.params: Any = None
         self.version = -1
+
+    def observe(self, obs: dict[str, Any]) -> Any:
+        """The agent's input for one env observation (the same conversion the learner applies to its batches)."""
+        return agent_obs(flatten_keys(obs), self.keys, self.image_keys)
 
     def load(self, version: int, state_dict: Any) -> None:
         """Adopt broadcast parameters (a nested dict of arrays) if newer than what we have."""
@@ -161,10 +170,12 @@ class Actor:
         rng_key = jax.random.PRNGKey(t.seed + 1)
         self.env.action_space.seed(t.seed)
         obs, _ = self.env.reset(seed=t.seed)
-        self.keys = vector_keys(flatten_keys(obs), self.cfg.agent.obs_keys)
-        obs_dim = int(to_vector(flatten_keys(obs), self.keys).shape[-1])
         action_dim = int(np.prod(self.env.action_space.shape))
-        self.policy = PolicyRunner(obs_dim, action_dim, self.cfg)
+        try:
+            self.policy = PolicyRunner(obs, action_dim, self.cfg)
+        except KeyError as e:  # agent.obs_keys / image_keys name what the env does not have: a config error
+            raise SystemExit(f"actor: {e.args[0]}") from e
+        self.keys = self.policy.keys
         ledger = self.run_dir / f"ledger-{self.client.actor_id}.txt" if self.cfg.transport.ledger else None
         spec = make_spec(obs, np.zeros(action_dim, np.float32))
         self.outbox = DurableOutbox(self.client, self.spool, spec, ledger=ledger)
@@ -184,7 +195,7 @@ class Actor:
                     if self.policy.params is None:
                         self._wait(lambda: self.policy.params is not None, "first parameters")
                     rng_key, key = jax.random.split(rng_key)
-                    action = self.policy.act(to_vector(flatten_keys(obs), self.keys), key, False)
+                    action = self.policy.act(self.policy.observe(obs), key, False)
                 next_obs, reward, terminated, truncated, info = self.env.step(action)
                 ep_return += float(reward)
                 ep_len += 1

@@ -120,6 +120,19 @@ class AgentConfig:
     """Standardize observations with the mean/std of the warm-up data (frozen then; shipped with the policy)."""
     critic_layer_norm: bool = False
     """LayerNorm in the critic MLPs (RLPD: true; keeps Q values bounded at high UTD)."""
+    image_keys: tuple[str, ...] = ()
+    """Image key paths the agent sees through its conv encoder, e.g. [images/front] (empty: state only)."""
+    encoder_channels: tuple[int, ...] = (32, 64)
+    """Conv encoder: output channels of each conv layer."""
+    encoder_kernels: tuple[int, ...] = (4, 2)
+    """Conv encoder: kernel size of each layer (kernel = stride tiles the image; XLA's CPU convs run ~10x slower
+    with overlapping 3x3 kernels)."""
+    encoder_strides: tuple[int, ...] = (4, 2)
+    """Conv encoder: stride of each layer."""
+    encoder_features: int = 50
+    """Conv encoder: size of each camera's feature vector (DrQ: 50)."""
+    drq_pad: int = 4
+    """DrQ random-shift augmentation: pad by this many pixels and crop back at a random offset (SERL: 4; 0 = off)."""
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from serl_stack.config import Config
 from serl_stack.data.demos import DemoFormatError, MixedSampler, replay_from_demos
 from serl_stack.data.device_mix import DeviceMix, demo_rows
 from serl_stack.data.device_replay import REPLAY_KEYS, DeviceReplay
-from serl_stack.data.obs import to_vector, vector_dim, vector_keys
+from serl_stack.data.obs import IMAGE_PREFIX, image_keys_of, to_vector, vector_dim, vector_keys
 from serl_stack.data.replay import ReplayBuffer, to_agent_batch
 
 Info = dict[str, Any]
@@ -44,6 +44,10 @@ class Updater:
         demo_rows(cfg.replay.demo_fraction, cfg.agent.batch_size)  # validates the fraction
         self.cfg = cfg
         self.keys = vector_keys(example_obs, cfg.agent.obs_keys)
+        self.image_keys = image_keys_of(example_obs, cfg.agent.image_keys)
+        self.image_shapes = {k[len(IMAGE_PREFIX):]: tuple(np.shape(example_obs[k])) for k in self.image_keys}
+        # Image batches are sampled on the host for now (the device mirror holds flat vectors only).
+        self.on_device = cfg.replay.on_device and not self.image_keys
         self.replay = ReplayBuffer.from_example(example_obs, np.asarray(example_action), cfg.replay)
         self.obs_dim = vector_dim(example_obs, self.keys)
         self.action_dim = int(np.asarray(example_action).size)
@@ -85,7 +89,7 @@ class Updater:
     ) -> None:
         """Store one transition (flat observations); it reaches the device mirror before the next update."""
         self.replay.insert(obs, action, reward, next_obs, terminated, truncated)
-        if self.cfg.replay.on_device:
+        if self.on_device:
             self._pending.append(
                 {
                     "observations": to_vector(obs, self.keys),
@@ -115,13 +119,14 @@ class Updater:
 
     def agent_batch(self, n: int) -> dict[str, np.ndarray]:
         """`n` transitions from the host buffer as an agent batch (host sampling path)."""
-        return to_agent_batch(self.replay.sample(n, self._rng), self.keys)
+        return to_agent_batch(self.replay.sample(n, self._rng), self.keys, self.image_keys)
 
     # ------------------------------------------------------------------------------------------- agent
     def new_agent(self, obs_norm: Mapping[str, Any] | None = None) -> Any:
         from serl_stack.agents.sac import SACAgent  # deferred: building the agent compiles; keep import light
 
-        return SACAgent.create(self.cfg.train.seed, self.obs_dim, self.action_dim, self.cfg.agent, obs_norm)
+        return SACAgent.create(self.cfg.train.seed, self.obs_dim, self.action_dim, self.cfg.agent, obs_norm,
+                               self.image_shapes or None)
 
     def init_agent(self) -> None:
         """Create the agent; its observation standardization comes from the data collected so far."""
@@ -136,7 +141,7 @@ class Updater:
     def step(self) -> Info:
         """One update (`agent.utd` critic steps, one actor and temperature step); returns device scalars."""
         a = self.cfg.agent
-        if self.cfg.replay.on_device:
+        if self.on_device:
             self._flush()
             assert self._device is not None
             source: DeviceReplay | DeviceMix = self._device
@@ -154,8 +159,9 @@ class Updater:
         if self.demos is None:
             return self.agent_batch(a.utd * a.batch_size)
         mixed = MixedSampler(self.replay, self.demos, self.cfg.replay.demo_fraction)
-        parts = [to_agent_batch(mixed.sample(a.batch_size, self._rng), self.keys) for _ in range(a.utd)]
-        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        parts = [to_agent_batch(mixed.sample(a.batch_size, self._rng), self.keys, self.image_keys)
+                 for _ in range(a.utd)]
+        return jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
 
     # ------------------------------------------------------------------------------------------- checkpoints
     def checkpoint_meta(self) -> dict[str, Any]:

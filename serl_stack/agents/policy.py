@@ -8,20 +8,14 @@ starts fast and cannot accidentally train.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
-from serl_stack.agents.networks import (
-    identity_obs_norm,
-    make_actor,
-    normalize_obs,
-    tanh_gaussian_mode,
-    tanh_gaussian_sample,
-)
+from serl_stack.agents.encoders import example_obs, features, make_encoder
+from serl_stack.agents.networks import identity_obs_norm, make_actor, tanh_gaussian_mode, tanh_gaussian_sample
 from serl_stack.config import AgentConfig
 
 Params = Any
@@ -29,24 +23,37 @@ InitParamsFn = Callable[[jax.Array], Params]
 PolicyFn = Callable[..., jax.Array]
 
 
-def make_policy_fn(obs_dim: int, action_dim: int, cfg: AgentConfig) -> tuple[InitParamsFn, PolicyFn]:
+def make_policy_fn(
+    obs_dim: int, action_dim: int, cfg: AgentConfig, image_shapes: Mapping[str, tuple[int, ...]] | None = None
+) -> tuple[InitParamsFn, PolicyFn]:
     """Return `(init_params_fn, policy_fn)` for the actor architecture `SACAgent.create` builds from `cfg`.
 
-    - `init_params_fn(key) -> params`: freshly initialized `{"actor": ..., "obs_norm": {"mean", "std"}}` (the
-      same pytree structure as `SACAgent.actor_params`; identity normalization).
-    - `policy_fn(params, obs, key, deterministic=False) -> action`: `obs` is `(obs_dim,)` or `(B, obs_dim)`;
-      a stochastic sample in `[-1, 1]`, or `tanh(mean)` when `deterministic` (then `key` is ignored and may be
-      None). Jitted, with `deterministic` static.
+    - `init_params_fn(key) -> params`: freshly initialized `{"actor": ..., "obs_norm": {"mean", "std"}}`, plus
+      `"encoder"` for a pixel agent (`image_shapes` = {camera: (H, W, C)}): the same pytree structure as
+      `SACAgent.actor_params`; identity normalization.
+    - `policy_fn(params, obs, key, deterministic=False) -> action`: `obs` is `(obs_dim,)` or `(B, obs_dim)`, or
+      for a pixel agent `{"state": ..., "images": {camera: ...}}` with or without a batch axis; a stochastic
+      sample in `[-1, 1]`, or `tanh(mean)` when `deterministic` (then `key` is ignored and may be None). Jitted,
+      with `deterministic` static.
     """
     actor = make_actor(action_dim, cfg.hidden_dims)
+    encoder = make_encoder(cfg) if image_shapes else None
+    encoder_apply = encoder.apply if encoder is not None else None
 
     def init_params_fn(key: jax.Array) -> Params:
-        actor_params = actor.init(key, jnp.zeros((1, obs_dim), jnp.float32))["params"]
-        return {"actor": actor_params, "obs_norm": identity_obs_norm(obs_dim)}
+        norm = identity_obs_norm(obs_dim)
+        params: dict[str, Any] = {"obs_norm": norm}
+        x = example_obs(obs_dim, image_shapes)
+        if encoder is not None:
+            key, enc_key = jax.random.split(key)
+            params["encoder"] = encoder.init(enc_key, x)["params"]
+        params["actor"] = actor.init(key, features(encoder_apply, params.get("encoder"), x, norm))["params"]
+        return params
 
     @partial(jax.jit, static_argnames="deterministic")
-    def policy_fn(params: Params, obs: jax.Array, key: jax.Array | None, deterministic: bool = False) -> jax.Array:
-        mean, log_std = actor.apply({"params": params["actor"]}, normalize_obs(obs, params["obs_norm"]))
+    def policy_fn(params: Params, obs: Any, key: jax.Array | None, deterministic: bool = False) -> jax.Array:
+        x = features(encoder_apply, params.get("encoder"), obs, params["obs_norm"])
+        mean, log_std = actor.apply({"params": params["actor"]}, x)
         if deterministic:
             return tanh_gaussian_mode(mean)
         action, _ = tanh_gaussian_sample(mean, log_std, key)

@@ -10,7 +10,10 @@ Nothing here does I/O.
 
 Batch format (all `jax`/`numpy` arrays, N = utd * batch_size): "observations" (N, D) float32, "actions"
 (N, A) in [-1, 1], "rewards" (N,), "next_observations" (N, D), "masks" (N,) = 1 - terminated (a truncated
-episode still bootstraps, so its mask is 1).
+episode still bootstraps, so its mask is 1). A pixel agent (`AgentConfig.image_keys`) takes observations
+`{"state": (N, D), "images": {camera: (N, H, W, C) uint8}}`: a conv encoder shared by actor and critic turns
+them into features; the critic loss trains it, the actor sees its output through `stop_gradient` (DrQ-v2), and
+both see DrQ random-shift augmented images.
 """
 
 from __future__ import annotations
@@ -23,12 +26,12 @@ import optax
 from flax import struct
 from flax.training.train_state import TrainState
 
+from serl_stack.agents.encoders import augment, example_obs, features, make_encoder
 from serl_stack.agents.networks import (
     CriticEnsemble,
     Temperature,
     identity_obs_norm,
     make_actor,
-    normalize_obs,
     tanh_gaussian_mode,
     tanh_gaussian_sample,
 )
@@ -85,9 +88,17 @@ def _check_batch(batch: Batch, utd: int) -> None:
     n = batch["rewards"].shape[0]
     expected = {"observations": 2, "actions": 2, "rewards": 1, "next_observations": 2, "masks": 1}
     for key, ndim in expected.items():
-        shape = batch[key].shape
-        if len(shape) != ndim or shape[0] != n:
-            raise ValueError(f"batch['{key}']: got shape {shape}, expected {ndim} dims with leading size {n}")
+        value = batch[key]
+        if isinstance(value, dict):  # pixel observations: {"state": (N, D), "images": {camera: (N, H, W, C)}}
+            leaves = [("state", value.get("state"), 2)]
+            leaves += [(f"images/{c}", v, 4) for c, v in value.get("images", {}).items()]
+        else:
+            leaves = [("", value, ndim)]
+        for sub, leaf, want in leaves:
+            shape = getattr(leaf, "shape", None)
+            if shape is None or len(shape) != want or shape[0] != n:
+                name = f"batch['{key}']" + (f"['{sub}']" if sub else "")
+                raise ValueError(f"{name}: got shape {shape}, expected {want} dims with leading size {n}")
     if n % utd:
         raise ValueError(f"batch size: got {n} transitions, expected a multiple of utd={utd}")
 
@@ -110,6 +121,10 @@ class SACAgent(struct.PyTreeNode):
     """Minibatch size of one critic step; `update_from_replay` samples `utd * batch_size` transitions."""
     critic_subset: int = struct.field(pytree_node=False)
     """Size of the random critic subset whose min is the TD target; 0 or `num_critics` = the whole ensemble."""
+    encoder: TrainState | None = None
+    """Pixel agents: the conv encoder shared by actor and critic, trained by the critic loss; None: state only."""
+    drq_pad: int = struct.field(pytree_node=False, default=0)
+    """DrQ random-shift padding in pixels (pixel agents only; 0 = no augmentation)."""
 
     @classmethod
     def create(
@@ -119,11 +134,13 @@ class SACAgent(struct.PyTreeNode):
         action_dim: int,
         cfg: AgentConfig,
         obs_norm: dict[str, Any] | None = None,
+        image_shapes: dict[str, tuple[int, ...]] | None = None,
     ) -> SACAgent:
         """A freshly initialized agent for flat observations of size `obs_dim` and actions in [-1, 1]^A.
 
         `obs_norm` = {"mean": (D,), "std": (D,)} standardizes observations (typically statistics of the
-        warm-up data); None leaves them unchanged.
+        warm-up data); None leaves them unchanged. `image_shapes` = {camera: (H, W, C)} makes a pixel agent
+        (with `cfg.image_keys` set): observations are then `{"state": (D,), "images": {camera: uint8}}`.
         """
         _check_config(cfg, obs_dim, action_dim)
         if obs_norm is None:
@@ -134,8 +151,18 @@ class SACAgent(struct.PyTreeNode):
                 if v.shape != (obs_dim,) or not bool(jnp.all(jnp.isfinite(v))):
                     raise ValueError(f"obs_norm['{k}']: expected {obs_dim} finite values, got shape {v.shape}")
         rng, actor_key, critic_key, temp_key = jax.random.split(jax.random.PRNGKey(seed), 4)
-        obs = jnp.zeros((1, obs_dim), jnp.float32)
         act = jnp.zeros((1, action_dim), jnp.float32)
+        encoder = None
+        encoder_def = make_encoder(cfg) if image_shapes else None
+        if encoder_def is not None:
+            # Same key discipline as the actor process's `make_policy_fn`: the encoder key comes off the actor's.
+            actor_key, encoder_key = jax.random.split(actor_key)
+            x = example_obs(obs_dim, image_shapes)
+            encoder_params = encoder_def.init(encoder_key, x)["params"]
+            encoder = _train_state(encoder_def.apply, encoder_params, optax.adam(cfg.critic_lr))
+            obs = features(encoder_def.apply, encoder_params, x, norm)
+        else:
+            obs = jnp.zeros((1, obs_dim), jnp.float32)
 
         actor_def = make_actor(action_dim, cfg.hidden_dims)
         actor = _train_state(actor_def.apply, actor_def.init(actor_key, obs)["params"], optax.adam(cfg.actor_lr))
@@ -160,36 +187,41 @@ class SACAgent(struct.PyTreeNode):
             utd=int(cfg.utd),
             batch_size=int(cfg.batch_size),
             critic_subset=int(cfg.critic_subset),
+            encoder=encoder,
+            drq_pad=int(cfg.drq_pad) if encoder is not None else 0,
         )
 
     # ------------------------------------------------------------------------------------------- inference
 
     @property
     def actor_params(self) -> Any:
-        """`{"actor": ..., "obs_norm": ...}`: exactly the pytree `policy.make_policy_fn`'s `policy_fn` takes."""
-        return {"actor": self.actor.params, "obs_norm": self.obs_norm}
+        """`{"actor": ..., "obs_norm": ...}` (+ `"encoder"` for a pixel agent): exactly the pytree
+        `policy.make_policy_fn`'s `policy_fn` takes."""
+        params = {"actor": self.actor.params, "obs_norm": self.obs_norm}
+        if self.encoder is not None:
+            params["encoder"] = self.encoder.params
+        return params
+
+    def _features(self, observations: Any, encoder_params: Any = None) -> jax.Array:
+        """The actor's and critic's input: standardized state (+ encoded images; default: current encoder)."""
+        if self.encoder is None:
+            return features(None, None, observations, self.obs_norm)
+        params = self.encoder.params if encoder_params is None else encoder_params
+        return features(self.encoder.apply_fn, params, observations, self.obs_norm)
 
     @jax.jit
-    def sample_actions(self, observations: jax.Array, key: jax.Array) -> jax.Array:
-        """A stochastic action in [-1, 1] for `(D,)` or `(B, D)` observations."""
-        mean, log_std = self.actor.apply_fn({"params": self.actor.params}, normalize_obs(observations, self.obs_norm))
+    def sample_actions(self, observations: Any, key: jax.Array) -> jax.Array:
+        """A stochastic action in [-1, 1] for one observation or a batch."""
+        mean, log_std = self.actor.apply_fn({"params": self.actor.params}, self._features(observations))
         return tanh_gaussian_sample(mean, log_std, key)[0]
 
     @jax.jit
-    def eval_actions(self, observations: jax.Array) -> jax.Array:
-        """The deterministic action tanh(mean) for `(D,)` or `(B, D)` observations."""
-        mean, _ = self.actor.apply_fn({"params": self.actor.params}, normalize_obs(observations, self.obs_norm))
+    def eval_actions(self, observations: Any) -> jax.Array:
+        """The deterministic action tanh(mean) for one observation or a batch."""
+        mean, _ = self.actor.apply_fn({"params": self.actor.params}, self._features(observations))
         return tanh_gaussian_mode(mean)
 
     # ------------------------------------------------------------------------------------------- learning
-
-    def _normalized(self, batch: Batch) -> Batch:
-        """`batch` with both observation fields standardized; the private steps below expect this."""
-        return {
-            **batch,
-            "observations": normalize_obs(batch["observations"], self.obs_norm),
-            "next_observations": normalize_obs(batch["next_observations"], self.obs_norm),
-        }
 
     def _temperature(self) -> jax.Array:
         return self.temp.apply_fn({"params": self.temp.params})
@@ -203,11 +235,16 @@ class SACAgent(struct.PyTreeNode):
             rng, key, subset_key = jax.random.split(self.rng, 3)
         else:
             rng, key = jax.random.split(self.rng)
-        mean, log_std = self.actor.apply_fn({"params": self.actor.params}, batch["next_observations"])
+        observations, next_observations = batch["observations"], batch["next_observations"]
+        if self.encoder is not None:
+            rng, obs_key, next_key = jax.random.split(rng, 3)
+            observations = augment(obs_key, observations, self.drq_pad)
+            next_observations = augment(next_key, next_observations, self.drq_pad)
+        # The target side sees the current encoder's features as constants (DrQ-v2: no target encoder).
+        next_x = jax.lax.stop_gradient(self._features(next_observations))
+        mean, log_std = self.actor.apply_fn({"params": self.actor.params}, next_x)
         next_actions, next_log_probs = tanh_gaussian_sample(mean, log_std, key)
-        next_qs = self.target_critic.apply_fn(
-            {"params": self.target_critic.params}, batch["next_observations"], next_actions
-        )
+        next_qs = self.target_critic.apply_fn({"params": self.target_critic.params}, next_x, next_actions)
         if use_subset:
             # RLPD: the min over a fresh random subset of Z critics per step is less pessimistic than the min
             # over all E (which grows more negative with E) yet still curbs overestimation.
@@ -217,26 +254,40 @@ class SACAgent(struct.PyTreeNode):
         next_v = next_qs.min(axis=0) - self._temperature() * next_log_probs
         target_q = batch["rewards"] + self.discount * batch["masks"] * next_v
 
-        def loss_fn(params: Any) -> tuple[jax.Array, Info]:
-            qs = self.critic.apply_fn({"params": params}, batch["observations"], batch["actions"])
+        def loss_fn(params: Any, encoder_params: Any) -> tuple[jax.Array, Info]:
+            x = self._features(observations, encoder_params)
+            qs = self.critic.apply_fn({"params": params}, x, batch["actions"])
             loss = jnp.mean((qs - target_q[None]) ** 2)
             return loss, {"critic_loss": loss, "q": qs.mean(), "target_q": target_q.mean()}
 
-        grads, info = jax.grad(loss_fn, has_aux=True)(self.critic.params)
+        encoder = self.encoder
+        if encoder is None:
+            grads, info = jax.grad(loss_fn, has_aux=True)(self.critic.params, None)
+        else:
+            (grads, encoder_grads), info = jax.grad(loss_fn, argnums=(0, 1), has_aux=True)(
+                self.critic.params, encoder.params
+            )
+            encoder = encoder.apply_gradients(grads=encoder_grads)
         critic = self.critic.apply_gradients(grads=grads)
         target_params = optax.incremental_update(critic.params, self.target_critic.params, self.tau)
         target_critic = self.target_critic.replace(params=target_params)
-        return self.replace(critic=critic, target_critic=target_critic, rng=rng), info
+        return self.replace(critic=critic, target_critic=target_critic, encoder=encoder, rng=rng), info
 
     def _actor_step(self, batch: Batch) -> tuple[SACAgent, Info]:
         """One actor step, then one temperature step toward the target entropy (both on `batch`)."""
         rng, key = jax.random.split(self.rng)
         temperature = self._temperature()
+        observations = batch["observations"]
+        if self.encoder is not None:
+            rng, aug_key = jax.random.split(rng)
+            observations = augment(aug_key, observations, self.drq_pad)
+        # The actor trains on the encoder's features but never into the encoder (DrQ-v2).
+        x = jax.lax.stop_gradient(self._features(observations))
 
         def actor_loss_fn(params: Any) -> tuple[jax.Array, Info]:
-            mean, log_std = self.actor.apply_fn({"params": params}, batch["observations"])
+            mean, log_std = self.actor.apply_fn({"params": params}, x)
             actions, log_probs = tanh_gaussian_sample(mean, log_std, key)
-            qs = self.critic.apply_fn({"params": self.critic.params}, batch["observations"], actions)
+            qs = self.critic.apply_fn({"params": self.critic.params}, x, actions)
             # Mean over the ensemble (as in jaxrl/RLPD): the pessimism already lives in the critic's target.
             loss = jnp.mean(temperature * log_probs - qs.mean(axis=0))
             return loss, {"actor_loss": loss, "entropy": -log_probs.mean()}
@@ -260,12 +311,12 @@ class SACAgent(struct.PyTreeNode):
     @jax.jit
     def critic_step(self, batch: Batch) -> tuple[SACAgent, Info]:
         """One critic step and target update on a single minibatch (what `update` scans over)."""
-        return self._critic_step(self._normalized(batch))
+        return self._critic_step(batch)
 
     @jax.jit
     def actor_step(self, batch: Batch) -> tuple[SACAgent, Info]:
         """One actor step and one temperature step on a single minibatch (what `update` ends with)."""
-        return self._actor_step(self._normalized(batch))
+        return self._actor_step(batch)
 
     @jax.jit
     def update(self, batch: Batch) -> tuple[SACAgent, Info]:
@@ -284,7 +335,7 @@ class SACAgent(struct.PyTreeNode):
 
     def _update(self, batch: Batch) -> tuple[SACAgent, Info]:
         _check_batch(batch, self.utd)
-        minibatches = jax.tree.map(lambda x: x.reshape((self.utd, -1) + x.shape[1:]), self._normalized(batch))
+        minibatches = jax.tree.map(lambda x: x.reshape((self.utd, -1) + x.shape[1:]), batch)
         agent, critic_info = jax.lax.scan(lambda a, mb: a._critic_step(mb), self, minibatches)
         agent, actor_info = agent._actor_step(jax.tree.map(lambda x: x[-1], minibatches))
         return agent, {**jax.tree.map(jnp.mean, critic_info), **actor_info}

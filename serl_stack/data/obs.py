@@ -65,6 +65,29 @@ def to_vector(flat: Mapping[str, Any], keys: tuple[str, ...], batch_dims: int = 
     return np.concatenate(parts, axis=-1)
 
 
+def image_keys_of(flat: Mapping[str, Any], selected: tuple[str, ...]) -> tuple[str, ...]:
+    """`agent.image_keys`, checked: each must be an image (under `images/`) that the observation has."""
+    available = sorted(k for k in flat if k.startswith(IMAGE_PREFIX))
+    for k in selected:
+        if k not in available:
+            raise KeyError(f"agent.image_keys: '{k}' is not an image of the observation; expected some of {available} "
+                           "(set env.cameras to render cameras)")
+        if np.asarray(flat[k]).dtype != np.uint8 or np.asarray(flat[k]).ndim != 3:
+            raise KeyError(f"agent.image_keys: '{k}' has dtype {np.asarray(flat[k]).dtype} and shape "
+                           f"{np.asarray(flat[k]).shape}; expected uint8 (H, W, C)")
+    return tuple(sorted(selected))
+
+
+def agent_obs(flat: Mapping[str, Any], keys: tuple[str, ...], image_keys: tuple[str, ...] = (),
+              batch_dims: int = 0) -> Any:
+    """What the agent takes: the float32 vector of `keys`, or with `image_keys` a dict
+    `{"state": vector, "images": {camera: uint8 array}}` (camera = key path without `images/`)."""
+    vec = to_vector(flat, keys, batch_dims)
+    if not image_keys:
+        return vec
+    return {"state": vec, "images": {k[len(IMAGE_PREFIX):]: np.asarray(flat[k], np.uint8) for k in image_keys}}
+
+
 def vector_dim(flat: Mapping[str, Any], keys: tuple[str, ...]) -> int:
     """Length of the vector `to_vector` makes from one (unbatched) observation."""
     return int(sum(np.asarray(flat[k]).size for k in keys))

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from serl_stack.config import ReplayConfig
-from serl_stack.data.obs import IMAGE_PREFIX, flatten_keys, to_vector
+from serl_stack.data.obs import IMAGE_PREFIX, agent_obs, flatten_keys
 
 ObsSpec = dict[str, tuple[tuple[int, ...], np.dtype]]
 """Flat key path -> (shape, dtype) of one observation leaf."""
@@ -202,15 +202,18 @@ def _check_array(name: str, value: Any, shape: tuple[int, ...], dtype: np.dtype)
     return arr.astype(dtype, copy=False)
 
 
-def to_agent_batch(sample: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """The agents' batch from a `ReplayBuffer.sample`: observations flattened in `keys` order to float32 (B, D).
+def to_agent_batch(
+    sample: Mapping[str, Any], keys: tuple[str, ...], image_keys: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """The agents' batch from a `ReplayBuffer.sample`: observations flattened in `keys` order to float32 (B, D),
+    or with `image_keys` the `serl_stack.data.obs.agent_obs` dict of that vector and the uint8 images.
 
     `keys` is usually `serl_stack.data.obs.vector_keys(example_obs)`; the same order must be used when acting.
     """
     return {
-        "observations": to_vector(sample["observations"], keys, batch_dims=1),
+        "observations": agent_obs(sample["observations"], keys, image_keys, batch_dims=1),
         "actions": np.asarray(sample["actions"], np.float32),
         "rewards": np.asarray(sample["rewards"], np.float32),
-        "next_observations": to_vector(sample["next_observations"], keys, batch_dims=1),
+        "next_observations": agent_obs(sample["next_observations"], keys, image_keys, batch_dims=1),
         "masks": np.asarray(sample["masks"], np.float32),
     }
