@@ -18,6 +18,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from serl_stack.agents.sharding import data_mesh, replicate, shard_agent
 from serl_stack.config import Config
 from serl_stack.data.demos import DemoFormatError, MixedSampler, replay_from_demos
 from serl_stack.data.device_mix import DeviceMix, demo_rows
@@ -53,6 +54,8 @@ class Updater:
         self.action_dim = int(np.asarray(example_action).size)
         self.agent: Any = None
         self.updates = 0
+        # More than one device: replicated parameters, every minibatch split across the devices.
+        self.mesh = data_mesh(cfg.agent.batch_size)
         self._base_key = jax.random.PRNGKey(cfg.train.seed)
         self._rng = np.random.default_rng(cfg.train.seed)
         self._pending: list[dict[str, np.ndarray]] = []
@@ -103,11 +106,11 @@ class Updater:
     def _flush(self) -> None:
         """Copy the transitions inserted since the last update into the device mirror."""
         if self._device is None:
-            self._device = DeviceReplay.create(self.replay.capacity, self.obs_dim, self.action_dim)
+            self._device = self._placed(DeviceReplay.create(self.replay.capacity, self.obs_dim, self.action_dim))
             if self.demos is not None:
-                self._device_demos = DeviceReplay.create(len(self.demos), self.obs_dim, self.action_dim)
-                rows = to_agent_batch(self.demos.take(np.arange(len(self.demos))), self.keys)
-                self._device_demos = self._device_demos.insert_batch(rows)
+                demos = self._placed(DeviceReplay.create(len(self.demos), self.obs_dim, self.action_dim))
+                self._device_demos = demos.insert_batch(to_agent_batch(self.demos.take(np.arange(len(self.demos))),
+                                                                       self.keys))
         # Rows older than the newest `capacity` would be overwritten in the ring anyway.
         pending = self._pending[-self.replay.capacity:]
         self._pending = []
@@ -120,6 +123,9 @@ class Updater:
     def agent_batch(self, n: int) -> dict[str, np.ndarray]:
         """`n` transitions from the host buffer as an agent batch (host sampling path)."""
         return to_agent_batch(self.replay.sample(n, self._rng), self.keys, self.image_keys)
+
+    def _placed(self, tree: Any) -> Any:
+        return tree if self.mesh is None else replicate(tree, self.mesh)
 
     # ------------------------------------------------------------------------------------------- agent
     def new_agent(self, obs_norm: Mapping[str, Any] | None = None) -> Any:
@@ -136,7 +142,10 @@ class Updater:
         if self.cfg.agent.normalize_observations:
             warmup = to_agent_batch(self.replay.take(np.arange(len(self.replay))), self.keys)["observations"]
             norm = {"mean": warmup.mean(axis=0), "std": warmup.std(axis=0)}
-        self.agent = self.new_agent(norm)
+        self.agent = self._sharded(self.new_agent(norm))
+
+    def _sharded(self, agent: Any) -> Any:
+        return agent if self.mesh is None else shard_agent(agent, self.mesh)
 
     def step(self) -> Info:
         """One update (`agent.utd` critic steps, one actor and temperature step); returns device scalars."""
@@ -169,7 +178,7 @@ class Updater:
         return {"updates": self.updates, "host_rng": self._rng.bit_generator.state}
 
     def restore(self, agent: Any, meta: Mapping[str, Any]) -> None:
-        self.agent = agent
+        self.agent = self._sharded(agent)
         self.updates = int(meta["updates"])
         if "host_rng" in meta:
             self._rng.bit_generator.state = dict(meta["host_rng"])

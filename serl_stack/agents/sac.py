@@ -125,6 +125,9 @@ class SACAgent(struct.PyTreeNode):
     """Pixel agents: the conv encoder shared by actor and critic, trained by the critic loss; None: state only."""
     drq_pad: int = struct.field(pytree_node=False, default=0)
     """DrQ random-shift padding in pixels (pixel agents only; 0 = no augmentation)."""
+    batch_sharding: Any = struct.field(pytree_node=False, default=None)
+    """Data parallelism: a `jax.sharding.Sharding` for `(utd, batch, ...)` minibatches (batch axis split over
+    devices, parameters replicated; see `agents/sharding.py`), or None on one device."""
 
     @classmethod
     def create(
@@ -336,6 +339,9 @@ class SACAgent(struct.PyTreeNode):
     def _update(self, batch: Batch) -> tuple[SACAgent, Info]:
         _check_batch(batch, self.utd)
         minibatches = jax.tree.map(lambda x: x.reshape((self.utd, -1) + x.shape[1:]), batch)
+        if self.batch_sharding is not None:
+            # Each device gets a slice of every minibatch; XLA all-reduces the gradients (replicated params).
+            minibatches = jax.lax.with_sharding_constraint(minibatches, self.batch_sharding)
         agent, critic_info = jax.lax.scan(lambda a, mb: a._critic_step(mb), self, minibatches)
         agent, actor_info = agent._actor_step(jax.tree.map(lambda x: x[-1], minibatches))
         return agent, {**jax.tree.map(jnp.mean, critic_info), **actor_info}
