@@ -18,7 +18,7 @@ import numpy as np
 from flax import serialization
 
 from serl_stack.config import Config
-from serl_stack.data.obs import IMAGE_PREFIX, agent_obs, flatten_keys, image_keys_of, to_vector, vector_dim, vector_keys
+from serl_stack.data.obs import IMAGE_PREFIX, agent_obs, flatten_keys, image_keys_of, vector_dim, vector_keys
 from serl_stack.transport.actor_client import ActorClient
 from serl_stack.transport.auth import curve_client_from_config
 from serl_stack.transport.outbox import DurableOutbox
@@ -66,28 +66,32 @@ class PolicyRunner:
         return np.asarray(self._policy(self.params, obs_vec, key, deterministic))
 
 
-def evaluate(
-    env: gym.Env, policy: PolicyRunner, keys: tuple[str, ...], episodes: int, first_seed: int
-) -> dict[str, Any]:
-    """Deterministic episodes on seeds `first_seed, first_seed+1, ...`; success from `info["success"]`."""
+def evaluate(env: gym.Env, policy: PolicyRunner, episodes: int, first_seed: int) -> dict[str, Any]:
+    """Deterministic episodes on seeds `first_seed, first_seed+1, ...`; success from `info["success"]`.
+
+    `success_rate` is None when no episode's last `info` has a `"success"` key (e.g. Pendulum): such a task has
+    no notion of success, and 0 would read as "always failed".
+    """
     returns, successes, lengths = [], [], []
+    reports_success = False
     key = jax.random.PRNGKey(0)  # unused by the deterministic policy, required by its signature
     for i in range(episodes):
         obs, _ = env.reset(seed=first_seed + i)
         ret, length, done, info = 0.0, 0, False, {}
         while not done:
-            action = policy.act(to_vector(flatten_keys(obs), keys), key, True)
+            action = policy.act(policy.observe(obs), key, True)
             obs, reward, terminated, truncated, info = env.step(action)
             ret += float(reward)
             length += 1
             done = terminated or truncated
         returns.append(ret)
         successes.append(bool(info.get("success", False)))
+        reports_success = reports_success or "success" in info
         lengths.append(length)
     return {
         "episodes": episodes,
         "first_seed": first_seed,
-        "success_rate": float(np.mean(successes)),
+        "success_rate": float(np.mean(successes)) if reports_success else None,
         "return_mean": float(np.mean(returns)),
         "return_std": float(np.std(returns)),
         "length_mean": float(np.mean(lengths)),
@@ -230,7 +234,7 @@ class Actor:
             self.client.send("done", {"env_steps": t.total_env_steps})
             print("actor: collection finished; waiting for the final parameters", flush=True)
             self._wait(lambda: bool((self.client.params_body or {}).get("final")), "final parameters")
-            result = evaluate(self.env, self.policy, self.keys, t.eval_episodes, t.eval_seed)
+            result = evaluate(self.env, self.policy, t.eval_episodes, t.eval_seed)
             (self.run_dir / "eval.json").write_text(json.dumps(result, indent=2))
             seq = self.client.send("eval", result)
             self._wait(lambda: self.client.acked_seq >= seq, "acknowledgement of the evaluation")

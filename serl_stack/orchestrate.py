@@ -183,9 +183,10 @@ def _summary(console: Console, cfg: Config, run_dir: Path) -> None:
     if eval_file.is_file():
         r = json.loads(eval_file.read_text())
         last = r["first_seed"] + r["episodes"] - 1
+        success = "n/a" if r.get("success_rate") is None else f"{100 * r['success_rate']:.1f}%"  # null: no success
         console.print(
             f"[bold green]Final evaluation[/bold green]: {r['episodes']} deterministic episodes on held-out seeds "
-            f"{r['first_seed']}..{last}: success {100 * r['success_rate']:.1f}%, "
+            f"{r['first_seed']}..{last}: success {success}, "
             f"return {r['return_mean']:.2f} ± {r['return_std']:.2f}, mean length {r['length_mean']:.1f}"
         )
     else:
