@@ -28,7 +28,6 @@ import json
 import multiprocessing as mp
 import os
 import platform
-import struct
 import subprocess
 import sys
 import time
@@ -39,6 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from serl_stack.runlog import episodes
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV_ID = "HalfCheetah-v5"
@@ -124,53 +125,10 @@ def ours_overrides(cfg: BenchConfig, seed: int) -> dict[str, Any]:
     }
 
 
-def read_scalars(path: Path) -> list[tuple[str, int, float]]:
-    """`(tag, step, value)` of every scalar in a TensorBoard event file, in write order.
-
-    The file is a TFRecord stream (u64 length, u32 length CRC, payload, u32 payload CRC) of `Event` protobufs;
-    tensorboardX (a serl_stack dependency) ships the protobuf classes, so no TensorFlow is needed. A record cut
-    short at the end (a writer killed mid-write) ends the read.
-    """
-    from tensorboardX.proto import event_pb2
-
-    out: list[tuple[str, int, float]] = []
-    with open(path, "rb") as f:
-        while True:
-            header = f.read(12)
-            if len(header) < 12:
-                break
-            (length,) = struct.unpack("<Q", header[:8])
-            payload = f.read(length)
-            if len(payload) < length or len(f.read(4)) < 4:
-                break
-            event = event_pb2.Event()
-            event.ParseFromString(payload)
-            out.extend((v.tag, int(event.step), float(v.simple_value)) for v in event.summary.value)
-    return out
-
-
 def ours_curve(run_dir: Path) -> tuple[list[int], list[float]]:
-    """Training episodes as (env steps at the episode's end, return), from the learner's TensorBoard events.
-
-    The learner logs `episode/return` at the env steps it has *received* when the episode message arrives, which
-    can lag the actor by the transitions still in flight; the running sum of `episode/length` (logged with each
-    episode, in order) is the exact env step of each episode's end, so that is the x axis.
-    """
-    files = sorted((run_dir / "tb" / "learner").glob("events.out.tfevents.*"))
-    if not files:
-        raise RuntimeError(f"{run_dir / 'tb' / 'learner'}: no TensorBoard event files; expected the learner's")
-    returns: list[float] = []
-    lengths: list[float] = []
-    for path in files:
-        for tag, _, value in read_scalars(path):
-            if tag == "episode/return":
-                returns.append(value)
-            elif tag == "episode/length":
-                lengths.append(value)
-    if len(returns) != len(lengths):
-        raise RuntimeError(f"{run_dir}: {len(returns)} episode/return but {len(lengths)} episode/length scalars; "
-                           "expected one of each per episode")
-    return [int(x) for x in np.cumsum(lengths)], returns
+    """Training episodes as (env step at the episode's end, return), from the learner's TensorBoard events."""
+    table = episodes(run_dir)
+    return [int(x) for x in table["end_step"]], [float(x) for x in table["return"]]
 
 
 def run_ours(cfg: BenchConfig, seed: int, run_dir: Path) -> dict[str, Any]:

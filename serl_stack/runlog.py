@@ -1,0 +1,63 @@
+"""Reading a run's logged scalars back, for plots and benchmark reports.
+
+Owns: parsing TensorBoard event files (what the learner writes under `<run>/tb/learner`) without TensorFlow, and
+the per-episode table of a run (env step at the episode's end, return, success, length).
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+
+
+def read_scalars(path: Path) -> list[tuple[str, int, float]]:
+    """`(tag, step, value)` of every scalar in a TensorBoard event file, in write order.
+
+    The file is a TFRecord stream (u64 length, u32 length CRC, payload, u32 payload CRC) of `Event` protobufs;
+    tensorboardX (a serl_stack dependency) ships the protobuf classes, so no TensorFlow is needed. A record cut
+    short at the end (a writer killed mid-write) ends the read.
+    """
+    from tensorboardX.proto import event_pb2
+
+    out: list[tuple[str, int, float]] = []
+    with open(path, "rb") as f:
+        while True:
+            header = f.read(12)
+            if len(header) < 12:
+                break
+            (length,) = struct.unpack("<Q", header[:8])
+            payload = f.read(length)
+            if len(payload) < length or len(f.read(4)) < 4:
+                break
+            event = event_pb2.Event()
+            event.ParseFromString(payload)
+            out.extend((v.tag, int(event.step), float(v.simple_value)) for v in event.summary.value)
+    return out
+
+
+def episodes(run_dir: Path) -> dict[str, np.ndarray]:
+    """The run's training episodes in order: `end_step`, `return`, `success`, `length` arrays.
+
+    The learner logs `episode/*` at the env steps it has *received* when the episode message arrives, which can
+    lag the actor by the transitions in flight; the running sum of `episode/length` is the exact env step of each
+    episode's end, so that is `end_step`.
+    """
+    files = sorted((Path(run_dir) / "tb" / "learner").glob("events.out.tfevents.*"))
+    if not files:
+        raise FileNotFoundError(f"{Path(run_dir) / 'tb' / 'learner'}: no TensorBoard event files; expected the "
+                                "learner's")
+    columns: dict[str, list[float]] = {"return": [], "success": [], "length": []}
+    for path in files:
+        for tag, _, value in read_scalars(path):
+            name = tag.removeprefix("episode/")
+            if tag.startswith("episode/") and name in columns:
+                columns[name].append(value)
+    n = len(columns["length"])
+    if any(len(v) != n for v in columns.values()):
+        raise ValueError(f"{run_dir}: episode scalars of unequal counts "
+                         f"{ {k: len(v) for k, v in columns.items()} }; expected one of each per episode")
+    out = {k: np.asarray(v) for k, v in columns.items()}
+    out["end_step"] = np.cumsum(out["length"]).astype(np.int64)
+    return out
