@@ -82,6 +82,10 @@ class EnvConfig:
     """Reach task: upper corner (base frame, m) of the goal box."""
     success_radius: float = 0.02
     """Reach task: the TCP within this distance (m) of the goal is a success."""
+    cameras: tuple[str, ...] = ()
+    """Cameras rendered into obs["images"] (sim: wrist, front); empty = no images."""
+    image_size: int = 128
+    """Side (pixels) of the square RGB images the cameras render."""
     controller: ControllerConfig = field(default_factory=ControllerConfig)
     """Sim controller gains."""
 

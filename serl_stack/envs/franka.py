@@ -2,14 +2,15 @@
 
 Owns: applying the DESIGN.md action contract to a *commanded* TCP pose (relative steps, workspace box and
 orientation cone clipping, binary gripper), stepping the physics with the operational-space controller at the
-physics rate, the robot half of the observation (`state`), the F/T reading in the base frame, time-limit
-truncation and the seeded reset to the ready pose. A task subclasses `FrankaEnv` and fills in four hooks:
-`_task_space`, `_reset_task`, `_task_obs` and `_evaluate`.
+physics rate, the robot half of the observation (`state`), the F/T reading in the base frame, the camera images
+(`images`, only for the cameras `EnvConfig.cameras` names), time-limit truncation and the seeded reset to the
+ready pose. A task subclasses `FrankaEnv`, may add world XML (`task_xml`: markers, objects), and fills in four
+hooks: `_task_space`, `_reset_task`, `_task_obs` and `_evaluate`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import mujoco
@@ -49,6 +50,8 @@ class FrankaEnv(gym.Env[ObsDict, np.ndarray]):
     """A Franka Panda on a table, driven by relative TCP pose actions through a cartesian impedance controller."""
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
+    task_xml: ClassVar[str] = ""
+    """`<worldbody>` XML the task adds to the model (goal markers, objects)."""
 
     def __init__(self, config: EnvConfig | None = None, render_mode: str | None = None, spec: ArmSpec = PANDA) -> None:
         cfg = config if config is not None else EnvConfig()
@@ -78,8 +81,9 @@ class FrankaEnv(gym.Env[ObsDict, np.ndarray]):
                 f"EnvConfig.reach_min/reach_max: expected 0 <= min < max, got {cfg.reach_min}, {cfg.reach_max}"
             )
 
-        self.model = load_model(spec)
+        self.model = load_model(spec, self.task_xml)
         self.data = mujoco.MjData(self.model)
+        self.cameras = self._check_cameras(cfg)
         self.controller = OpSpaceController(self.model, spec, cfg.controller)
         self._n = len(spec.joints)
         self._tcp = self.model.site("tcp").id
@@ -110,14 +114,46 @@ class FrankaEnv(gym.Env[ObsDict, np.ndarray]):
             "tcp_force": spaces.Box(-inf, inf, (3,), np.float32),
             "tcp_torque": spaces.Box(-inf, inf, (3,), np.float32),
         }
-        self.observation_space = spaces.Dict({"state": spaces.Dict(state), "task": self._task_space()})
+        obs_space = {"state": spaces.Dict(state), "task": self._task_space()}
+        if self.cameras:
+            image = spaces.Box(0, 255, (cfg.image_size, cfg.image_size, 3), np.uint8)
+            obs_space["images"] = spaces.Dict({name: image for name in self.cameras})
+        self.observation_space = spaces.Dict(obs_space)
 
         self.cmd_pos = np.zeros(3)
         self.cmd_quat = np.array([1.0, 0.0, 0.0, 0.0])
         self._elapsed = -1  # -1 until the first reset
         self._renderer: mujoco.Renderer | None = None
+        self._camera_renderer = self._make_camera_renderer(cfg.image_size) if self.cameras else None
         self._vel6 = np.zeros(6)
         self._quat = np.zeros(4)
+
+    def _check_cameras(self, cfg: EnvConfig) -> tuple[str, ...]:
+        """`cfg.cameras`, checked against the model's cameras and the offscreen buffer."""
+        cameras = cfg.cameras
+        available = [self.model.camera(i).name for i in range(self.model.ncam)]
+        if isinstance(cameras, str) or not all(isinstance(c, str) for c in cameras):
+            raise ValueError(f"EnvConfig.cameras: expected a list of camera names from {available}, got {cameras!r}")
+        unknown = [c for c in cameras if c not in available]
+        if unknown:
+            raise ValueError(f"EnvConfig.cameras: unknown camera(s) {unknown} in {cameras!r}; available: {available}")
+        if len(set(cameras)) != len(cameras):
+            raise ValueError(f"EnvConfig.cameras: each camera at most once, got {cameras!r}")
+        # The offscreen framebuffer (MJCF <visual><global offwidth/offheight>) bounds what a Renderer can draw.
+        largest = min(int(self.model.vis.global_.offwidth), int(self.model.vis.global_.offheight))
+        if cameras and not 1 <= cfg.image_size <= largest:
+            raise ValueError(f"EnvConfig.image_size: expected 1..{largest} pixels, got {cfg.image_size!r}")
+        return tuple(cameras)
+
+    def _make_camera_renderer(self, size: int) -> mujoco.Renderer:
+        # One renderer at the image size for all cameras, made once: a Renderer owns a GL context and buffers,
+        # far too costly to make per step.
+        renderer = mujoco.Renderer(self.model, size, size)
+        # No shadows in the policy's images: on a CPU (software GL) the shadow map pass costs ~10x the rest of
+        # a 128 px frame (7 vs 100 frames/s here), and the tasks mark what matters without them (the reach
+        # goal's pole). `render()` keeps them for human eyes.
+        renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False
+        return renderer
 
     # ------------------------------------------------------------------------------------ task hooks
 
@@ -175,8 +211,22 @@ class FrankaEnv(gym.Env[ObsDict, np.ndarray]):
             "tcp_torque": torque.astype(f32),
         }
 
+    def _images(self) -> dict[str, np.ndarray]:
+        """One (S, S, 3) uint8 RGB frame per configured camera, of the physics state as it is now."""
+        renderer = self._camera_renderer
+        if renderer is None:
+            raise RuntimeError(f"{type(self).__name__}: cannot render cameras {list(self.cameras)} after close()")
+        images = {}
+        for name in self.cameras:
+            renderer.update_scene(self.data, camera=name)
+            images[name] = renderer.render()  # a fresh array per call: observations must not alias each other
+        return images
+
     def _get_obs(self) -> ObsDict:
-        return {"state": self._state_obs(), "task": self._task_obs()}
+        obs = {"state": self._state_obs(), "task": self._task_obs()}
+        if self.cameras:
+            obs["images"] = self._images()
+        return obs
 
     # ------------------------------------------------------------------------------------ commands
 
@@ -281,3 +331,6 @@ class FrankaEnv(gym.Env[ObsDict, np.ndarray]):
         if self._renderer is not None:
             self._renderer.close()
             self._renderer = None
+        if self._camera_renderer is not None:
+            self._camera_renderer.close()
+            self._camera_renderer = None

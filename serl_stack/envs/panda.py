@@ -3,7 +3,8 @@
 Owns: `ArmSpec` (one table per arm, so an FR3 is another instance, not another code path), `PANDA`,
 `dh_fk` (pure-numpy forward kinematics of the hand TCP, the reference the MJCF is tested against), and
 `build_mjcf` / `load_model`, which write the MuJoCo model from the same numbers — the spec is the one source of
-truth; there is no hand-edited XML to drift from it.
+truth; there is no hand-edited XML to drift from it — together with the scene the cameras see (the `wrist` and
+`front` camera placements, the table) and a slot for a task's own world XML.
 
 Frames: the robot base sits at the world origin on top of a table whose surface is z = 0; x points forward,
 z up. Quaternions are w-first. Numbers come from /work/shared/REFERENCE.md (Franka's published parameters);
@@ -182,6 +183,23 @@ def _link_inertia(mass: float) -> tuple[float, float, float]:
     return ixx, ixx, 0.5 * mass * r * r
 
 
+# Wrist camera, in the hand frame (z along the fingers, x toward the robot's front at the ready pose): on the back
+# of the hand (like a wrist-mounted RealSense), looking along the fingers tilted forward so that its optical axis
+# crosses the tool axis ~0.1 m beyond the fingertips. The fingertips sit at the bottom edge of the image, the
+# space below and ahead of them fills the rest; image up is the hand's -x.
+WRIST_CAMERA_POS = (-0.07, 0.0, 0.02)
+WRIST_CAMERA_TILT = 0.35
+"""Angle (rad) between the wrist camera's optical axis and the tool axis, toward the hand's +x."""
+WRIST_CAMERA_FOVY = 70.0
+
+
+def _wrist_xyaxes() -> str:
+    c, s = np.cos(WRIST_CAMERA_TILT), np.sin(WRIST_CAMERA_TILT)
+    # Looking along (s, 0, c) means the camera's z is -(s, 0, c); x = hand -y, y = z cross x = (-c, 0, s), which
+    # puts the fingers at the bottom of the image (as on the real wrist cameras) rather than at its top.
+    return _f(0.0, -1.0, 0.0, -c, 0.0, s)
+
+
 def _arm_xml(spec: ArmSpec) -> str:
     """The nested body chain link1 .. link7 -> hand -> fingers, innermost written first."""
     so = spec.finger_stroke
@@ -203,7 +221,7 @@ def _arm_xml(spec: ArmSpec) -> str:
           <inertial pos="0 0 0.03" mass="{spec.hand_mass}" diaginertia="0.003 0.0005 0.003"/>
           <site name="ft_sensor" size="0.01" rgba="1 0 0 1" group="4"/>
           <site name="tcp" pos="0 0 {spec.tcp_offset}" size="0.008" rgba="0 1 0 1" group="4"/>
-          <camera name="wrist" pos="0.07 0 0.02" xyaxes="0 1 0 0.94 0 0.34" fovy="70"/>
+          <camera name="wrist" pos="{_f(*WRIST_CAMERA_POS)}" xyaxes="{_wrist_xyaxes()}" fovy="{WRIST_CAMERA_FOVY:g}"/>
           <geom name="hand_box" type="box" pos="0 0 0.03" size="0.03 0.1 0.03" rgba="0.9 0.9 0.9 1"
                 {_ARM_COLLIDE}/>{fingers}
         </body>"""
@@ -225,8 +243,31 @@ def _arm_xml(spec: ArmSpec) -> str:
     return inner
 
 
-def build_mjcf(spec: ArmSpec = PANDA) -> str:
-    """MJCF text of the arm, its hand, a table in front of it, cameras, the F/T sensor and the actuators."""
+def look_at(pos: tuple[float, float, float], target: tuple[float, float, float]) -> str:
+    """MJCF `xyaxes` of a camera at `pos` looking at `target` with the image's up direction toward world +z.
+
+    A camera looks along its -z; x is the image's right, y its up (which is what `xyaxes` lists).
+    """
+    forward = np.subtract(target, pos, dtype=np.float64)
+    forward /= np.linalg.norm(forward)
+    right = np.cross(forward, (0.0, 0.0, 1.0))
+    right /= np.linalg.norm(right)
+    return _f(*right, *np.cross(right, forward))
+
+
+# Front camera: in front of the robot, to its right and above, looking at the middle of the reach goal box. The
+# oblique view (not straight down the x axis) turns the goal's depth into image position, and it frames the
+# whole goal box, the gripper over the workspace and the table plane under both.
+FRONT_CAMERA_POS = (1.5, -0.7, 1.0)
+FRONT_CAMERA_TARGET = (0.44, 0.0, 0.28)
+FRONT_CAMERA_FOVY = 44.0
+
+
+def build_mjcf(spec: ArmSpec = PANDA, world: str = "") -> str:
+    """MJCF text of the arm, its hand, a table in front of it, cameras, the F/T sensor and the actuators.
+
+    `world` is extra `<worldbody>` XML a task adds (goal markers, objects); the arm's XML does not depend on it.
+    """
     motors = "\n".join(
         f'    <motor name="torque{i + 1}" joint="joint{i + 1}" ctrlrange="{_f(-j.max_torque, j.max_torque)}"/>'
         for i, j in enumerate(spec.joints)
@@ -236,19 +277,29 @@ def build_mjcf(spec: ArmSpec = PANDA) -> str:
   <compiler angle="radian" autolimits="true"/>
   <option timestep="{TIMESTEP}" integrator="implicitfast"/>
   <visual><global offwidth="640" offheight="480"/></visual>
+  <asset>
+    <!-- 5 cm checks of two close browns: texture the cameras can see the arm move over (a plain table looks
+         the same from everywhere), and a metric scale on the table in every image. -->
+    <texture name="table_checker" type="2d" builtin="checker" width="64" height="64" rgb1="0.62 0.52 0.42"
+             rgb2="0.52 0.43 0.34"/>
+    <material name="table" texture="table_checker" texuniform="true" texrepeat="10 10"/>
+  </asset>
   <default><geom solref="0.005 1" condim="3"/></default>
   <worldbody>
     <light pos="0.5 0 2" dir="0 0 -1" directional="true"/>
-    <camera name="front" pos="1.8 0 1.0" xyaxes="0 1 0 -0.435 0 0.9" fovy="50"/>
-    <geom name="floor" type="plane" pos="0 0 -0.75" size="3 3 0.1" rgba="0.3 0.3 0.35 1" contype="0"
+    <camera name="front" pos="{_f(*FRONT_CAMERA_POS)}" xyaxes="{look_at(FRONT_CAMERA_POS, FRONT_CAMERA_TARGET)}"
+            fovy="{FRONT_CAMERA_FOVY:g}"/>
+    <!-- A plane's third size is its rendering grid spacing: 1 m keeps the floor at 36 quads instead of 3600,
+         a quarter of a 128 px front camera frame's cost on a software GL. -->
+    <geom name="floor" type="plane" pos="0 0 -0.75" size="3 3 1" rgba="0.3 0.3 0.35 1" contype="0"
           conaffinity="0"/>
     <geom name="table" type="box" pos="0.35 0 {TABLE_TOP_Z - 0.025}" size="0.65 0.7 0.025"
-          rgba="0.6 0.5 0.4 1" contype="1" conaffinity="3"/>
+          material="table" contype="1" conaffinity="3"/>
     <body name="link0">
       <inertial pos="-0.04 0 0.06" mass="2.8" diaginertia="0.01 0.01 0.01"/>
       <geom type="cylinder" pos="-0.03 0 0.07" size="0.08 0.07" rgba="0.95 0.95 0.95 1" contype="0"
             conaffinity="0"/>{_arm_xml(spec)}
-    </body>
+    </body>{world}
   </worldbody>
   <tendon>
     <fixed name="gripper_width"><joint joint="finger_left" coef="1"/><joint joint="finger_right" coef="1"/></fixed>
@@ -268,10 +319,11 @@ def build_mjcf(spec: ArmSpec = PANDA) -> str:
 
 
 @lru_cache(maxsize=4)
-def _compiled(spec: ArmSpec) -> mujoco.MjModel:
-    return mujoco.MjModel.from_xml_string(build_mjcf(spec))
+def _compiled(spec: ArmSpec, world: str) -> mujoco.MjModel:
+    return mujoco.MjModel.from_xml_string(build_mjcf(spec, world))
 
 
-def load_model(spec: ArmSpec = PANDA) -> mujoco.MjModel:
-    """A fresh MjModel for `spec` (compiled once per spec and copied, so envs never share mutable state)."""
-    return _compiled(spec).__copy__()
+def load_model(spec: ArmSpec = PANDA, world: str = "") -> mujoco.MjModel:
+    """A fresh MjModel for `spec` plus the task's `world` XML (compiled once per pair and copied, so envs never
+    share mutable state)."""
+    return _compiled(spec, world).__copy__()
