@@ -100,6 +100,15 @@ class Learner:
                 raise SystemExit(f"learner: {e.args[0]}") from e
             except (ValueError, OSError) as e:  # bad demonstrations or settings: say which, before any update
                 raise SystemExit(f"learner: {e}") from e
+            u = self.updater
+            if u.demos is not None:
+                print(f"learner: {len(u.demos)} demonstration transitions from {self.cfg.replay.demo_dir} make up "
+                      f"{self.cfg.replay.demo_fraction:.0%} of every minibatch", flush=True)
+            if u.image_keys and self.cfg.replay.on_device:
+                print("learner: image batches are sampled on the host (replay.on_device covers state vectors only)",
+                      flush=True)
+            if u.mesh is not None:
+                print(f"learner: data parallel over {u.mesh.devices.size} devices", flush=True)
         self.updater.insert(
             flatten_keys(tr["observation"]),
             tr["action"],

@@ -53,12 +53,19 @@ def _serl(*args: str) -> list[str]:
 
 @pytest.mark.slow
 def test_serl_train_runs_end_to_end(tmp_path: Path) -> None:
+    """Scripted demonstrations recorded with `serl record-demos`, then mixed into every batch of a training run."""
+    env = {**os.environ, "MUJOCO_GL": "egl"}
+    demos = tmp_path / "demos"
+    rec = subprocess.run(_serl("record-demos", "--out", str(demos), "--episodes", "3"), capture_output=True,
+                         text=True, timeout=300, cwd=ROOT, env=env)
+    assert rec.returncode == 0 and "kept" in rec.stdout, rec.stdout + rec.stderr
     run = tmp_path / "run"
     proc = subprocess.run(
-        _serl("train", "--run-dir", str(run), *SMALL), capture_output=True, text=True, timeout=600, cwd=ROOT,
-        env={**os.environ, "MUJOCO_GL": "egl"},
+        _serl("train", "--run-dir", str(run), *SMALL, "--set", f"replay.demo_dir={demos}"),
+        capture_output=True, text=True, timeout=600, cwd=ROOT, env=env,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + (run / "learner.log").read_text()
+    assert f"demonstration transitions from {demos} make up 50% of every minibatch" in (run / "learner.log").read_text()
     result = json.loads((run / "eval.json").read_text())
     assert result["episodes"] == 3 and 0.0 <= result["success_rate"] <= 1.0
     assert result["first_seed"] == 1_000_000 and result["params_version"] > 1
@@ -112,6 +119,22 @@ def test_ctrl_c_stops_both_processes_and_checkpoints(tmp_path: Path) -> None:
     final = max(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())
     assert final > saved  # the restored agent kept learning from where it stopped
     assert json.loads((run / "eval.json").read_text())["episodes"] == 3
+
+
+@pytest.mark.slow
+def test_pixel_agent_trains_end_to_end_from_camera_images(tmp_path: Path) -> None:
+    """The pixel path through both processes: rendered uint8 images on the wire, the conv encoder's parameters
+    broadcast to the actor, which acts and evaluates from images without the goal position."""
+    run = tmp_path / "run"
+    proc = subprocess.run(
+        _serl("train", "--config", str(ROOT / "configs" / "sim_reach_pixels.yaml"), "--run-dir", str(run),
+              "--set", "env.image_size=32", "--set", "train.total_env_steps=500", "--set", "train.start_steps=300",
+              "--set", "train.eval_episodes=2", "--set", "agent.batch_size=32", "--set", "agent.hidden_dims=[64, 64]"),
+        capture_output=True, text=True, timeout=600, cwd=ROOT, env={**os.environ, "MUJOCO_GL": "egl"},
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + (run / "learner.log").read_text()[-3000:]
+    assert json.loads((run / "eval.json").read_text())["episodes"] == 2
+    assert "image batches are sampled on the host" in (run / "learner.log").read_text()
 
 
 def test_link_status_names_the_silent_side() -> None:
