@@ -27,7 +27,6 @@ import dataclasses
 import json
 import multiprocessing as mp
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -37,6 +36,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+import benchlib
 import numpy as np
 
 from serl_stack.runlog import episodes
@@ -264,18 +264,7 @@ def machine_info() -> dict[str, Any]:
     import gymnasium
     import jax
 
-    model = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
-    except OSError:
-        pass  # not Linux: the model name is only informative
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "cpu_model": model, "python": platform.python_version(), "numpy": np.__version__,
-        "jax": jax.__version__, "gymnasium": gymnasium.__version__, "platform": platform.platform(),
-    }
+    return benchlib.machine_info(jax=jax.__version__, gymnasium=gymnasium.__version__)
 
 
 def summarize(results: dict[str, list[dict[str, Any]]], cfg: BenchConfig) -> dict[str, Any]:

@@ -33,7 +33,6 @@ import dataclasses
 import json
 import multiprocessing as mp
 import os
-import platform
 import statistics
 import sys
 import time
@@ -43,6 +42,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
+import benchlib
 import numpy as np
 
 OBS_DIM = 26
@@ -303,21 +303,7 @@ def _summary(samples: list[float]) -> dict[str, Any]:
 
 
 def machine_info(versions: dict[str, str]) -> dict[str, Any]:
-    model = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
-    except OSError:
-        pass  # not Linux: the model name is only informative
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "cpu_model": model,
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "platform": platform.platform(),
-        **versions,
-    }
+    return benchlib.machine_info(**versions)
 
 
 def run(cfg: BenchConfig) -> dict[str, Any]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import benchlib
 import numpy as np
 
 from serl_stack.runlog import episodes
@@ -100,8 +100,7 @@ def main(argv: list[str] | None = None) -> None:
         "first_step_rolling_success_ge_target": next(
             (int(s) for s, c in zip(table["end_step"], curve, strict=True) if c >= TARGET_SUCCESS), None),
         "meets_targets": bool(final is not None and final >= TARGET_SUCCESS and wall <= TARGET_WALL_S),
-        "machine": {"cpu_count": os.cpu_count(), "python": platform.python_version(),
-                    "load_avg_1min_at_end": os.getloadavg()[0]},
+        "machine": benchlib.machine_info(),
         "date": datetime.now().strftime("%Y-%m-%d"),
     }
     line = json.dumps(report)
