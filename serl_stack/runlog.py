@@ -38,7 +38,8 @@ def read_scalars(path: Path) -> list[tuple[str, int, float]]:
 
 
 def episodes(run_dir: Path) -> dict[str, np.ndarray]:
-    """The run's training episodes in order: `end_step`, `return`, `success`, `length` arrays.
+    """The run's training episodes in order: `end_step`, `return`, `success`, `length` arrays (of a live run:
+    the episodes whose scalars are all written).
 
     The learner logs `episode/*` at the env steps it has *received* when the episode message arrives, which can
     lag the actor by the transitions in flight; the running sum of `episode/length` is the exact env step of each
@@ -54,10 +55,11 @@ def episodes(run_dir: Path) -> dict[str, np.ndarray]:
             name = tag.removeprefix("episode/")
             if tag.startswith("episode/") and name in columns:
                 columns[name].append(value)
-    n = len(columns["length"])
-    if any(len(v) != n for v in columns.values()):
-        raise ValueError(f"{run_dir}: episode scalars of unequal counts "
-                         f"{ {k: len(v) for k, v in columns.items()} }; expected one of each per episode")
-    out = {k: np.asarray(v) for k, v in columns.items()}
+    counts = {k: len(v) for k, v in columns.items()}
+    n = min(counts.values())
+    # A live run may be read between the scalars of its newest episode; anything more uneven is not our log.
+    if max(counts.values()) - n > 1:
+        raise ValueError(f"{run_dir}: episode scalars of unequal counts {counts}; expected one of each per episode")
+    out = {k: np.asarray(v[:n]) for k, v in columns.items()}
     out["end_step"] = np.cumsum(out["length"]).astype(np.int64)
     return out
