@@ -221,7 +221,8 @@ class Actor:
                     self.client.send(
                         "episode",
                         {"episode": episode, "return": ep_return, "length": ep_len,
-                         "success": bool(info.get("success", False))},
+                         # None where the env has no notion of success (e.g. HalfCheetah), not "failed".
+                         "success": bool(info["success"]) if "success" in info else None},
                     )
                     episode, ep_return, ep_len = episode + 1, 0.0, 0
                     obs, _ = self.env.reset()

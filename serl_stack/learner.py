@@ -169,11 +169,13 @@ class Learner:
 
     def _log_episode(self, body: dict[str, Any]) -> None:
         self.episodes += 1
-        ret, success = float(body.get("return", 0.0)), float(bool(body.get("success", False)))
+        ret = float(body.get("return", 0.0))
         self.returns.append(ret)
-        self.successes.append(success)
         self.writer.add_scalar("episode/return", ret, self.env_steps)
-        self.writer.add_scalar("episode/success", success, self.env_steps)
+        if body.get("success") is not None:  # None: the env has no notion of success
+            success = float(bool(body["success"]))
+            self.successes.append(success)
+            self.writer.add_scalar("episode/success", success, self.env_steps)
         self.writer.add_scalar("episode/length", float(body.get("length", 0)), self.env_steps)
 
     # ------------------------------------------------------------------------------------------- outputs

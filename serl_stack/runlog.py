@@ -39,7 +39,7 @@ def read_scalars(path: Path) -> list[tuple[str, int, float]]:
 
 def episodes(run_dir: Path) -> dict[str, np.ndarray]:
     """The run's training episodes in order: `end_step`, `return`, `success`, `length` arrays (of a live run:
-    the episodes whose scalars are all written).
+    the episodes whose scalars are all written; `success` is NaN for envs without a notion of success).
 
     The learner logs `episode/*` at the env steps it has *received* when the episode message arrives, which can
     lag the actor by the transitions in flight; the running sum of `episode/length` is the exact env step of each
@@ -55,6 +55,8 @@ def episodes(run_dir: Path) -> dict[str, np.ndarray]:
             name = tag.removeprefix("episode/")
             if tag.startswith("episode/") and name in columns:
                 columns[name].append(value)
+    if not columns["success"]:  # an env without a notion of success (e.g. HalfCheetah) logs none
+        columns["success"] = [float("nan")] * len(columns["length"])
     counts = {k: len(v) for k, v in columns.items()}
     n = min(counts.values())
     # A live run may be read between the scalars of its newest episode; anything more uneven is not our log.

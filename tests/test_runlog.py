@@ -41,3 +41,14 @@ def test_a_torn_last_record_ends_the_read_and_a_missing_log_is_named(tmp_path: P
     assert read_scalars(events) == full[:-1]
     with pytest.raises(FileNotFoundError, match="no TensorBoard event files"):
         episodes(tmp_path / "nothing")
+
+
+def test_envs_without_success_get_nan_success(tmp_path: Path) -> None:
+    writer = SummaryWriter(str(tmp_path / "tb" / "learner"))
+    for i in range(2):
+        writer.add_scalar("episode/return", float(i), i)
+        writer.add_scalar("episode/length", 1000.0, i)
+    writer.close()
+    table = episodes(tmp_path)
+    np.testing.assert_array_equal(table["end_step"], [1000, 2000])
+    assert np.isnan(table["success"]).all()
