@@ -22,6 +22,7 @@ from tensorboardX import SummaryWriter
 from serl_stack.checkpoint import Checkpointer
 from serl_stack.config import Config
 from serl_stack.data.obs import flatten_keys
+from serl_stack.rundir import previous_run
 from serl_stack.transport.auth import curve_server_from_config
 from serl_stack.transport.inbox import DurableInbox
 from serl_stack.transport.learner_server import TOPIC_PARAMS, TOPIC_STATUS, LearnerServer
@@ -30,11 +31,6 @@ from serl_stack.transport.protocol import make_spec, unpack
 from serl_stack.updater import Updater
 
 STATUS_PERIOD_S = 0.5
-
-
-def previous_run(run_dir: Path) -> list[str]:
-    """What of an earlier run `run_dir` holds (its transition log, its checkpoints); empty for a new folder."""
-    return [p.name for p in (run_dir / "transitions", run_dir / "checkpoints") if p.is_dir() and any(p.iterdir())]
 
 
 def learner_may_update(updates: int, env_steps: int, start_steps: int) -> bool:

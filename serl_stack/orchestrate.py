@@ -117,7 +117,8 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> int
     """
     console = Console(soft_wrap=True)  # paths stay on one line in logs, where the width defaults to 80
     if run_dir is not None and not resume:
-        from serl_stack.learner import previous_run
+        # Not from learner.py: the parent process stays free of JAX (it only watches and forwards Ctrl-C).
+        from serl_stack.rundir import previous_run
 
         previous = previous_run(run_dir.absolute())
         if previous:
