@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -152,6 +153,10 @@ def _keys(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("train", "learner", "actor"):
+        # Ctrl-C must always stop a run cleanly (checkpoint, then exit). A process started in the background by a
+        # non-interactive shell inherits SIGINT as *ignored*, and Python then leaves it ignored; take it back.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     if args.command == "keys":
         return _keys(args)
     if args.command == "train" and args.resume:
