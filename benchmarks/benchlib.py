@@ -2,11 +2,30 @@
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import os
 import platform
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
+
+C = TypeVar("C")
+
+
+def parse_config(cls: type[C], quick: C, description: str, argv: list[str] | None) -> C:
+    """A benchmark's frozen `cls` from the command line: every field is a flag (`--field-name`), `--quick` starts
+    from the `quick` sizes instead of the defaults; flags given override either."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help=f"smoke run: {quick}")
+    defaults = cls()
+    fields = dataclasses.fields(cls)
+    for f in fields:
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(getattr(defaults, f.name)), default=None,
+                            help=f"default {getattr(defaults, f.name)!r} ({getattr(quick, f.name)!r} with --quick)")
+    args = parser.parse_args(argv)
+    given = {f.name: getattr(args, f.name) for f in fields if getattr(args, f.name) is not None}
+    return dataclasses.replace(quick if args.quick else defaults, **given)
 
 
 def machine_info(**versions: str) -> dict[str, Any]:

@@ -27,7 +27,6 @@ Prints one JSON line on stdout (progress goes to stderr). `--quick` is a smoke r
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import json
@@ -402,15 +401,7 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
 
 
 def parse_args(argv: list[str] | None = None) -> BenchConfig:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK}")
-    defaults = BenchConfig()
-    for f in dataclasses.fields(BenchConfig):
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(getattr(defaults, f.name)), default=None)
-    args = parser.parse_args(argv)
-    base = QUICK if args.quick else defaults
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(BenchConfig)}
-    cfg = dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
+    cfg = benchlib.parse_config(BenchConfig, QUICK, __doc__.split("\n\n")[0], argv)
     for name in ("reps", "capacity", "prefill", "warmup_iters", "torch_threads"):
         if getattr(cfg, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')}: got {getattr(cfg, name)}, expected >= 1")
