@@ -62,8 +62,10 @@ class Updater:
         self._device: DeviceReplay | None = None
         self._device_demos: DeviceReplay | None = None
         self.demos: ReplayBuffer | None = None
+        self._mixed: MixedSampler | None = None
         if cfg.replay.demo_dir:
             self.demos = self._load_demos(cfg.replay.demo_dir)
+            self._mixed = MixedSampler(self.replay, self.demos, cfg.replay.demo_fraction)
 
     # ------------------------------------------------------------------------------------------- data
     def _load_demos(self, directory: str) -> ReplayBuffer:
@@ -165,10 +167,9 @@ class Updater:
 
     def _host_batch(self) -> dict[str, np.ndarray]:
         a = self.cfg.agent
-        if self.demos is None:
+        if self._mixed is None:
             return self.agent_batch(a.utd * a.batch_size)
-        mixed = MixedSampler(self.replay, self.demos, self.cfg.replay.demo_fraction)
-        parts = [to_agent_batch(mixed.sample(a.batch_size, self._rng), self.keys, self.image_keys)
+        parts = [to_agent_batch(self._mixed.sample(a.batch_size, self._rng), self.keys, self.image_keys)
                  for _ in range(a.utd)]
         return jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
 
