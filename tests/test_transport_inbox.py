@@ -115,6 +115,19 @@ def test_spec_mismatch_is_refused_with_the_reason(tmp_path: Path) -> None:
         link.close()
 
 
+def _rebind(port: int, pport: int, timeout_s: float = 10.0) -> LearnerServer:
+    """A new server on the ports of one just closed: ZeroMQ closes a listener on its I/O thread, after
+    `close()` returns, so on a loaded machine the port can still be taken for a moment."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return LearnerServer("127.0.0.1", port, pport, MAX)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def test_learner_restart_resends_spooled_and_drops_duplicates(tmp_path: Path) -> None:
     link = Link(tmp_path)
     try:
@@ -130,7 +143,7 @@ def test_learner_restart_resends_spooled_and_drops_duplicates(tmp_path: Path) ->
         for i in range(20, 30):
             link.outbox.add(transition(i))
         link.outbox.flush()  # sent into the void while the learner is down
-        link.server = LearnerServer("127.0.0.1", port, pport, MAX)
+        link.server = _rebind(port, pport)
         link.inbox = DurableInbox(link.server, link.log)
         link.pump(10, until=lambda: len(link.spool) == 0)
         seqs = [seq for _, _, seq, _ in link.log.replay()]
