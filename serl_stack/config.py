@@ -49,6 +49,72 @@ class ControllerConfig:
 
 
 @dataclass(frozen=True)
+class RandomizationConfig:
+    """Domain randomization for sim-to-real, drawn at every reset from the env's seeded RNG; 0 turns a term off.
+
+    The task's own object placement (cube pose, hole position) is randomized by the task's config section.
+    """
+
+    table_height: float = 0.0
+    """Table top (and everything resting on it) shifted by uniform(-x, +x) metres in z."""
+    friction: float = 0.0
+    """Sliding friction of every contact surface scaled by uniform(1 - x, 1 + x)."""
+    controller_gains: float = 0.0
+    """Controller stiffnesses (kp_pos, kp_rot) scaled by uniform(1 - x, 1 + x); damping follows the ratio."""
+    camera_pos: float = 0.0
+    """Each camera's position jittered by uniform(-x, +x) metres per axis."""
+    camera_rot: float = 0.0
+    """Each camera's orientation jittered by a rotation of up to x radians about a random axis."""
+    obs_noise_pos: float = 0.0
+    """Std (m) of Gaussian noise on observed positions: tcp_pose xyz and task positions (per step)."""
+    obs_noise_vel: float = 0.0
+    """Std (m/s, rad/s) of Gaussian noise on the observed tcp_vel (per step)."""
+    obs_noise_force: float = 0.0
+    """Std (N) of Gaussian noise on the observed tcp_force; tcp_torque gets x/10 N m (per step)."""
+    action_latency: int = 0
+    """Control steps between the policy's action and its execution (0 or 1): with 1, each step executes the
+    previous step's action, as on a real arm whose command arrives one cycle late."""
+
+
+@dataclass(frozen=True)
+class PickCubeConfig:
+    """FrankaPickCube-v0: lift a cube lying at a random pose on the table."""
+
+    cube_size: float = 0.04
+    """Edge length (m) of the cube."""
+    cube_mass: float = 0.05
+    """Mass (kg) of the cube."""
+    cube_low: tuple[float, ...] = (0.40, -0.10)
+    """Lower corner (base frame x, y in m) of the area the cube's centre is placed in at reset."""
+    cube_high: tuple[float, ...] = (0.55, 0.10)
+    """Upper corner (x, y in m) of the cube placement area."""
+    cube_yaw: float = 0.785
+    """The cube's yaw at reset is uniform(-x, +x) radians."""
+    lift_height: float = 0.05
+    """Success: the cube's centre at least this far (m) above its resting height."""
+
+
+@dataclass(frozen=True)
+class PegInsertConfig:
+    """FrankaPegInsert-v0: a peg held in the closed gripper goes into a hole in a fixture on the table."""
+
+    peg_radius: float = 0.008
+    """Radius (m) of the cylindrical peg."""
+    peg_length: float = 0.06
+    """Length (m) of the peg."""
+    clearance: float = 0.002
+    """Hole diameter minus peg diameter (m)."""
+    hole_depth: float = 0.03
+    """Depth (m) of the hole."""
+    hole_low: tuple[float, ...] = (0.45, -0.08)
+    """Lower corner (base frame x, y in m) of the area the hole's axis is placed in at reset."""
+    hole_high: tuple[float, ...] = (0.55, 0.08)
+    """Upper corner (x, y in m) of the hole placement area."""
+    success_depth: float = 0.02
+    """Success: the peg's tip at least this far (m) below the hole's rim, inside the hole."""
+
+
+@dataclass(frozen=True)
 class EnvConfig:
     """A MuJoCo Franka task on the DESIGN.md observation/action contract."""
 
@@ -88,6 +154,12 @@ class EnvConfig:
     """Side (pixels) of the square RGB images the cameras render."""
     controller: ControllerConfig = field(default_factory=ControllerConfig)
     """Sim controller gains."""
+    randomization: RandomizationConfig = field(default_factory=RandomizationConfig)
+    """Domain randomization (all off by default)."""
+    pick_cube: PickCubeConfig = field(default_factory=PickCubeConfig)
+    """FrankaPickCube-v0 task settings."""
+    peg_insert: PegInsertConfig = field(default_factory=PegInsertConfig)
+    """FrankaPegInsert-v0 task settings."""
 
 
 @dataclass(frozen=True)
@@ -208,6 +280,13 @@ class TrainConfig:
     """Checkpoints kept on disk; older ones are deleted (the transition log is kept whole)."""
     eval_episodes: int = 50
     """Deterministic episodes in the final evaluation."""
+    eval_every: int = 0
+    """Env steps between evaluations during training (0 = only the final one); logged as `eval/*` over env steps."""
+    eval_every_episodes: int = 20
+    """Deterministic episodes in each evaluation during training (same held-out seeds each time)."""
+    stop_at_success: float = 0.0
+    """End the run early (final evaluation included) once an evaluation during training reaches this success
+    rate (0 = never; needs `eval_every`)."""
     eval_seed: int = 1_000_000
     """First seed of the held-out evaluation episodes (training never uses seeds this high)."""
     run_dir: str = "runs"

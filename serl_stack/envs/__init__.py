@@ -1,8 +1,9 @@
 """MuJoCo Franka tasks on the DESIGN.md observation/action contract, and any Gymnasium env adapted to it.
 
 Owns: the Gymnasium registration of the sim tasks and `make_env`, the one way the rest of serl_stack builds
-an env from an `EnvConfig`. Importing this module registers `FrankaReach-v0`; the env truncates itself from
-`EnvConfig.max_episode_steps`, so the registration adds no TimeLimit wrapper. Any other registered Gymnasium id
+an env from an `EnvConfig`. Importing this module registers `FrankaReach-v0`, `FrankaPickCube-v0` and
+`FrankaPegInsert-v0`; each env truncates itself from `EnvConfig.max_episode_steps`, so the registration adds no
+TimeLimit wrapper. Any other registered Gymnasium id
 is built as registered and wrapped by `GymAdapter` (see gym_adapter.py).
 """
 
@@ -14,9 +15,17 @@ from serl_stack.config import EnvConfig
 from serl_stack.envs.gym_adapter import GymAdapter
 
 REACH_ID = "FrankaReach-v0"
+PICK_CUBE_ID = "FrankaPickCube-v0"
+PEG_INSERT_ID = "FrankaPegInsert-v0"
 
-if REACH_ID not in gym.registry:
-    gym.register(id=REACH_ID, entry_point="serl_stack.envs.reach:FrankaReachEnv")
+_TASKS = {
+    REACH_ID: "serl_stack.envs.reach:FrankaReachEnv",
+    PICK_CUBE_ID: "serl_stack.envs.pick_cube:FrankaPickCubeEnv",
+    PEG_INSERT_ID: "serl_stack.envs.peg_insert:FrankaPegInsertEnv",
+}
+for _id, _entry_point in _TASKS.items():
+    if _id not in gym.registry:
+        gym.register(id=_id, entry_point=_entry_point)
 
 
 def serl_task_ids() -> list[str]:
@@ -47,4 +56,4 @@ def make_env(cfg: EnvConfig, render_mode: str | None = None) -> gym.Env:
         raise ValueError(f"EnvConfig.id={cfg.id!r}: {e}") from e
 
 
-__all__ = ["REACH_ID", "make_env", "serl_task_ids"]
+__all__ = ["PEG_INSERT_ID", "PICK_CUBE_ID", "REACH_ID", "make_env", "serl_task_ids"]

@@ -8,7 +8,9 @@ torques every physics step:
 with Lambda = (J M^-1 J^T)^-1 the task-space inertia (so the gains give unit-mass, gain-independent dynamics:
 kd = 2 zeta sqrt(kp)), qfrc_bias the gravity + Coriolis compensation, and N^T the dynamically consistent
 null-space projector that keeps the posture term from disturbing the TCP. The pose error is clipped like
-the real CRISP controller clips it, and the torques are clipped to the arm's limits.
+the real CRISP controller clips it, and the torques are clipped to the arm's limits. Because kp acts through
+Lambda, the stiffness a contact feels along an axis is Lambda's row times kp (`task_wrench` gives that force);
+`set_gain_scale` rescales the stiffnesses for domain randomization.
 
 It must be called between `mj_step1` (which computes kinematics, the inertia matrix and its factorisation
 for the current state) and `mj_step2`; `step` does exactly that. Arrays are preallocated because it runs
@@ -80,8 +82,11 @@ class OpSpaceController:
         self.cfg = config
         self.n = len(spec.joints)
         self.site_id = model.site(site).id
-        self.kp = np.array([config.kp_pos] * 3 + [config.kp_rot] * 3)
+        self._kp_nominal = np.array([config.kp_pos] * 3 + [config.kp_rot] * 3)
+        self.kp = self._kp_nominal.copy()
         self.kd = 2.0 * config.damping_ratio * np.sqrt(self.kp)
+        self.gain_scale = 1.0
+        """Factor on the configured stiffnesses (domain randomization); see `set_gain_scale`."""
         self.kd_null = 2.0 * config.damping_ratio * np.sqrt(config.kp_null)
         self.q_ready = spec.ready.copy()
         self.tau_max = spec.max_torque.copy()
@@ -107,12 +112,21 @@ class OpSpaceController:
         self.target_pos[:] = pos
         self.target_quat[:] = np.asarray(quat) / np.linalg.norm(quat)
 
-    def compute(self, data: mujoco.MjData) -> np.ndarray:
-        """Joint torques (n,) for the state in `data`; needs kinematics and the factorised M of that state."""
-        m, n, sid = self.model, self.n, self.site_id
-        jac, minv_jt, err = self._jac, self._minv_jt, self._err
-        mujoco.mj_jacSite(m, data, jac[:3], jac[3:], sid)
+    def set_gain_scale(self, scale: float) -> None:
+        """Scale the configured stiffnesses (kp_pos, kp_rot) by `scale`; damping follows the damping ratio.
 
+        Always relative to the configured gains, so repeated calls (one per reset) never compound. The
+        null-space and joint-limit gains are left alone: they shape the posture, not the task-space impedance.
+        """
+        if not (math.isfinite(scale) and scale > 0):
+            raise ValueError(f"OpSpaceController.set_gain_scale: expected a finite scale > 0, got {scale!r}")
+        self.gain_scale = float(scale)
+        np.multiply(self._kp_nominal, scale, out=self.kp)
+        self.kd[:] = 2.0 * self.cfg.damping_ratio * np.sqrt(self.kp)
+
+    def _pose_error(self, data: mujoco.MjData) -> np.ndarray:
+        """Fill and return `self._err`: the clipped (target - current) pose error, position then rotation vector."""
+        sid, err = self.site_id, self._err
         np.subtract(self.target_pos, data.site_xpos[sid], out=err[:3])
         mujoco.mju_mat2Quat(self._quat, data.site_xmat[sid])
         mujoco.mju_subQuat(self._local, self.target_quat, self._quat)  # in the current TCP frame
@@ -124,6 +138,38 @@ class OpSpaceController:
             err[:3] *= self.cfg.max_pos_error / pos_norm
         if rot_norm > self.cfg.max_rot_error:
             err[3:] *= self.cfg.max_rot_error / rot_norm
+        return err
+
+    def pose_error(self, data: mujoco.MjData) -> np.ndarray:
+        """The pose error (6,) the gains act on: target minus current (m, then a base-frame rotation vector in
+        rad), each half clipped to max_pos_error / max_rot_error. Needs the kinematics of `data`."""
+        return self._pose_error(data).copy()
+
+    def task_wrench(self, data: mujoco.MjData) -> np.ndarray:
+        """The impedance wrench (6,) `Lambda (kp e - kd v)` at the site, base frame (N, then N m).
+
+        This is the part of `compute`'s torque that acts in task space (gravity compensation and the null-space
+        posture term excluded). At rest against a contact it is what the contact must push back with, so the
+        effective stiffness along an axis is Lambda's row for it times kp, not kp alone. Needs the kinematics
+        and the factorised inertia of `data` (after `mj_forward` or `mj_step1`).
+        """
+        lam = self.task_inertia(data)  # also leaves the site Jacobian of `data` in self._jac
+        return lam @ (self.kp * self._pose_error(data) - self.kd * (self._jac @ data.qvel))
+
+    def task_inertia(self, data: mujoco.MjData) -> np.ndarray:
+        """Lambda = (J M^-1 J^T)^-1 (6, 6) at the site: the arm's apparent mass (kg) / inertia (kg m^2) there.
+        Needs the kinematics and the factorised inertia of `data`."""
+        m, jac, minv_jt = self.model, self._jac, self._minv_jt
+        mujoco.mj_jacSite(m, data, jac[:3], jac[3:], self.site_id)
+        mujoco.mj_solveM(m, data, minv_jt, jac)
+        return np.linalg.inv(jac @ minv_jt.T)
+
+    def compute(self, data: mujoco.MjData) -> np.ndarray:
+        """Joint torques (n,) for the state in `data`; needs kinematics and the factorised M of that state."""
+        m, n, sid = self.model, self.n, self.site_id
+        jac, minv_jt = self._jac, self._minv_jt
+        mujoco.mj_jacSite(m, data, jac[:3], jac[3:], sid)
+        err = self._pose_error(data)
 
         qvel = data.qvel
         tau0 = self._tau0

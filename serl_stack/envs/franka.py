@@ -3,9 +3,11 @@
 Owns: applying the DESIGN.md action contract to a *commanded* TCP pose (relative steps, workspace box and
 orientation cone clipping, binary gripper), stepping the physics with the operational-space controller at the
 physics rate, the robot half of the observation (`state`), the F/T reading in the base frame, the camera images
-(`images`, only for the cameras `EnvConfig.cameras` names), time-limit truncation and the seeded reset to the
-ready pose. A task subclasses `FrankaEnv`, may add world XML (`task_xml`: markers, objects), and fills in four
-hooks: `_task_space`, `_reset_task`, `_task_obs` and `_evaluate`.
+(`images`, only for the cameras `EnvConfig.cameras` names), time-limit truncation, the seeded reset to the
+ready pose, and when to apply `EnvConfig.randomization` (the draws themselves live in randomize.py): scene and
+gains at reset, observation noise on what the policy sees (never on what `_evaluate` scores), and a one-step
+action latency. A task subclasses `FrankaEnv`, may add world XML (`task_xml`: markers, objects), and fills in four
+hooks: `_task_space`, `_reset_task`, `_task_obs` and `_evaluate`; it places objects on `table_top_z`.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from gymnasium import spaces
 
 from serl_stack.config import EnvConfig
 from serl_stack.envs.controller import OpSpaceController, quat_canonical, quat_from_rotvec, quat_mul
-from serl_stack.envs.panda import PANDA, TIMESTEP, ArmSpec, dh_fk, load_model
+from serl_stack.envs.panda import PANDA, TABLE_TOP_Z, TIMESTEP, ArmSpec, dh_fk, load_model
+from serl_stack.envs.randomize import DomainRandomizer, add_observation_noise, noise_enabled, noisy_observation_space
 
 ObsDict = dict[str, dict[str, np.ndarray]]
 
@@ -85,6 +88,9 @@ class FrankaEnv(gym.Env[ObsDict, np.ndarray]):
         self.data = mujoco.MjData(self.model)
         self.cameras = self._check_cameras(cfg)
         self.controller = OpSpaceController(self.model, spec, cfg.controller)
+        self.randomizer = DomainRandomizer(self.model, cfg.randomization)
+        self.table_top_z = TABLE_TOP_Z
+        """Height (m, base frame) of the table top this episode (moves with randomization.table_height)."""
         self._n = len(spec.joints)
         self._tcp = self.model.site("tcp").id
         self._ft_site = self.model.site("ft_sensor").id
@@ -118,7 +124,7 @@ class FrankaEnv(gym.Env[ObsDict, np.ndarray]):
         if self.cameras:
             image = spaces.Box(0, 255, (cfg.image_size, cfg.image_size, 3), np.uint8)
             obs_space["images"] = spaces.Dict({name: image for name in self.cameras})
-        self.observation_space = spaces.Dict(obs_space)
+        self.observation_space = noisy_observation_space(spaces.Dict(obs_space), cfg.randomization)
 
         self.cmd_pos = np.zeros(3)
         self.cmd_quat = np.array([1.0, 0.0, 0.0, 0.0])
@@ -127,6 +133,9 @@ class FrankaEnv(gym.Env[ObsDict, np.ndarray]):
         self._camera_renderer = self._make_camera_renderer(cfg.image_size) if self.cameras else None
         self._vel6 = np.zeros(6)
         self._quat = np.zeros(4)
+        self._noise_rng: np.random.Generator | None = None
+        # The hold action (no motion, gripper unchanged): what a one-step latency executes first in an episode.
+        self._pending_action = np.zeros(7)
 
     def _check_cameras(self, cfg: EnvConfig) -> tuple[str, ...]:
         """`cfg.cameras`, checked against the model's cameras and the offscreen buffer."""
@@ -289,6 +298,10 @@ class FrankaEnv(gym.Env[ObsDict, np.ndarray]):
         d.qpos[:n] = np.clip(self.arm.ready + noise, self.arm.q_min, self.arm.q_max)
         d.qpos[self._fingers] = self.arm.finger_stroke
         d.ctrl[self._gripper_act] = self._gripper_open
+        # Drawn after the joint noise, so one seed starts the arm in the same pose whatever is randomized.
+        draw = self.randomizer.reset(self.np_random)
+        self.table_top_z = self.randomizer.table_top_z
+        self.controller.set_gain_scale(draw.gain_scale)
         mujoco.mj_forward(m, d)
         self.controller.set_target(*self.tcp_pose())
         self.controller.step(d, SETTLE_STEPS)
@@ -296,10 +309,20 @@ class FrankaEnv(gym.Env[ObsDict, np.ndarray]):
         self.cmd_pos, self.cmd_quat = self.tcp_pose()
         self.controller.set_target(self.cmd_pos, self.cmd_quat)
         self._elapsed = 0
+        self._pending_action = np.zeros(7)
         self._reset_task()
+        # A child generator for the noise: it is seeded by np_random (reproducible per seed) without drawing
+        # from it, so per-step noise never shifts the task's own random stream.
+        self._noise_rng = self.np_random.spawn(1)[0] if noise_enabled(self.cfg.randomization) else None
         obs = self._get_obs()
         _, _, info = self._evaluate(obs)
-        return obs, info
+        return self._observed(obs), info
+
+    def _observed(self, obs: ObsDict) -> ObsDict:
+        """What the policy sees of the clean observation `obs`: with sensor noise when configured."""
+        if self._noise_rng is None:
+            return obs
+        return add_observation_noise(obs, self.cfg.randomization, self._noise_rng)
 
     def step(self, action: np.ndarray) -> tuple[ObsDict, float, bool, bool, dict[str, Any]]:
         if self._elapsed < 0:
@@ -309,6 +332,9 @@ class FrankaEnv(gym.Env[ObsDict, np.ndarray]):
             raise ValueError(f"action: expected shape (7,) [dx, dy, dz, drx, dry, drz, gripper], got {a.shape}")
         # Non-finite actions hold the last command (what the safety filter will do on the real arm).
         a = np.clip(np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0), -1.0, 1.0)
+        if self.cfg.randomization.action_latency:
+            # The command arrives one control cycle late, as on the real arm: run the previous step's action.
+            a, self._pending_action = self._pending_action, a
         self._apply_action(a)
         self.controller.step(self.data, self.n_substeps)
         # mj_step2 leaves positions-derived quantities one step stale; refresh them for the observation.
@@ -316,8 +342,9 @@ class FrankaEnv(gym.Env[ObsDict, np.ndarray]):
         self._elapsed += 1
         obs = self._get_obs()
         reward, terminated, info = self._evaluate(obs)
+        info["executed_action"] = a.astype(np.float32)
         truncated = self._elapsed >= self.cfg.max_episode_steps
-        return obs, reward, terminated, truncated, info
+        return self._observed(obs), reward, terminated, truncated, info
 
     def render(self) -> np.ndarray | None:
         if self.render_mode != "rgb_array":
