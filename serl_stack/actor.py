@@ -1,6 +1,7 @@
-"""The actor process loop: step the env with the newest policy, stream transitions, evaluate at the end.
+"""The actor process loop: step the env with the newest policy, stream transitions, evaluate.
 
-Owns: the actor's bookkeeping (episodes, pacing against the learner, the final evaluation). It imports only the
+Owns: the actor's bookkeeping (episodes, pacing against the learner, evaluations every `train.eval_every` env
+steps on a separate env, early stopping at `train.stop_at_success`, the final evaluation). It imports only the
 policy's inference function and never the learner, so it starts fast and runs next to the robot.
 """
 
@@ -12,13 +13,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import jax
 import numpy as np
 from flax import serialization
 
-from serl_stack.config import Config
+from serl_stack.config import Config, TrainConfig
 from serl_stack.data.obs import IMAGE_PREFIX, agent_obs, flatten_keys, image_keys_of, vector_dim, vector_keys
+from serl_stack.evaluation import evaluate
 from serl_stack.transport.actor_client import ActorClient
 from serl_stack.transport.auth import curve_client_from_config
 from serl_stack.transport.outbox import DurableOutbox
@@ -66,45 +67,26 @@ class PolicyRunner:
         return np.asarray(self._policy(self.params, obs_vec, key, deterministic))
 
 
-def evaluate(env: gym.Env, policy: PolicyRunner, episodes: int, first_seed: int) -> dict[str, Any]:
-    """Deterministic episodes on seeds `first_seed, first_seed+1, ...`; success from `info["success"]`.
-
-    `success_rate` is None when no episode's last `info` has a `"success"` key (e.g. Pendulum): such a task has
-    no notion of success, and 0 would read as "always failed".
-    """
-    returns, successes, lengths = [], [], []
-    reports_success = False
-    key = jax.random.PRNGKey(0)  # unused by the deterministic policy, required by its signature
-    for i in range(episodes):
-        obs, _ = env.reset(seed=first_seed + i)
-        ret, length, done, info = 0.0, 0, False, {}
-        while not done:
-            action = policy.act(policy.observe(obs), key, True)
-            obs, reward, terminated, truncated, info = env.step(action)
-            ret += float(reward)
-            length += 1
-            done = terminated or truncated
-        returns.append(ret)
-        successes.append(bool(info.get("success", False)))
-        reports_success = reports_success or "success" in info
-        lengths.append(length)
-    return {
-        "episodes": episodes,
-        "first_seed": first_seed,
-        "success_rate": float(np.mean(successes)) if reports_success else None,
-        "return_mean": float(np.mean(returns)),
-        "return_std": float(np.std(returns)),
-        "length_mean": float(np.mean(lengths)),
-        "params_version": policy.version,
-    }
+def check_eval_settings(t: TrainConfig) -> None:
+    """ValueError naming the `train.*` evaluation field that is out of range."""
+    if t.eval_every < 0:
+        raise ValueError(f"train.eval_every: got {t.eval_every}, expected >= 0 env steps (0 = final evaluation only)")
+    if t.eval_every_episodes < 1:
+        raise ValueError(f"train.eval_every_episodes: got {t.eval_every_episodes}, expected >= 1")
+    if not 0.0 <= t.stop_at_success <= 1.0:
+        raise ValueError(f"train.stop_at_success: got {t.stop_at_success}, expected a success rate in [0, 1]")
+    if t.stop_at_success > 0 and t.eval_every == 0:
+        raise ValueError("train.stop_at_success needs evaluations during training: set train.eval_every > 0")
 
 
 class Actor:
-    """Runs `cfg.train.total_env_steps` env steps, then the final evaluation; `run()` returns an exit code."""
+    """Runs `cfg.train.total_env_steps` env steps (fewer when `train.stop_at_success` is reached), then the
+    final evaluation; `run()` returns an exit code."""
 
     def __init__(self, cfg: Config, run_dir: Path, parent_pid: int | None = None):
         from serl_stack.envs import make_env
 
+        check_eval_settings(cfg.train)
         self.cfg = cfg
         self.run_dir = run_dir
         self.parent_pid = parent_pid
@@ -122,6 +104,8 @@ class Actor:
         self.client = ActorClient(t.host, t.transitions_port, t.params_port, actor_id, t.max_message_bytes, security)
         self._warned_silent = False
         self.env = make_env(cfg.env)
+        # Evaluations during training run on their own env, so the training episode in progress is not cut.
+        self.eval_env = make_env(cfg.env) if cfg.train.eval_every > 0 else None
         # Each put reaches the OS at once (survives a crash of this process); fsyncs are batched per flush.
         self.spool = ActorSpool(run_dir / f"spool-{actor_id}", fsync=False)
         self.outbox: DurableOutbox | None = None
@@ -186,6 +170,7 @@ class Actor:
         # Transitions spooled by an earlier run of this actor count: a restarted actor continues, not repeats.
         first_step = self.spool.next_seq() - 1
         episode, ep_return, ep_len = 0, 0.0, 0
+        collected = t.total_env_steps
         try:
             for step in range(first_step, t.total_env_steps):
                 if not actor_may_step(step, self._updates(), t.start_steps, t.throttle_slack):
@@ -207,7 +192,8 @@ class Actor:
                     {
                         "observation": obs,
                         "action": np.asarray(action, dtype=np.float32),
-                        "executed_action": np.asarray(action, dtype=np.float32),
+                        # What the robot did (a latency or safety layer may change it), else the policy's action.
+                        "executed_action": np.asarray(info.get("executed_action", action), dtype=np.float32),
                         "reward": float(reward),
                         "next_observation": next_obs,
                         "terminated": bool(terminated),
@@ -231,11 +217,17 @@ class Actor:
                     if self._unflushed >= FLUSH_EVERY:
                         self._flush()
                 self._poll(0)
+                if self._periodic_eval(step + 1):
+                    collected = step + 1
+                    print(f"actor: evaluation success reached train.stop_at_success={t.stop_at_success:g} after "
+                          f"{collected} env steps; ending the run", flush=True)
+                    break
             self._wait(lambda: len(self.spool) == 0, "every transition on the learner's disk")
-            self.client.send("done", {"env_steps": t.total_env_steps})
+            self.client.send("done", {"env_steps": collected})
             print("actor: collection finished; waiting for the final parameters", flush=True)
             self._wait(lambda: bool((self.client.params_body or {}).get("final")), "final parameters")
-            result = evaluate(self.env, self.policy, t.eval_episodes, t.eval_seed)
+            result = {**evaluate(self.env, self.policy, t.eval_episodes, t.eval_seed),
+                      "env_steps": collected, "final": True}
             (self.run_dir / "eval.json").write_text(json.dumps(result, indent=2))
             seq = self.client.send("eval", result)
             self._wait(lambda: self.client.acked_seq >= seq, "acknowledgement of the evaluation")
@@ -250,6 +242,22 @@ class Actor:
                 self.outbox.close()
             self.spool.close()
             self.env.close()
+            if self.eval_env is not None:
+                self.eval_env.close()
+
+    def _periodic_eval(self, env_steps: int) -> bool:
+        """Every `train.eval_every` env steps once the policy acts: evaluate the current parameters on the
+        held-out seeds and send the result (logged by the learner over env steps). True = stop the run."""
+        t = self.cfg.train
+        if self.eval_env is None or env_steps % t.eval_every or env_steps <= t.start_steps:
+            return False
+        assert self.policy is not None and self.policy.params is not None  # the policy acts after start_steps
+        self._flush()
+        result = {**evaluate(self.eval_env, self.policy, t.eval_every_episodes, t.eval_seed),
+                  "env_steps": env_steps, "final": False}
+        self.client.send("eval", result)
+        success = result["success_rate"]
+        return t.stop_at_success > 0 and success is not None and success >= t.stop_at_success
 
 
 def run_actor(cfg: Config, run_dir: Path, parent_pid: int | None = None) -> int:

@@ -1,7 +1,7 @@
 """The `serl` command: `serl train` (learner + actor on one machine), `serl learner`, `serl actor`, `serl config`.
 
 `serl keys` writes a CurveZMQ keypair for `transport.curve` (see docs/security.md). `serl record-demos` records
-scripted demonstrations in the format of docs/demos.md.
+scripted demonstrations in the format of docs/demos.md. `serl eval` evaluates a run's checkpoint (evaluation.py).
 
 Owns: argument parsing and per-process setup (XLA/BLAS thread counts are set here, before JAX is imported, so
 each process uses the cores it was given). Everything heavy is imported inside the subcommand that needs it.
@@ -71,10 +71,44 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("record-demos", help="record scripted demonstrations (successful episodes only; docs/demos.md)")
     _add_config_args(p)
     p.add_argument("--out", type=Path, required=True, help="new demo folder (must not already hold demos)")
-    p.add_argument("--episodes", type=int, required=True, help="episodes to run; only the successful ones are kept")
+    p.add_argument("--episodes", type=int, required=True,
+                   help="episodes to run at most; only the successful ones are kept")
+    p.add_argument("--keep", type=int, default=None,
+                   help="stop once this many successful episodes are kept (default: run all --episodes)")
     p.add_argument("--noise", type=float, default=0.1, help="std of Gaussian noise on the scripted action (0.1)")
     p.add_argument("--seed", type=int, default=None, help="first reset seed and noise seed (default: train.seed)")
+    p = sub.add_parser("eval", help="evaluate a run's checkpoint with deterministic episodes, optionally as an MP4")
+    p.add_argument("--run-dir", type=Path, required=True, help="the run folder (its config.yaml and checkpoints/)")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step to load (default: the latest)")
+    p.add_argument("--episodes", type=int, default=10, help="deterministic episodes to run (10)")
+    p.add_argument("--first-seed", type=int, default=None,
+                   help="reset seed of the first episode, then +1 each (default: the run's train.eval_seed)")
+    p.add_argument("--video", type=Path, default=None, help="write every frame of every episode to this .mp4")
+    p.add_argument("--fps", type=float, default=None, help="video frame rate (default: the env's env.control_hz)")
     return parser
+
+
+def _eval(args: argparse.Namespace) -> int:
+    """`serl eval`: one line of JSON on stdout (for scripts), a readable summary on stderr."""
+    from serl_stack.evaluation import EvalError, read_run_config
+
+    try:
+        if args.episodes < 1:
+            raise EvalError(f"--episodes: got {args.episodes}, expected >= 1")
+        cfg = read_run_config(args.run_dir)  # before JAX is imported: its thread count comes from the run
+        set_thread_env(cfg.train.actor_threads)
+        from serl_stack.evaluation import run_eval, summary, to_json
+
+        result = run_eval(args.run_dir, args.step, args.episodes, args.first_seed, args.video, args.fps)
+    except EvalError as e:
+        print(f"serl eval: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("serl eval: interrupted (a video being written is incomplete)", file=sys.stderr)
+        return 130
+    print(to_json(result), flush=True)
+    print(summary(result), file=sys.stderr)
+    return 0
 
 
 def _record_demos(cfg: Config, args: argparse.Namespace) -> int:
@@ -89,6 +123,9 @@ def _record_demos(cfg: Config, args: argparse.Namespace) -> int:
     if args.episodes < 1:
         print(f"serl record-demos: --episodes: got {args.episodes}, expected >= 1", file=sys.stderr)
         return 2
+    if args.keep is not None and not 1 <= args.keep <= args.episodes:
+        print(f"serl record-demos: --keep: got {args.keep}, expected 1..--episodes ({args.episodes})", file=sys.stderr)
+        return 2
     if (args.out / METADATA_FILE).exists():
         print(f"serl record-demos: --out: {args.out} already holds demos; expected a new folder", file=sys.stderr)
         return 2
@@ -100,7 +137,7 @@ def _record_demos(cfg: Config, args: argparse.Namespace) -> int:
         return 2
     env = make_env(cfg.env)
     builder = EpisodeBuilder()
-    kept = 0
+    kept = ran = 0
     try:
         with Progress() as progress:
             task = progress.add_task("recording", total=args.episodes)
@@ -117,12 +154,22 @@ def _record_demos(cfg: Config, args: argparse.Namespace) -> int:
                     save_episode(args.out, builder.build(success=True), env_id=cfg.env.id, config=to_dict(cfg))
                     kept += 1
                 progress.update(task, advance=1, description=f"recording ({kept} kept)")
+                ran = i + 1
+                if kept == args.keep:
+                    break
     except (DemoFormatError, OSError) as e:
         print(f"serl record-demos: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"serl record-demos: interrupted; the {kept} episodes kept so far are in {args.out}", file=sys.stderr)
+        return 130
     finally:
         env.close()
-    print(f"kept {kept} of {args.episodes} episodes (successful only) in {args.out}")
+    print(f"kept {kept} of {ran} episodes (successful only) in {args.out}")
+    if args.keep is not None and kept < args.keep:
+        print(f"serl record-demos: only {kept} of --keep {args.keep} successful episodes in {args.episodes} tries",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -153,12 +200,14 @@ def _keys(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("train", "learner", "actor"):
+    if args.command in ("train", "learner", "actor", "eval", "record-demos"):
         # Ctrl-C must always stop a run cleanly (checkpoint, then exit). A process started in the background by a
         # non-interactive shell inherits SIGINT as *ignored*, and Python then leaves it ignored; take it back.
         signal.signal(signal.SIGINT, signal.default_int_handler)
     if args.command == "keys":
         return _keys(args)
+    if args.command == "eval":  # the config is the run's own (read by evaluation.py), not --config
+        return _eval(args)
     if args.command == "train" and args.resume:
         if args.run_dir is None:
             print("serl train: --resume needs --run-dir (the run to continue)", file=sys.stderr)

@@ -157,10 +157,15 @@ class Learner:
             elif msg.msg_type == "done":
                 self.actor_done_steps = int(body.get("env_steps", self.env_steps))
             elif msg.msg_type == "eval":
-                self.eval_result = body
-                for k, v in body.items():
-                    if isinstance(v, (int, float)):
-                        self.writer.add_scalar(f"eval/{k}", v, self.updates)
+                # Evaluations during training (final=False) are logged; the final one also ends the run.
+                if body.get("final", True):
+                    self.eval_result = body
+                step = body.get("env_steps", self.env_steps)
+                step = int(step) if isinstance(step, int) and not isinstance(step, bool) else self.env_steps
+                # `eval/episodes` first: runlog.evaluations starts a row at it.
+                for k, v in sorted(body.items(), key=lambda kv: kv[0] != "episodes"):
+                    if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "env_steps":
+                        self.writer.add_scalar(f"eval/{k}", v, step)
             self.server.reply(msg.identity, "ack", {"status": self.status()}, seq=msg.seq)
 
     def _log_episode(self, body: dict[str, Any]) -> None:

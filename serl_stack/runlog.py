@@ -1,7 +1,7 @@
 """Reading a run's logged scalars back, for plots and benchmark reports.
 
-Owns: parsing TensorBoard event files (what the learner writes under `<run>/tb/learner`) without TensorFlow, and
-the per-episode table of a run (env step at the episode's end, return, success, length).
+Owns: parsing TensorBoard event files (what the learner writes under `<run>/tb/learner`) without TensorFlow, the
+per-episode table of a run (env step at the episode's end, return, success, length) and its evaluations.
 """
 
 from __future__ import annotations
@@ -37,6 +37,35 @@ def read_scalars(path: Path) -> list[tuple[str, int, float]]:
     return out
 
 
+def _event_files(run_dir: Path) -> list[Path]:
+    files = sorted((Path(run_dir) / "tb" / "learner").glob("events.out.tfevents.*"))
+    if not files:
+        raise FileNotFoundError(f"{Path(run_dir) / 'tb' / 'learner'}: no TensorBoard event files; expected the "
+                                "learner's")
+    return files
+
+
+def evaluations(run_dir: Path) -> dict[str, np.ndarray]:
+    """The run's evaluations in order (those during training, every `train.eval_every` env steps, then the final
+    one): `env_steps`, `success_rate` (NaN for envs without a notion of success) and `return_mean` arrays.
+
+    Each evaluation is one message whose numbers the learner logs together at its env step, `eval/episodes`
+    first; so every `eval/episodes` scalar starts a row.
+    """
+    rows: list[dict[str, float]] = []
+    for path in _event_files(run_dir):
+        for tag, step, value in read_scalars(path):
+            if tag == "eval/episodes":
+                rows.append({"env_steps": step})
+            elif rows and tag in ("eval/success_rate", "eval/return_mean"):
+                rows[-1][tag.removeprefix("eval/")] = value
+    return {
+        "env_steps": np.asarray([r["env_steps"] for r in rows], np.int64),
+        "success_rate": np.asarray([r.get("success_rate", np.nan) for r in rows], np.float64),
+        "return_mean": np.asarray([r.get("return_mean", np.nan) for r in rows], np.float64),
+    }
+
+
 def episodes(run_dir: Path) -> dict[str, np.ndarray]:
     """The run's training episodes in order: `end_step`, `return`, `success`, `length` arrays (of a live run:
     the episodes whose scalars are all written; `success` is NaN for envs without a notion of success).
@@ -45,10 +74,7 @@ def episodes(run_dir: Path) -> dict[str, np.ndarray]:
     lag the actor by the transitions in flight; the running sum of `episode/length` is the exact env step of each
     episode's end, so that is `end_step`.
     """
-    files = sorted((Path(run_dir) / "tb" / "learner").glob("events.out.tfevents.*"))
-    if not files:
-        raise FileNotFoundError(f"{Path(run_dir) / 'tb' / 'learner'}: no TensorBoard event files; expected the "
-                                "learner's")
+    files = _event_files(run_dir)
     columns: dict[str, list[float]] = {"return": [], "success": [], "length": []}
     for path in files:
         for tag, _, value in read_scalars(path):

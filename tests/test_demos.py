@@ -263,3 +263,19 @@ def test_record_demos_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     assert sum(len(e) for e in load_episodes(out)) == meta["num_transitions"]
     # A folder that already holds demos is refused.
     assert cli.main(["record-demos", "--out", str(out), "--episodes", "1"]) == 2
+
+
+def test_record_demos_keep_stops_at_that_many_successes(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    """`--keep K` ends the recording at the K-th successful episode (pick-cube's scripted grasp), and reports
+    failure when --episodes runs out first."""
+    config = str(Path(__file__).resolve().parents[1] / "configs" / "sim_pick_cube.yaml")
+    out = tmp_path / "demos"
+    assert cli.main(["record-demos", "--config", config, "--out", str(out), "--episodes", "10", "--keep", "2"]) == 0
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["num_episodes"] == 2 and meta["env_id"] == "FrankaPickCube-v0"
+    assert "kept 2 of 2 episodes" in capsys.readouterr().out
+    # --noise 5 drowns the grasp in noise: no success in 2 tries is fewer than --keep asks for.
+    bad = ["record-demos", "--config", config, "--out", str(tmp_path / "noisy"), "--episodes", "2", "--keep", "2"]
+    assert cli.main([*bad, "--noise", "5"]) == 1
+    assert "only 0 of --keep 2" in capsys.readouterr().err
+    assert cli.main(["record-demos", "--out", str(tmp_path / "x"), "--episodes", "2", "--keep", "3"]) == 2

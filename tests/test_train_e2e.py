@@ -10,8 +10,10 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from serl_stack.runlog import evaluations
 from serl_stack.transport.log import TransitionLog
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,7 +63,8 @@ def test_serl_train_runs_end_to_end(tmp_path: Path) -> None:
     assert rec.returncode == 0 and "kept" in rec.stdout, rec.stdout + rec.stderr
     run = tmp_path / "run"
     proc = subprocess.run(
-        _serl("train", "--run-dir", str(run), *SMALL, "--set", f"replay.demo_dir={demos}"),
+        _serl("train", "--run-dir", str(run), *SMALL, "--set", f"replay.demo_dir={demos}",
+              "--set", "train.eval_every=400", "--set", "train.eval_every_episodes=2"),
         capture_output=True, text=True, timeout=600, cwd=ROOT, env=env,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + (run / "learner.log").read_text()
@@ -73,6 +76,31 @@ def test_serl_train_runs_end_to_end(tmp_path: Path) -> None:
     assert list((run / "tb" / "learner").glob("events.out.tfevents.*"))
     steps = sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())
     assert steps and steps[-1] >= 800 - 1, steps  # one update per env step after the 400-step warm-up
+    # Evaluations during training every 400 env steps once the policy acts (800, 1200), then the final one.
+    evals = evaluations(run)
+    assert evals["env_steps"].tolist() == [800, 1200, 1200], evals
+    assert np.all((evals["success_rate"] >= 0) & (evals["success_rate"] <= 1)), evals
+    assert evals["success_rate"][-1] == result["success_rate"] and evals["return_mean"][-1] == pytest.approx(
+        result["return_mean"], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_training_stops_early_once_evaluation_reaches_stop_at_success(tmp_path: Path) -> None:
+    """A goal always within the success radius makes every episode a success whatever the policy does, so the
+    first evaluation after the warm-up (env step 200) reaches 90 % and the run ends there, final evaluation
+    included."""
+    run = tmp_path / "run"
+    proc = subprocess.run(
+        _serl("train", "--run-dir", str(run), *SMALL, "--set", "train.start_steps=100",
+              "--set", "train.eval_every=100", "--set", "train.stop_at_success=0.9",
+              "--set", "env.success_radius=0.6"),
+        capture_output=True, text=True, timeout=600, cwd=ROOT, env={**os.environ, "MUJOCO_GL": "egl"},
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads((run / "eval.json").read_text())
+    assert result["env_steps"] == 200 and result["final"] is True and result["success_rate"] == 1.0, result
+    assert _logged(run) == 200  # the learner has exactly the transitions collected before the stop
+    assert evaluations(run)["env_steps"].tolist() == [200, 200]
 
 
 @pytest.mark.slow
