@@ -137,13 +137,18 @@ class Updater:
                                self.image_shapes or None)
 
     def init_agent(self) -> None:
-        """Create the agent; its observation standardization comes from the data collected so far."""
+        """Create the agent; its observation standardization comes from the data collected so far and the
+        demonstrations (random warm-up actions rarely move objects: a cube's height would be constant in the
+        warm-up alone, and a lifted cube would then read as ~50 standard deviations off)."""
         if len(self.replay) == 0:
             raise ValueError("init_agent: the replay buffer is empty; insert the warm-up transitions first")
         norm = None
         if self.cfg.agent.normalize_observations:
-            warmup = to_agent_batch(self.replay.take(np.arange(len(self.replay))), self.keys)["observations"]
-            norm = {"mean": warmup.mean(axis=0), "std": warmup.std(axis=0)}
+            seen = [to_agent_batch(self.replay.take(np.arange(len(self.replay))), self.keys)["observations"]]
+            if self.demos is not None:
+                seen.append(to_agent_batch(self.demos.take(np.arange(len(self.demos))), self.keys)["observations"])
+            data = np.concatenate(seen)
+            norm = {"mean": data.mean(axis=0), "std": data.std(axis=0)}
         self.agent = self._sharded(self.new_agent(norm))
 
     def _sharded(self, agent: Any) -> Any:

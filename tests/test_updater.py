@@ -163,3 +163,27 @@ def test_demonstrations_that_do_not_fit_the_env_are_named(tmp_path: Path) -> Non
     with pytest.raises(ValueError, match="replay.demo_fraction"):
         cfg = small_config(True)
         filled_updater(dataclasses.replace(cfg, replay=dataclasses.replace(cfg.replay, demo_fraction=1.5)), n=1)
+
+
+def test_observation_statistics_include_the_demonstrations(tmp_path: Path) -> None:
+    """Warm-up data alone would miss what only demonstrations reach (a lifted cube): demo observations shifted by
+    +50 must move the agent's standardization mean to the mean over both sets."""
+    directory = tmp_path / "demos"
+    _write_demos(directory, 2, reward=0.0)
+    shifted = tmp_path / "shifted"
+    from serl_stack.data.demos import load_episodes
+
+    for episode in load_episodes(directory):
+        builder = EpisodeBuilder()
+        obs = episode.observations["state/x"]
+        builder.start({"state": {"x": obs[0] + 50.0}})
+        for t in range(len(episode)):
+            builder.add(episode.actions[t], 0.0, {"state": {"x": obs[t + 1] + 50.0}}, False, t == len(episode) - 1)
+        save_episode(shifted, builder.build(success=True), env_id="test", config={})
+    updater = filled_updater(small_config(True, str(shifted)), n=40)
+    updater.init_agent()
+    warmup = updater.replay.take(np.arange(len(updater.replay)))["observations"]["state/x"]
+    demos = updater.demos.take(np.arange(len(updater.demos)))["observations"]["state/x"]
+    expected = np.concatenate([warmup, demos]).mean(axis=0)
+    assert demos.mean() > 45  # the demos really are far from the warm-up data
+    np.testing.assert_allclose(np.asarray(updater.agent.obs_norm["mean"]), expected, rtol=1e-5, atol=1e-5)
