@@ -13,6 +13,13 @@ import numpy as np
 C = TypeVar("C")
 
 
+def _parse_bool(text: str) -> bool:
+    value = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}.get(text.lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return value
+
+
 def parse_config(cls: type[C], quick: C, description: str, argv: list[str] | None) -> C:
     """A benchmark's frozen `cls` from the command line: every field is a flag (`--field-name`), `--quick` starts
     from the `quick` sizes instead of the defaults; flags given override either."""
@@ -21,7 +28,8 @@ def parse_config(cls: type[C], quick: C, description: str, argv: list[str] | Non
     defaults = cls()
     fields = dataclasses.fields(cls)
     for f in fields:
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(getattr(defaults, f.name)), default=None,
+        kind = type(getattr(defaults, f.name))
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=_parse_bool if kind is bool else kind, default=None,
                             help=f"default {getattr(defaults, f.name)!r} ({getattr(quick, f.name)!r} with --quick)")
     args = parser.parse_args(argv)
     given = {f.name: getattr(args, f.name) for f in fields if getattr(args, f.name) is not None}
