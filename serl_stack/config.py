@@ -115,6 +115,46 @@ class PegInsertConfig:
 
 
 @dataclass(frozen=True)
+class SafetyConfig:
+    """The SafetyFilter's limits and the watchdog's timeouts (per task). The workspace box and orientation cone
+    are `EnvConfig.workspace_low/high` and `EnvConfig.orientation_cone`."""
+
+    max_step_pos: float = 0.03
+    """Largest change (m) of the commanded TCP position between two control steps."""
+    max_step_rot: float = 0.15
+    """Largest change (rad) of the commanded TCP orientation between two control steps."""
+    gripper_min_interval_s: float = 0.5
+    """Shortest time (s) between two gripper toggles (open <-> close); faster requests are held."""
+    force_limit: float = 30.0
+    """Measured TCP force (N) above which the command backs off along the force direction."""
+    force_backoff: float = 0.005
+    """How far (m) per control step the command moves along the measured force while it exceeds force_limit."""
+    watchdog_s: float = 0.5
+    """No valid command for this long (s) -> command "hold the current pose"."""
+    state_timeout_s: float = 0.5
+    """Robot state older than this (s) -> stop stepping and raise (the state stream is stale)."""
+
+
+@dataclass(frozen=True)
+class MixingConfig:
+    """Conservative baseline mixing (StepMix / EpsMix): keep each episode's value near a trusted baseline's."""
+
+    mode: str = "off"
+    """off | epsmix (learned policy for a whole episode with probability eps_k, else the baseline) | stepmix
+    (start with the baseline, switch to the learned policy at the first step where the bound holds)."""
+    alpha: float = 0.2
+    """Allowed fraction of the baseline's value to lose: V^{pi_k}(s1) >= (1 - alpha) V^b(s1)."""
+    kappa: float = 1.0
+    """Lower confidence bound of the learned policy's value: ensemble mean - kappa * std (calibrated online)."""
+    value_samples: int = 10
+    """Actions sampled from the learned policy at a state to estimate its value from the critic ensemble."""
+    baseline_episodes: int = 100
+    """Baseline rollouts whose Monte-Carlo returns give the baseline's value estimate U."""
+    confidence: float = 0.95
+    """One-sided confidence of the upper estimate U of the baseline's value."""
+
+
+@dataclass(frozen=True)
 class EnvConfig:
     """A MuJoCo Franka task on the DESIGN.md observation/action contract."""
 
@@ -154,6 +194,8 @@ class EnvConfig:
     """Side (pixels) of the square RGB images the cameras render."""
     controller: ControllerConfig = field(default_factory=ControllerConfig)
     """Sim controller gains."""
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
+    """SafetyFilter limits and watchdog timeouts."""
     randomization: RandomizationConfig = field(default_factory=RandomizationConfig)
     """Domain randomization (all off by default)."""
     pick_cube: PickCubeConfig = field(default_factory=PickCubeConfig)
@@ -306,6 +348,7 @@ class Config:
     replay: ReplayConfig = field(default_factory=ReplayConfig)
     transport: TransportConfig = field(default_factory=TransportConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    mixing: MixingConfig = field(default_factory=MixingConfig)
 
 
 # --------------------------------------------------------------------------------------------------- loading
