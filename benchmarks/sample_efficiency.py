@@ -346,6 +346,14 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
         "seeds": list(range(cfg.seeds)),
         **summarize(results, cfg),
         "demo_recording_s": None if demo_wall is None else round(demo_wall, 1),
+        "notes": {
+            "steps_to_target": "env steps of the first evaluation with success >= target_success; null = never, "
+                               "the run was capped at max_steps",
+            "updates_per_s": "ours: median of the learner's logged updates/s; SBX: gradient steps / wall-clock "
+                             "seconds of learn() (env steps and evaluations included)",
+            "env_steps_per_s": "env steps collected / wall-clock seconds of the run (evaluations included)",
+            "shared_cores": bool(cfg.concurrent_sbx and "sbx" in modes),
+        },
         "settings": {**{k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
                      "obs_keys": list(serl_cfg.agent.obs_keys), "utd": serl_cfg.agent.utd,
                      "num_critics": serl_cfg.agent.num_critics, "batch_size": serl_cfg.agent.batch_size,
