@@ -119,10 +119,12 @@ class SafetyConfig:
     """The SafetyFilter's limits and the watchdog's timeouts (per task). The workspace box and orientation cone
     are `EnvConfig.workspace_low/high` and `EnvConfig.orientation_cone`."""
 
-    max_step_pos: float = 0.03
-    """Largest change (m) of the commanded TCP position between two control steps."""
-    max_step_rot: float = 0.15
-    """Largest change (rad) of the commanded TCP orientation between two control steps."""
+    max_step_pos: float = 0.04
+    """Largest change (m) of the commanded TCP position between two control steps (above a full diagonal action,
+    0.02 x sqrt(3) = 0.035 m, so it catches faults, not legal actions)."""
+    max_step_rot: float = 0.2
+    """Largest change (rad) of the commanded TCP orientation between two control steps (above a full diagonal
+    rotation action, 0.1 x sqrt(3) = 0.17 rad)."""
     gripper_min_interval_s: float = 0.5
     """Shortest time (s) between two gripper toggles (open <-> close); faster requests are held."""
     force_limit: float = 30.0

@@ -1,0 +1,223 @@
+"""Conservative baseline mixing (EpsMix / StepMix) after "Near-optimal Conservative Exploration in RL under
+Episode-wise Constraints": every episode k should satisfy V^{pi_k}(s1) >= (1 - alpha) V^b(s1) w.h.p.
+
+Owns: the EpsMix mixing probability, the two per-episode mixers with their log fields, and `make_mixer`, which
+builds one from `MixingConfig`. The estimates they compare (U of the baseline, L of the learned policy) live in
+estimates.py. Nothing here steps an env: the actor asks a mixer which policy acts (`choose`) and reports rewards
+back. Rewards must be >= 0 and values are discounted with the critic's discount (see estimates.py).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+from serl_stack.config import MixingConfig
+from serl_stack.safety.estimates import (
+    BaselineValue,
+    KappaCalibrator,
+    StepBaselineValue,
+    ValueBound,
+    discounted_returns_to_go,
+)
+
+Choice = Literal["learned", "baseline"]
+LEARNED: Choice = "learned"
+BASELINE: Choice = "baseline"
+MODES = ("off", "epsmix", "stepmix")
+
+
+def epsmix_epsilon(lower: float, upper: float, alpha: float) -> float:
+    """EpsMix's probability of running the learned policy for a whole episode.
+
+    Mixed value eps V^pi + (1 - eps) V^b >= (1 - alpha) V^b holds when L <= V^pi and U >= V^b: eps = 1 if
+    L >= (1 - alpha) U, else alpha U / (U - L) (clipped to [0, 1]); U == 0 means any policy meets the constraint.
+    """
+    for name, value in (("lower", lower), ("upper", upper)):
+        if not (np.isfinite(value) and value >= 0):
+            raise ValueError(f"{name}: got {value!r}, expected a finite value >= 0 (rewards are >= 0)")
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha: got {alpha!r}, expected in (0, 1)")
+    if upper == 0.0 or lower >= (1.0 - alpha) * upper:
+        return 1.0
+    return float(np.clip(alpha * upper / (upper - lower), 0.0, 1.0))
+
+
+class _Mixer:
+    """What both mixers share: the warm-up of pure baseline episodes that feeds U, the calibrated kappa, and the
+    per-episode log record. Actor protocol: `begin_episode()`; per step `choose(obs, bound if needs_bound else
+    None)` then `record_reward(r)`; `end_episode()` returns the log fields."""
+
+    def __init__(self, cfg: MixingConfig, baseline: BaselineValue) -> None:
+        self.cfg, self.baseline = cfg, baseline
+        self.calibrator = KappaCalibrator(cfg.kappa, cfg.confidence)
+        self.episode = -1
+        self._rewards: list[float] = []
+        self._states: list[np.ndarray] = []
+        self._fields: dict[str, float] = {}
+
+    @property
+    def warming_up(self) -> bool:
+        return self.baseline.n < self.cfg.baseline_episodes
+
+    def begin_episode(self) -> None:
+        self.episode += 1
+        self._rewards, self._states = [], []
+        self._fields = {"episode": float(self.episode), "warmup": float(self.warming_up)}
+
+    def record_reward(self, reward: float) -> None:
+        if not (np.isfinite(reward) and reward >= 0):
+            raise ValueError(f"{type(self).__name__}: episode {self.episode} step {len(self._rewards)}: reward "
+                             f"{reward!r}, expected a finite reward >= 0")
+        self._rewards.append(float(reward))
+
+    def log_fields(self) -> dict[str, float]:
+        """This episode's record: eps / switch step, L, U, kappa and (after `end_episode`) the return."""
+        return dict(self._fields)
+
+
+class EpsMix(_Mixer):
+    """Per episode: the learned policy with probability eps_k (drawn from an explicit Generator), else the
+    baseline; the first `baseline_episodes` episodes are baseline-only to estimate U. Baseline episodes keep
+    feeding U afterwards (the coin is independent of the outcome, so they stay an iid sample)."""
+
+    def __init__(self, cfg: MixingConfig, baseline: BaselineValue, rng: np.random.Generator) -> None:
+        super().__init__(cfg, baseline)
+        self.rng = rng
+        self.choice: Choice = BASELINE
+        self._bound: ValueBound | None = None
+
+    @property
+    def needs_bound(self) -> bool:
+        return not self._states and not self.warming_up  # only at s1
+
+    def decide(self, bound: ValueBound) -> tuple[Choice, float, float, float]:
+        """(choice, eps_k, L, U) for one episode, using the calibrated kappa."""
+        lower, upper = bound.lower(self.calibrator.kappa), self.baseline.upper()
+        eps = epsmix_epsilon(lower, upper, self.cfg.alpha)
+        return (LEARNED if self.rng.random() < eps else BASELINE), eps, lower, upper
+
+    def choose(self, obs: np.ndarray, bound: ValueBound | None) -> Choice:
+        if not self._states:
+            if self.warming_up:
+                self.choice, self._bound = BASELINE, None
+                self._fields.update(epsilon=0.0)
+            else:
+                if bound is None:
+                    raise ValueError(f"EpsMix.choose: episode {self.episode} step 0 got bound None, expected the "
+                                     "learned policy's ValueBound at s1 (needs_bound is True)")
+                self.choice, eps, lower, upper = self.decide(bound)
+                self._bound = bound
+                self._fields.update(epsilon=eps, lower=lower, upper=upper, kappa=self.calibrator.kappa)
+            self._fields["learned"] = float(self.choice == LEARNED)
+        self._states.append(np.asarray(obs))
+        return self.choice
+
+    def end_episode(self) -> dict[str, float]:
+        r = np.asarray(self._rewards)
+        ret = float(discounted_returns_to_go(r, self.baseline.discount)[0]) if r.size else 0.0
+        if self.choice == BASELINE:
+            self.baseline.add_episode(r)
+        elif self._bound is not None:
+            self.calibrator.observe(self._bound, ret)
+        self._fields["return"] = ret
+        return self.log_fields()
+
+
+class StepMix(_Mixer):
+    """Start each episode with the baseline; switch to the learned policy at the first step t where
+
+        G_t + g^t L(s_t) >= (1 - alpha) (G_t + g^t Û^b(s_t, t)),   G_t = sum_{s<t} g^s r_s (collected so far),
+
+    (g = discount) and stay switched for the rest of the episode. Why this rule: G_t + g^t V^b(s_t) is a
+    martingale under the baseline with expectation V^b(s1). If L <= V^pi and Û^b >= V^b, every path has return
+    expectation >= (1 - alpha) (G_tau + g^tau V^b(s_tau)) at its switch time tau (and G_H >= (1 - alpha) G_H
+    when it never switches: rewards >= 0), so by optional stopping the episode's value is >= (1 - alpha) V^b(s1).
+    At t = 0 it is EpsMix's eps = 1 test with Û^b(s1) for U.
+    The tempting "G_t + g^t L(s_t) >= (1 - alpha) U(s1)" is unsafe: if the baseline succeeds on some resets and
+    fails on others, it switches only on the good ones, once they banked (1 - alpha) U, and keeps the failures:
+    value about P(good) (1 - alpha) U. Only the warm-up's pure baseline episodes feed U and Û^b (a never-switched
+    later episode is selected on its future, so its returns-to-go are biased).
+    """
+
+    def __init__(self, cfg: MixingConfig, baseline: BaselineValue, step_baseline: StepBaselineValue) -> None:
+        super().__init__(cfg, baseline)
+        self.step_baseline = step_baseline
+        self.switch_step: int | None = None
+        self._switch_bound: ValueBound | None = None
+        self._banked = 0.0  # G_t
+
+    @property
+    def needs_bound(self) -> bool:
+        return self.switch_step is None and not self.warming_up
+
+    def begin_episode(self) -> None:
+        super().begin_episode()
+        self.switch_step, self._switch_bound, self._banked = None, None, 0.0
+        self._fields["switch_step"] = -1.0
+
+    def record_reward(self, reward: float) -> None:
+        super().record_reward(reward)
+        self._banked += self.baseline.discount ** (len(self._rewards) - 1) * float(reward)
+
+    def choose(self, obs: np.ndarray, bound: ValueBound | None) -> Choice:
+        t = len(self._states)
+        if len(self._rewards) != t:
+            raise ValueError(f"StepMix.choose: episode {self.episode} step {t} after {len(self._rewards)} "
+                             "record_reward calls, expected one record_reward per step")
+        self._states.append(np.asarray(obs, np.float64).reshape(-1))
+        if self.switch_step is not None:
+            return LEARNED
+        if self.warming_up:
+            return BASELINE
+        if bound is None:
+            raise ValueError(f"StepMix.choose: episode {self.episode} step {t} got bound None, expected the learned "
+                             "policy's ValueBound at this state (needs_bound is True)")
+        kappa = self.calibrator.kappa
+        g_t = self.baseline.discount**t
+        lower, upper_here = bound.lower(kappa), self.step_baseline.upper(self._states[-1], t)
+        if t == 0:
+            self._fields.update(lower=lower, upper=self.baseline.upper(), upper_s1=upper_here, kappa=kappa)
+        if self._banked + g_t * lower >= (1.0 - self.cfg.alpha) * (self._banked + g_t * upper_here):
+            self.switch_step, self._switch_bound = t, bound
+            self._fields.update(switch_step=float(t), lower_at_switch=lower, upper_at_switch=upper_here)
+            return LEARNED
+        return BASELINE
+
+    def end_episode(self) -> dict[str, float]:
+        r = np.asarray(self._rewards)
+        rtg = discounted_returns_to_go(r, self.baseline.discount) if r.size else np.zeros(1)
+        if self.warming_up and self.switch_step is None:
+            self.baseline.add_episode(r)
+            if r.size:
+                self.step_baseline.add_episode(np.stack(self._states[: len(r)]), r)
+        elif self.switch_step is not None and self._switch_bound is not None and self.switch_step < len(r):
+            self.calibrator.observe(self._switch_bound, float(rtg[self.switch_step]))
+        self._fields["return"] = float(rtg[0])
+        return self.log_fields()
+
+
+def make_mixer(
+    cfg: MixingConfig, *, discount: float, rng: np.random.Generator, max_return: float | None = None
+) -> EpsMix | StepMix | None:
+    """The mixer `cfg.mode` names (None for "off": the learned policy always acts). `discount` must be the
+    critic's (agent.discount) so U and L measure the same value; `max_return` switches U to empirical Bernstein."""
+    if cfg.mode not in MODES:
+        raise ValueError(f"mixing.mode: got {cfg.mode!r}, expected one of {', '.join(MODES)}")
+    checks = [
+        ("mixing.alpha", cfg.alpha, 0.0 < cfg.alpha < 1.0, "in (0, 1)"),
+        ("mixing.kappa", cfg.kappa, np.isfinite(cfg.kappa) and cfg.kappa >= 0.0, ">= 0"),
+        ("mixing.value_samples", cfg.value_samples, cfg.value_samples >= 1, ">= 1"),
+        ("mixing.baseline_episodes", cfg.baseline_episodes, cfg.baseline_episodes >= 2, ">= 2 (U needs a spread)"),
+        ("mixing.confidence", cfg.confidence, 0.0 < cfg.confidence < 1.0, "in (0, 1)"),
+    ]
+    for name, value, ok, expected in checks:
+        if not ok:
+            raise ValueError(f"{name}: got {value!r}, expected {expected}")
+    if cfg.mode == "off":
+        return None
+    baseline = BaselineValue(cfg.confidence, discount, max_return)
+    if cfg.mode == "epsmix":
+        return EpsMix(cfg, baseline, rng)
+    return StepMix(cfg, baseline, StepBaselineValue(cfg.confidence, discount))
