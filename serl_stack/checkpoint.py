@@ -49,5 +49,26 @@ class Checkpointer:
         )
         return out["state"], dict(out["meta"] or {})
 
+    def stored_shapes(self, step: int) -> dict[str, tuple[int, ...]]:
+        """`{dotted leaf path: shape}` of the arrays in checkpoint `step`, from orbax's metadata only (nothing is
+        read into memory): to name what differs before a restore that would fail without saying which array."""
+        manager = ocp.CheckpointManager(
+            self.directory,
+            item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()},
+        )
+        try:
+            return leaf_shapes(manager.item_metadata(step)["state"])
+        finally:
+            manager.close()
+
     def close(self) -> None:
         self._mgr.close()
+
+
+def leaf_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    """`{dotted leaf path: shape}` of a pytree of arrays (or of orbax array metadata)."""
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        parts = (getattr(k, "name", getattr(k, "key", getattr(k, "idx", k))) for k in path)
+        out[".".join(map(str, parts))] = tuple(leaf.shape)
+    return out

@@ -157,28 +157,16 @@ def _shape_differences(directory: Path, step: int, template: Any, limit: int = 4
     """How the arrays stored in checkpoint `step` differ from `template`'s (missing, extra, other shape).
 
     Checked before restoring because a failed orbax restore names no array and leaves its reader threads
-    failing noisily on a closed event loop. Reads orbax's array metadata of the "state" item that
-    `Checkpointer.save` writes; nothing else of the checkpoint.
+    failing noisily on a closed event loop.
     """
-    import jax
-    import orbax.checkpoint as ocp
+    from serl_stack.checkpoint import Checkpointer, leaf_shapes
 
-    def named(tree: Any) -> dict[str, tuple[int, ...]]:
-        out = {}
-        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-            parts = (getattr(k, "name", getattr(k, "key", getattr(k, "idx", k))) for k in path)
-            out[".".join(map(str, parts))] = tuple(leaf.shape)
-        return out
-
-    manager = ocp.CheckpointManager(
-        directory.absolute(),
-        item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()},
-    )
+    checkpoints = Checkpointer(directory)
     try:
-        stored = named(manager.item_metadata(step)["state"])
+        stored = checkpoints.stored_shapes(step)
     finally:
-        manager.close()
-    wanted = named(template)
+        checkpoints.close()
+    wanted = leaf_shapes(template)
 
     def order(name: str) -> tuple[bool, str]:  # parameters first: optimizer moments only repeat their shapes
         return ".params." not in f".{name}", name
