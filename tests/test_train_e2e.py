@@ -172,3 +172,20 @@ def test_link_status_names_the_silent_side() -> None:
     assert link_status({"actors_silent_s": {"actor-0": 0.2}}, 0.5) == "link ok"
     assert link_status({"actors_silent_s": {"actor-0": 0.2}}, 12.0) == "learner silent 12s"
     assert link_status({"actors_silent_s": {"actor-0": 7.0, "actor-1": 0.1}}, 0.1) == "silent: actor-0 7s"
+
+
+@pytest.mark.parametrize(("changes", "field"), [
+    ({"eval_every": -1}, "train.eval_every"),
+    ({"eval_every_episodes": 0}, "train.eval_every_episodes"),
+    ({"stop_at_success": 1.5}, "train.stop_at_success"),
+    ({"stop_at_success": 0.9}, "train.stop_at_success needs evaluations during training"),
+])
+def test_evaluation_settings_out_of_range_are_named(changes: dict, field: str) -> None:
+    import dataclasses
+
+    from serl_stack.actor import check_eval_settings
+    from serl_stack.config import TrainConfig
+
+    with pytest.raises(ValueError, match=field):
+        check_eval_settings(dataclasses.replace(TrainConfig(), **changes))
+    check_eval_settings(dataclasses.replace(TrainConfig(), eval_every=100, stop_at_success=0.9))  # valid
