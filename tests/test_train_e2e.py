@@ -80,8 +80,9 @@ def test_serl_train_runs_end_to_end(tmp_path: Path) -> None:
     evals = evaluations(run)
     assert evals["env_steps"].tolist() == [800, 1200, 1200], evals
     assert np.all((evals["success_rate"] >= 0) & (evals["success_rate"] <= 1)), evals
-    assert evals["success_rate"][-1] == result["success_rate"] and evals["return_mean"][-1] == pytest.approx(
-        result["return_mean"], rel=1e-6)
+    # TensorBoard stores float32: compare to float32 precision.
+    assert evals["success_rate"][-1] == pytest.approx(result["success_rate"], abs=1e-6)
+    assert evals["return_mean"][-1] == pytest.approx(result["return_mean"], rel=1e-6)
 
 
 @pytest.mark.slow
