@@ -237,7 +237,7 @@ class AgentConfig:
     obs_keys: tuple[str, ...] = ()
     """Observation key paths the agent sees, e.g. [state/tcp_pose, task/goal_pos] (empty: all state and task)."""
     normalize_observations: bool = True
-    """Standardize observations with the mean/std of the warm-up data (frozen then; shipped with the policy)."""
+    """Standardize observations with the mean/std of the warm-up data and demos (frozen, shipped with the policy)."""
     critic_layer_norm: bool = False
     """LayerNorm in the critic MLPs (RLPD: true; keeps Q values bounded at high UTD)."""
     image_keys: tuple[str, ...] = ()
