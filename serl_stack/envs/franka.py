@@ -49,6 +49,22 @@ def config_box(cfg: EnvConfig, low: str, high: str) -> tuple[np.ndarray, np.ndar
     return lo, hi
 
 
+def config_area(section: Any, prefix: str, low: str, high: str) -> tuple[np.ndarray, np.ndarray]:
+    """The (x, y) placement area (low corner, high corner) that the fields `low` and `high` of a task's config
+    `section` describe, validated: 2 finite numbers each, low <= high (a single point is allowed). `prefix` names
+    the section in errors, e.g. `EnvConfig.pick_cube`."""
+    corners = []
+    for name in (low, high):
+        value = np.asarray(getattr(section, name), dtype=np.float64)
+        if value.shape != (2,) or not np.all(np.isfinite(value)):
+            raise ValueError(f"{prefix}.{name}: expected 2 finite numbers (x, y), got {getattr(section, name)!r}")
+        corners.append(value)
+    lo, hi = corners
+    if np.any(lo > hi):
+        raise ValueError(f"{prefix}.{low} must not exceed {prefix}.{high} on either axis, got {lo} and {hi}")
+    return lo, hi
+
+
 class FrankaEnv(gym.Env[ObsDict, np.ndarray]):
     """A Franka Panda on a table, driven by relative TCP pose actions through a cartesian impedance controller."""
 

@@ -22,7 +22,7 @@ from gymnasium import spaces
 
 from serl_stack.config import EnvConfig, PegInsertConfig
 from serl_stack.envs.controller import quat_canonical
-from serl_stack.envs.franka import FrankaEnv, ObsDict
+from serl_stack.envs.franka import FrankaEnv, ObsDict, config_area
 from serl_stack.envs.panda import PANDA, TABLE_TOP_Z, ArmSpec
 
 # Finger pads (panda.py): in the hand frame they span z = 0.0584 .. 0.1084 (their tips 5 mm beyond the TCP) and
@@ -123,18 +123,7 @@ def _check_config(cfg: EnvConfig, spec: ArmSpec) -> tuple[np.ndarray, np.ndarray
             f"EnvConfig.peg_insert.peg_length: expected >= {min_length:.4f} m ({GRIP_LENGTH} m gripped + "
             f"success_depth + {FINGER_CLEARANCE} m so the fingers stay above the rim), got {p.peg_length}"
         )
-    area = []
-    for name in ("hole_low", "hole_high"):
-        value = np.asarray(getattr(p, name), dtype=np.float64)
-        if value.shape != (2,) or not np.all(np.isfinite(value)):
-            raise ValueError(f"EnvConfig.peg_insert.{name}: expected 2 finite numbers (x, y), got {getattr(p, name)!r}")
-        area.append(value)
-    low, high = area
-    if np.any(low > high):
-        raise ValueError(
-            f"EnvConfig.peg_insert.hole_low must not exceed hole_high on either axis, got {low} and {high}"
-        )
-    return low, high
+    return config_area(p, "EnvConfig.peg_insert", "hole_low", "hole_high")
 
 
 class FrankaPegInsertEnv(FrankaEnv):

@@ -30,7 +30,7 @@ from gymnasium import spaces
 
 from serl_stack.config import EnvConfig, PickCubeConfig
 from serl_stack.envs.controller import quat_canonical, quat_from_rotvec
-from serl_stack.envs.franka import FrankaEnv, ObsDict
+from serl_stack.envs.franka import FrankaEnv, ObsDict, config_area
 from serl_stack.envs.panda import PANDA, TABLE_TOP_Z, ArmSpec
 
 GRASP_BONUS = 1.0
@@ -79,15 +79,7 @@ def _check_config(cfg: EnvConfig, spec: ArmSpec) -> tuple[np.ndarray, np.ndarray
             f"{prefix}.cube_size: expected < {width:g} m (the open gripper's width, 2 * finger_stroke), "
             f"got {pc.cube_size!r}"
         )
-    area = []
-    for name in ("cube_low", "cube_high"):
-        value = np.asarray(getattr(pc, name), dtype=np.float64)
-        if value.shape != (2,) or not np.all(np.isfinite(value)):
-            raise ValueError(f"{prefix}.{name}: expected 2 finite numbers (x, y), got {getattr(pc, name)!r}")
-        area.append(value)
-    low, high = area
-    if np.any(low > high):
-        raise ValueError(f"{prefix}.cube_low must not exceed {prefix}.cube_high on either axis, got {low} and {high}")
+    low, high = config_area(pc, prefix, "cube_low", "cube_high")
     ws_low = np.asarray(cfg.workspace_low, dtype=np.float64)[:2]
     ws_high = np.asarray(cfg.workspace_high, dtype=np.float64)[:2]
     if np.any(low < ws_low) or np.any(high > ws_high):

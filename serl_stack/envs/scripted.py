@@ -29,6 +29,14 @@ class ScriptedPolicy(Protocol):
     def __call__(self, obs: Mapping[str, Any]) -> np.ndarray: ...
 
 
+def _check_noise(noise: float, rng: np.random.Generator | None) -> None:
+    """What every scripted policy requires of its action noise: a std >= 0, drawn from an explicit generator."""
+    if not noise >= 0:
+        raise ValueError(f"noise: got {noise!r}, expected >= 0 (std of the action noise)")
+    if noise > 0 and rng is None:
+        raise ValueError("rng: got None, expected a numpy Generator when noise > 0 (no hidden randomness)")
+
+
 class ReachScripted:
     """Full speed toward the goal: `a[:3] = clip((goal - tcp) / action_scale_pos (+ noise), -1, 1)`.
 
@@ -39,10 +47,7 @@ class ReachScripted:
     def __init__(self, action_scale_pos: float = 0.02, noise: float = 0.0, rng: np.random.Generator | None = None):
         if not action_scale_pos > 0:
             raise ValueError(f"action_scale_pos: got {action_scale_pos!r}, expected > 0 (metres per unit action)")
-        if not noise >= 0:
-            raise ValueError(f"noise: got {noise!r}, expected >= 0 (std of the action noise)")
-        if noise > 0 and rng is None:
-            raise ValueError("rng: got None, expected a numpy Generator when noise > 0 (no hidden randomness)")
+        _check_noise(noise, rng)
         self.action_scale_pos = float(action_scale_pos)
         self.noise = float(noise)
         self.rng = rng
@@ -101,10 +106,7 @@ class PickCubeScripted:
                             ("orientation_cone", orientation_cone), ("cube_size", cube_size)):
             if not value > 0:
                 raise ValueError(f"{name}: got {value!r}, expected > 0")
-        if not noise >= 0:
-            raise ValueError(f"noise: got {noise!r}, expected >= 0 (std of the action noise)")
-        if noise > 0 and rng is None:
-            raise ValueError("rng: got None, expected a numpy Generator when noise > 0 (no hidden randomness)")
+        _check_noise(noise, rng)
         self.action_scale_pos = float(action_scale_pos)
         self.action_scale_rot = float(action_scale_rot)
         self.max_yaw = 0.95 * float(orientation_cone)  # inside the cone, so the env's clip never fights the target
@@ -203,10 +205,7 @@ class PegInsertScripted:
                 raise ValueError(f"{name}: got {value!r}, expected > 0 (metres, or units per unit action)")
         if not 0 < descend_speed <= 1:
             raise ValueError(f"descend_speed: got {descend_speed!r}, expected in (0, 1] (action units)")
-        if not noise >= 0:
-            raise ValueError(f"noise: got {noise!r}, expected >= 0 (std of the action noise)")
-        if noise > 0 and rng is None:
-            raise ValueError("rng: got None, expected a numpy Generator when noise > 0 (no hidden randomness)")
+        _check_noise(noise, rng)
         self.align_tol, self.hole_depth = float(align_tol), float(hole_depth)
         self.hover, self.near, self.low = float(hover), float(near), float(low)
         self.action_scale_pos, self.action_scale_rot = float(action_scale_pos), float(action_scale_rot)
