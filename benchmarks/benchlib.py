@@ -1,11 +1,16 @@
-"""What every benchmark report says about the machine it ran on (imported by the scripts in this folder)."""
+"""Shared by the scripts in this folder: what a report says about the machine, flags from a config dataclass, and
+running one training run in a freshly spawned worker."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import multiprocessing as mp
 import os
 import platform
+import traceback
+from collections.abc import Callable
+from multiprocessing.connection import Connection
 from typing import Any, TypeVar
 
 import numpy as np
@@ -54,3 +59,36 @@ def machine_info(**versions: str) -> dict[str, Any]:
         "load_avg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         **versions,
     }
+
+
+def _worker_main(conn: Connection, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    """In the spawned worker: send ("ok", fn(*args)) or ("error", traceback) back to the parent."""
+    try:
+        conn.send(("ok", fn(*args)))
+    except Exception:  # any failure: the parent reports the worker's traceback and stops
+        conn.send(("error", traceback.format_exc()))
+    finally:
+        conn.close()
+
+
+def run_in_worker(fn: Callable[..., Any], args: tuple[Any, ...], what: str, timeout_s: float) -> Any:
+    """`fn(*args)` in a freshly spawned process (never forked: JAX is not fork-safe), so no JAX state, threads or
+    compiled code carry over between runs; raises naming `what` when it fails, dies or exceeds `timeout_s`."""
+    ctx = mp.get_context("spawn")
+    conn, child = ctx.Pipe()
+    proc = ctx.Process(target=_worker_main, args=(child, fn, args), daemon=True)
+    proc.start()
+    child.close()  # a dead worker then reads as EOF instead of a silent wait
+    try:
+        if not conn.poll(timeout_s):
+            raise TimeoutError(f"{what}: no result in {timeout_s:.0f} s")
+        status, payload = conn.recv()
+    except EOFError as e:
+        raise RuntimeError(f"{what}: the worker died (exit code {proc.exitcode}) without a result") from e
+    finally:
+        proc.join(30)
+        if proc.is_alive():
+            proc.terminate()
+    if status != "ok":
+        raise RuntimeError(f"{what} failed:\n{payload}")
+    return payload

@@ -24,14 +24,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import multiprocessing as mp
 import os
 import subprocess
 import sys
 import time
-import traceback
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -153,65 +150,43 @@ def run_ours(cfg: BenchConfig, seed: int, run_dir: Path) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ SBX
 
 
-def sbx_worker(conn: Connection, cfg: BenchConfig, seed: int) -> None:
-    """Train and evaluate SBX SAC in this (spawned) process; send ("ok", result) or ("error", traceback)."""
-    try:
-        os.environ.setdefault("MUJOCO_GL", "egl")
-        import gymnasium as gym
-        import sbx
-        from stable_baselines3.common.monitor import Monitor
+def sbx_train(cfg: BenchConfig, seed: int) -> dict[str, Any]:
+    """Train and evaluate SBX SAC (in a spawned worker, see run_sbx); returns the run's figures."""
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    import gymnasium as gym
+    import sbx
+    from stable_baselines3.common.monitor import Monitor
 
-        env = Monitor(gym.make(ENV_ID))
-        model = sbx.SAC(
-            "MlpPolicy", env, learning_rate=LEARNING_RATE, buffer_size=max(cfg.steps, 50_000),
-            learning_starts=cfg.start_steps, batch_size=BATCH_SIZE, tau=TAU, gamma=DISCOUNT, train_freq=1,
-            gradient_steps=1, policy_delay=1, ent_coef=f"auto_{INIT_TEMPERATURE}", target_entropy="auto",
-            policy_kwargs={"net_arch": list(HIDDEN), "n_critics": CRITICS}, seed=seed, verbose=0,
-        )
-        eval_env = gym.make(ENV_ID)
-        start = time.monotonic()
-        model.learn(total_timesteps=cfg.steps, progress_bar=False)
-        returns = []
-        for i in range(cfg.eval_episodes):
-            obs, _ = eval_env.reset(seed=cfg.eval_seed + i)
-            ret, done = 0.0, False
-            while not done:
-                action, _ = model.predict(obs, deterministic=True)
-                obs, reward, terminated, truncated, _ = eval_env.step(action)
-                ret, done = ret + float(reward), terminated or truncated
-            returns.append(ret)
-        wall = time.monotonic() - start
-        conn.send(("ok", {
-            "final_return": float(np.mean(returns)), "final_return_std": float(np.std(returns)), "wall_s": wall,
-            "curve_steps": [int(x) for x in np.cumsum(env.get_episode_lengths())],
-            "curve_returns": [float(r) for r in env.get_episode_rewards()], "sbx": sbx.__version__,
-        }))
-    except Exception:  # any failure: the parent reports the worker's traceback and stops
-        conn.send(("error", traceback.format_exc()))
-    finally:
-        conn.close()
+    env = Monitor(gym.make(ENV_ID))
+    model = sbx.SAC(
+        "MlpPolicy", env, learning_rate=LEARNING_RATE, buffer_size=max(cfg.steps, 50_000),
+        learning_starts=cfg.start_steps, batch_size=BATCH_SIZE, tau=TAU, gamma=DISCOUNT, train_freq=1,
+        gradient_steps=1, policy_delay=1, ent_coef=f"auto_{INIT_TEMPERATURE}", target_entropy="auto",
+        policy_kwargs={"net_arch": list(HIDDEN), "n_critics": CRITICS}, seed=seed, verbose=0,
+    )
+    eval_env = gym.make(ENV_ID)
+    start = time.monotonic()
+    model.learn(total_timesteps=cfg.steps, progress_bar=False)
+    returns = []
+    for i in range(cfg.eval_episodes):
+        obs, _ = eval_env.reset(seed=cfg.eval_seed + i)
+        ret, done = 0.0, False
+        while not done:
+            action, _ = model.predict(obs, deterministic=True)
+            obs, reward, terminated, truncated, _ = eval_env.step(action)
+            ret, done = ret + float(reward), terminated or truncated
+        returns.append(ret)
+    wall = time.monotonic() - start
+    return {
+        "final_return": float(np.mean(returns)), "final_return_std": float(np.std(returns)), "wall_s": wall,
+        "curve_steps": [int(x) for x in np.cumsum(env.get_episode_lengths())],
+        "curve_returns": [float(r) for r in env.get_episode_rewards()], "sbx": sbx.__version__,
+    }
 
 
 def run_sbx(cfg: BenchConfig, seed: int) -> dict[str, Any]:
     # A fresh process per run: JAX state, threads and compiled code do not carry over between runs or into ours.
-    ctx = mp.get_context("spawn")
-    conn, child = ctx.Pipe()
-    proc = ctx.Process(target=sbx_worker, args=(child, cfg, seed), daemon=True)
-    proc.start()
-    child.close()  # a dead worker then reads as EOF instead of a silent wait
-    try:
-        if not conn.poll(WORKER_TIMEOUT_S):
-            raise TimeoutError(f"sbx seed {seed}: no result in {WORKER_TIMEOUT_S:.0f} s")
-        status, payload = conn.recv()
-    except EOFError as e:
-        raise RuntimeError(f"sbx seed {seed}: the worker died (exit code {proc.exitcode}) without a result") from e
-    finally:
-        proc.join(30)
-        if proc.is_alive():
-            proc.terminate()
-    if status != "ok":
-        raise RuntimeError(f"sbx seed {seed} failed:\n{payload}")
-    return payload
+    return benchlib.run_in_worker(sbx_train, (cfg, seed), f"sbx seed {seed}", WORKER_TIMEOUT_S)
 
 
 # ------------------------------------------------------------------------------------------------ report

@@ -24,15 +24,12 @@ figure is reported whatever it is. Run folders go under `runs/` (gitignored); pr
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import os
 import subprocess
 import sys
 import time
-import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -141,107 +138,85 @@ def run_ours(cfg: BenchConfig, seed: int, run_dir: Path, demo_dir: Path | None) 
 
 
 def _median_updates_per_s(run_dir: Path) -> float | None:
-    from serl_stack.runlog import read_scalars
+    from serl_stack.runlog import event_files, read_scalars
 
-    values = [v for f in sorted((run_dir / "tb" / "learner").glob("events.out.tfevents.*"))
-              for tag, _, v in read_scalars(f) if tag == "learner/updates_per_s"]
+    values = [v for f in event_files(run_dir) for tag, _, v in read_scalars(f) if tag == "learner/updates_per_s"]
     return float(np.median(values)) if values else None
 
 
 # ------------------------------------------------------------------------------------------------ SBX
 
 
-def sbx_worker(conn: Connection, cfg: BenchConfig, seed: int) -> None:
-    """Train SBX SAC on the config's env with our SAC settings; send ("ok", result) or ("error", traceback)."""
-    try:
-        os.environ.setdefault("MUJOCO_GL", "egl")
-        import gymnasium as gym
-        import sbx
-        from stable_baselines3.common.callbacks import BaseCallback
+def sbx_train(cfg: BenchConfig, seed: int) -> dict[str, Any]:
+    """Train SBX SAC on the config's env with our SAC settings (in a spawned worker, see run_sbx)."""
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    import gymnasium as gym
+    import sbx
+    from stable_baselines3.common.callbacks import BaseCallback
 
-        from serl_stack.data.obs import flatten_keys, to_vector, vector_keys
-        from serl_stack.envs import make_env
+    from serl_stack.data.obs import flatten_keys, to_vector, vector_keys
+    from serl_stack.envs import make_env
 
-        serl_cfg = load(ROOT / cfg.config)
-        agent = serl_cfg.agent
+    serl_cfg = load(ROOT / cfg.config)
+    agent = serl_cfg.agent
 
-        class FlatObs(gym.ObservationWrapper):
-            """The observation vector our agent sees (`agent.obs_keys`, same order), as a Box."""
+    class FlatObs(gym.ObservationWrapper):
+        """The observation vector our agent sees (`agent.obs_keys`, same order), as a Box."""
 
-            def __init__(self, env: gym.Env) -> None:
-                super().__init__(env)
-                obs, _ = env.reset(seed=0)
-                self.keys = vector_keys(flatten_keys(obs), agent.obs_keys)
-                dim = to_vector(flatten_keys(obs), self.keys).shape[0]
-                self.observation_space = gym.spaces.Box(-np.inf, np.inf, (dim,), np.float32)
+        def __init__(self, env: gym.Env) -> None:
+            super().__init__(env)
+            obs, _ = env.reset(seed=0)
+            self.keys = vector_keys(flatten_keys(obs), agent.obs_keys)
+            dim = to_vector(flatten_keys(obs), self.keys).shape[0]
+            self.observation_space = gym.spaces.Box(-np.inf, np.inf, (dim,), np.float32)
 
-            def observation(self, observation: Any) -> np.ndarray:
-                return to_vector(flatten_keys(observation), self.keys).astype(np.float32)
+        def observation(self, observation: Any) -> np.ndarray:
+            return to_vector(flatten_keys(observation), self.keys).astype(np.float32)
 
-        env, eval_env = FlatObs(make_env(serl_cfg.env)), FlatObs(make_env(serl_cfg.env))
-        steps: list[int] = []
-        success: list[float] = []
+    env, eval_env = FlatObs(make_env(serl_cfg.env)), FlatObs(make_env(serl_cfg.env))
+    steps: list[int] = []
+    success: list[float] = []
 
-        class Evaluate(BaseCallback):
-            def _on_step(self) -> bool:
-                n = self.num_timesteps
-                if n % cfg.eval_every or n <= serl_cfg.train.start_steps:
-                    return True
-                wins = []
-                for i in range(cfg.eval_episodes):
-                    obs, _ = eval_env.reset(seed=serl_cfg.train.eval_seed + i)
-                    done, info = False, {}
-                    while not done:
-                        action, _ = self.model.predict(obs, deterministic=True)
-                        obs, _, terminated, truncated, info = eval_env.step(action)
-                        done = terminated or truncated
-                    wins.append(bool(info.get("success", False)))
-                steps.append(n)
-                success.append(float(np.mean(wins)))
-                return success[-1] < cfg.target_success  # False stops learn()
+    class Evaluate(BaseCallback):
+        def _on_step(self) -> bool:
+            n = self.num_timesteps
+            if n % cfg.eval_every or n <= serl_cfg.train.start_steps:
+                return True
+            wins = []
+            for i in range(cfg.eval_episodes):
+                obs, _ = eval_env.reset(seed=serl_cfg.train.eval_seed + i)
+                done, info = False, {}
+                while not done:
+                    action, _ = self.model.predict(obs, deterministic=True)
+                    obs, _, terminated, truncated, info = eval_env.step(action)
+                    done = terminated or truncated
+                wins.append(bool(info.get("success", False)))
+            steps.append(n)
+            success.append(float(np.mean(wins)))
+            return success[-1] < cfg.target_success  # False stops learn()
 
-        model = sbx.SAC(
-            "MlpPolicy", env, learning_rate=agent.critic_lr, buffer_size=serl_cfg.replay.capacity,
-            learning_starts=serl_cfg.train.start_steps, batch_size=agent.batch_size, tau=agent.tau,
-            gamma=agent.discount, train_freq=1, gradient_steps=agent.utd, policy_delay=agent.utd,
-            ent_coef=f"auto_{agent.init_temperature}",
-            target_entropy=-agent.target_entropy_scale * float(np.prod(env.action_space.shape)),
-            policy_kwargs={"net_arch": list(agent.hidden_dims), "n_critics": agent.num_critics},
-            seed=seed, verbose=0,
-        )
-        start = time.monotonic()
-        model.learn(total_timesteps=cfg.max_steps, callback=Evaluate(), progress_bar=False)
-        wall = time.monotonic() - start
-        env_steps = int(model.num_timesteps)
-        conn.send(("ok", {"steps": steps, "success": success, "env_steps": env_steps, "wall_s": wall,
-                          "env_steps_per_s": env_steps / wall,
-                          "updates_per_s": max(0, env_steps - serl_cfg.train.start_steps) * agent.utd / wall,
-                          "sbx": sbx.__version__}))
-    except Exception:  # any failure: the parent reports the worker's traceback and stops
-        conn.send(("error", traceback.format_exc()))
-    finally:
-        conn.close()
+    model = sbx.SAC(
+        "MlpPolicy", env, learning_rate=agent.critic_lr, buffer_size=serl_cfg.replay.capacity,
+        learning_starts=serl_cfg.train.start_steps, batch_size=agent.batch_size, tau=agent.tau,
+        gamma=agent.discount, train_freq=1, gradient_steps=agent.utd, policy_delay=agent.utd,
+        ent_coef=f"auto_{agent.init_temperature}",
+        target_entropy=-agent.target_entropy_scale * float(np.prod(env.action_space.shape)),
+        policy_kwargs={"net_arch": list(agent.hidden_dims), "n_critics": agent.num_critics},
+        seed=seed, verbose=0,
+    )
+    start = time.monotonic()
+    model.learn(total_timesteps=cfg.max_steps, callback=Evaluate(), progress_bar=False)
+    wall = time.monotonic() - start
+    env_steps = int(model.num_timesteps)
+    return {"steps": steps, "success": success, "env_steps": env_steps, "wall_s": wall,
+            "env_steps_per_s": env_steps / wall,
+            "updates_per_s": max(0, env_steps - serl_cfg.train.start_steps) * agent.utd / wall,
+            "sbx": sbx.__version__}
 
 
 def run_sbx(cfg: BenchConfig, seed: int) -> dict[str, Any]:
-    ctx = mp.get_context("spawn")  # a fresh process per run: JAX state does not carry over between runs
-    conn, child = ctx.Pipe()
-    proc = ctx.Process(target=sbx_worker, args=(child, cfg, seed), daemon=True)
-    proc.start()
-    child.close()
-    try:
-        if not conn.poll(WORKER_TIMEOUT_S):
-            raise TimeoutError(f"sbx seed {seed}: no result in {WORKER_TIMEOUT_S:.0f} s")
-        status, payload = conn.recv()
-    except EOFError as e:
-        raise RuntimeError(f"sbx seed {seed}: the worker died (exit code {proc.exitcode}) without a result") from e
-    finally:
-        proc.join(30)
-        if proc.is_alive():
-            proc.terminate()
-    if status != "ok":
-        raise RuntimeError(f"sbx seed {seed} failed:\n{payload}")
-    return payload
+    # A fresh process per run: JAX state, threads and compiled code do not carry over between runs or into ours.
+    return benchlib.run_in_worker(sbx_train, (cfg, seed), f"sbx seed {seed}", WORKER_TIMEOUT_S)
 
 
 # ------------------------------------------------------------------------------------------------ report

@@ -37,7 +37,8 @@ def read_scalars(path: Path) -> list[tuple[str, int, float]]:
     return out
 
 
-def _event_files(run_dir: Path) -> list[Path]:
+def event_files(run_dir: Path) -> list[Path]:
+    """The learner's TensorBoard event files of a run, oldest first (FileNotFoundError when there are none)."""
     files = sorted((Path(run_dir) / "tb" / "learner").glob("events.out.tfevents.*"))
     if not files:
         raise FileNotFoundError(f"{Path(run_dir) / 'tb' / 'learner'}: no TensorBoard event files; expected the "
@@ -53,7 +54,7 @@ def evaluations(run_dir: Path) -> dict[str, np.ndarray]:
     first; so every `eval/episodes` scalar starts a row.
     """
     rows: list[dict[str, float]] = []
-    for path in _event_files(run_dir):
+    for path in event_files(run_dir):
         for tag, step, value in read_scalars(path):
             if tag == "eval/episodes":
                 rows.append({"env_steps": step})
@@ -74,7 +75,7 @@ def episodes(run_dir: Path) -> dict[str, np.ndarray]:
     lag the actor by the transitions in flight; the running sum of `episode/length` is the exact env step of each
     episode's end, so that is `end_step`.
     """
-    files = _event_files(run_dir)
+    files = event_files(run_dir)
     columns: dict[str, list[float]] = {"return": [], "success": [], "length": []}
     for path in files:
         for tag, _, value in read_scalars(path):
