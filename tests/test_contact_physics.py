@@ -3,6 +3,8 @@ controller clips its pose error so a far target is no stronger than one `max_pos
 
 from __future__ import annotations
 
+import dataclasses
+
 import mujoco
 import numpy as np
 import pytest
@@ -61,9 +63,13 @@ def test_pressing_into_the_table_reads_the_commanded_impedance_force(table_heigh
     The issue's "stiffness x offset" form is checked too, to 20%, with the scalar effective stiffness along z
     derived in the comment at `k_z` below and the steady z offset of the TCP from its target.
     """
-    # The workspace floor (a stand-in safety limit) would stop the command at the table; lower it for this test.
-    cfg = EnvConfig(reset_joint_noise=0.0, workspace_low=(0.25, -0.25, -0.05),
-                    randomization=RandomizationConfig(table_height=table_height))
+    # The workspace floor would stop the command at the table; lower it for this test. The ~38 N press exceeds the
+    # safety filter's default force_limit (30 N), whose back-off would lift the command off the table: this test
+    # measures the controller's force, so it raises the limit above the press.
+    default = EnvConfig()
+    cfg = dataclasses.replace(default, reset_joint_noise=0.0, workspace_low=(0.25, -0.25, -0.05),
+                              randomization=RandomizationConfig(table_height=table_height),
+                              safety=dataclasses.replace(default.safety, force_limit=100.0))
     env = FrankaReachEnv(cfg)
     env.reset(seed=0)
     assert (env.table_top_z != TABLE_TOP_Z) == (table_height > 0)

@@ -29,8 +29,9 @@ def _errors(ctrl: OpSpaceController, data: mujoco.MjData, pos: np.ndarray, quat:
 
 
 def test_twenty_random_targets_are_reached_within_two_seconds() -> None:
-    # Targets are drawn from the env's workspace box and orientation cone and passed through the env's own
-    # clipping (reach shell, tilt-aware floor), i.e. exactly the poses a policy can command.
+    # Targets are drawn from the env's workspace box and orientation cone and passed through all of the env's
+    # command limits (`allowed_pose`: box, cone, reach shell, tilt-aware floor), i.e. exactly the poses a policy
+    # can command.
     env = FrankaReachEnv()
     model, data, ctrl = env.model, env.data, env.controller
     start_pos, start_quat = dh_fk(PANDA.ready)
@@ -39,7 +40,7 @@ def test_twenty_random_targets_are_reached_within_two_seconds() -> None:
     while len(times) < 20:
         rv = rng.normal(size=3)
         rv *= rng.uniform(0, env.cfg.orientation_cone) / np.linalg.norm(rv)
-        pos, quat = env.clip_command(
+        pos, quat = env.allowed_pose(
             rng.uniform(env.workspace_low, env.workspace_high), quat_mul(quat_from_rotvec(rv), env.nominal_quat)
         )
         if np.linalg.norm(pos - start_pos) < 0.10:

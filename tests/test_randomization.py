@@ -81,10 +81,16 @@ def test_all_off_changes_nothing() -> None:
     # The observation is the clean state: no noise drawn.
     obs, info = _rollout(default, 5, steps=1)[-1]
     _assert_obs_equal(obs, default._get_obs())
-    a = np.array([2.0, -0.5, np.nan, 0.1, 0.0, -3.0, 1.0], dtype=np.float32)
+    # Out-of-range entries are clipped to the action box; the executed action is what the arm was commanded.
+    a = np.array([2.0, -0.5, 0.3, 0.1, 0.0, -3.0, 1.0], dtype=np.float32)
     _, _, _, _, info = default.step(a)
     assert info["executed_action"].dtype == np.float32 and info["executed_action"].shape == (7,)
-    np.testing.assert_array_equal(info["executed_action"], np.array([1, -0.5, 0, 0.1, 0, -1, 1], np.float32))  # clipped
+    np.testing.assert_allclose(info["executed_action"], [1, -0.5, 0.3, 0.1, 0, -1, 1], atol=1e-6)
+    assert not any(info["safety"].values())
+    # A NaN anywhere holds the whole command (the safety filter's rule): no motion, the gripper stays closed.
+    _, _, _, _, info = default.step(np.array([0.5, 0.0, np.nan, 0.0, 0.0, 0.0, -1.0], dtype=np.float32))
+    np.testing.assert_array_equal(info["executed_action"], np.array([0, 0, 0, 0, 0, 0, 1], np.float32))
+    assert info["safety"]["nonfinite"]
 
 
 # ------------------------------------------------------------------------------------------ each term
@@ -284,14 +290,17 @@ def test_action_latency_delays_the_arm_by_one_step() -> None:
     assert now[0] > 0.5 * step and abs(late[0]) < 0.05 * step, (now, late)  # latency 1: nothing happens in step 1
     assert late[1] > 0.5 * step  # ... and step 2 moves as step 1 did without latency
     assert late[1] == pytest.approx(now[0], rel=0.05)
-    actions = [np.array([1, 0, 0, 0, 0, 0, 1], np.float32), np.zeros(7, np.float32), np.zeros(7, np.float32)]
-    for got, a in zip(executed_now, actions, strict=True):
-        np.testing.assert_array_equal(got, a)
-    # Latency 1 executes the previous action; the first step of an episode holds (zeros: no motion, gripper kept).
-    np.testing.assert_array_equal(executed_late[0], np.zeros(7, np.float32))
-    for got, previous in zip(executed_late[1:], actions[:-1], strict=True):
+    # The executed action is the commanded change in action units; its gripper entry is the gripper state after
+    # the step (+1 closed, -1 open), so the zero actions after "close" read +1.
+    closed_then_hold = [[1, 0, 0, 0, 0, 0, 1], [0, 0, 0, 0, 0, 0, 1], [0, 0, 0, 0, 0, 0, 1]]
+    for got, want in zip(executed_now, closed_then_hold, strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    # Latency 1 executes the previous action; the first step of an episode holds (no motion, the gripper stays
+    # open as the reset left it).
+    np.testing.assert_allclose(executed_late[0], [0, 0, 0, 0, 0, 0, -1], atol=1e-6)
+    for got, want in zip(executed_late[1:], closed_then_hold[:-1], strict=True):
         assert got.dtype == np.float32 and got.shape == (7,)
-        np.testing.assert_array_equal(got, previous)
+        np.testing.assert_allclose(got, want, atol=1e-6)
 
 
 def test_latency_restarts_with_a_hold_at_each_reset() -> None:
@@ -300,7 +309,7 @@ def test_latency_restarts_with_a_hold_at_each_reset() -> None:
     env.step(np.ones(7, np.float32))
     env.reset(seed=0)
     _, _, _, _, info = env.step(-np.ones(7, np.float32))
-    np.testing.assert_array_equal(info["executed_action"], np.zeros(7, np.float32))
+    np.testing.assert_allclose(info["executed_action"], [0, 0, 0, 0, 0, 0, -1], atol=1e-6)  # hold, gripper open
 
 
 # ------------------------------------------------------------------------------------------ bad values

@@ -1,13 +1,19 @@
 """The MuJoCo Franka base env that every sim task shares.
 
-Owns: applying the DESIGN.md action contract to a *commanded* TCP pose (relative steps, workspace box and
-orientation cone clipping, binary gripper), stepping the physics with the operational-space controller at the
-physics rate, the robot half of the observation (`state`), the F/T reading in the base frame, the camera images
-(`images`, only for the cameras `EnvConfig.cameras` names), time-limit truncation, the seeded reset to the
-ready pose, and when to apply `EnvConfig.randomization` (the draws themselves live in randomize.py): scene and
-gains at reset, observation noise on what the policy sees (never on what `_evaluate` scores), and a one-step
-action latency. A task subclasses `FrankaEnv`, may add world XML (`task_xml`: markers, objects), and fills in four
-hooks: `_task_space`, `_reset_task`, `_task_obs` and `_evaluate`; it places objects on `table_top_z`.
+Owns: applying the DESIGN.md action contract to a *commanded* TCP pose (relative steps composed on the last
+executed command, binary gripper) with the arm's own limits (`clip_command`: the reach shell around the shoulder
+and the tilt-dependent floor); passing every command through the `SafetyFilter` (serl_stack/safety/filter.py:
+workspace box, orientation cone, step limits, NaN/inf hold, gripper toggle rate, force back-off) as the last step
+before the controller, exactly as the real arm does, and reporting what it did (`info["executed_action"]`,
+`info["safety"]`, `info["safety_counts"]` at episode end); stepping the physics with the operational-space
+controller at the physics rate, the robot half of the observation (`state`), the F/T reading in the base frame,
+the camera images (`images`, only for the cameras `EnvConfig.cameras` names), time-limit truncation, the seeded
+reset to the ready pose, and when to apply `EnvConfig.randomization` (the draws themselves live in randomize.py):
+scene and gains at reset, observation noise on what the policy sees (never on what `_evaluate` scores), and a
+one-step action latency. A task subclasses `FrankaEnv`, may add world XML (`task_xml`: markers, objects), and
+fills in four hooks: `_task_space`, `_reset_task`, `_task_obs` and `_evaluate`; it places objects on
+`table_top_z`. A task whose gripper holds something from the start sets `gripper_closed_at_reset` and may map
+the filtered gripper command to its own actuator target (`_gripper_ctrl`).
 """
 
 from __future__ import annotations
@@ -20,15 +26,15 @@ import numpy as np
 from gymnasium import spaces
 
 from serl_stack.config import EnvConfig
-from serl_stack.envs.controller import OpSpaceController, quat_canonical, quat_from_rotvec, quat_mul
+from serl_stack.envs.controller import OpSpaceController, quat_canonical, quat_error, quat_from_rotvec, quat_mul
 from serl_stack.envs.panda import PANDA, TABLE_TOP_Z, TIMESTEP, ArmSpec, dh_fk, load_model
 from serl_stack.envs.randomize import DomainRandomizer, add_observation_noise, noise_enabled, noisy_observation_space
+from serl_stack.safety import FilterResult, SafetyFilter
 
 ObsDict = dict[str, dict[str, np.ndarray]]
 
 SETTLE_STEPS = 100
 """Physics steps (0.2 s) the controller holds the reset pose before the episode starts."""
-_GRIPPER_CLOSE, _GRIPPER_OPEN = 0.5, -0.5
 GRIPPER_REACH = 0.06
 """Distance (m) from the tool axis to the outer edge of the open finger pads; a tilted gripper reaches this
 far times sin(tilt) below the TCP, so the workspace floor is raised by that much."""
@@ -71,6 +77,9 @@ class FrankaEnv(gym.Env[ObsDict, np.ndarray]):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
     task_xml: ClassVar[str] = ""
     """`<worldbody>` XML the task adds to the model (goal markers, objects)."""
+    gripper_closed_at_reset: ClassVar[bool] = False
+    """Whether the gripper is closed when an episode starts (after `_reset_task`): the safety filter's initial
+    gripper command."""
 
     def __init__(self, config: EnvConfig | None = None, render_mode: str | None = None, spec: ArmSpec = PANDA) -> None:
         cfg = config if config is not None else EnvConfig()
@@ -85,8 +94,13 @@ class FrankaEnv(gym.Env[ObsDict, np.ndarray]):
             raise ValueError(f"EnvConfig.max_episode_steps: expected >= 1, got {cfg.max_episode_steps}")
         if cfg.reset_joint_noise < 0:
             raise ValueError(f"EnvConfig.reset_joint_noise: expected >= 0, got {cfg.reset_joint_noise}")
-        if not 0 < cfg.orientation_cone <= np.pi:
-            raise ValueError(f"EnvConfig.orientation_cone: expected in (0, pi] rad, got {cfg.orientation_cone}")
+        if not 0 < cfg.orientation_cone <= np.pi / 2:
+            # The SafetyFilter's limit: within 90 degrees a step-limited slerp between two allowed orientations
+            # cannot leave the cone.
+            raise ValueError(
+                f"EnvConfig.orientation_cone: expected in (0, pi/2] rad (the safety filter's limit), "
+                f"got {cfg.orientation_cone}"
+            )
         self.n_substeps = round(1.0 / (cfg.control_hz * TIMESTEP))
         if self.n_substeps < 1:
             raise ValueError(f"EnvConfig.control_hz: at most {1 / TIMESTEP:g} Hz (physics rate), got {cfg.control_hz}")
@@ -122,6 +136,8 @@ class FrankaEnv(gym.Env[ObsDict, np.ndarray]):
         self._shoulder = np.array([0.0, 0.0, spec.joints[0].d])  # where joint 2's axis meets joint 1's
         self.nominal_quat = dh_fk(spec.ready, spec)[1]
         """TCP orientation at the ready pose (pointing down); the orientation cone is centred on it."""
+        self.safety = SafetyFilter.from_config(cfg, self.nominal_quat)
+        """The last word on every command sent to the controller and the gripper (reset at every episode start)."""
 
         self.action_space = spaces.Box(-1.0, 1.0, (7,), np.float32)
         inf = np.inf
@@ -264,13 +280,13 @@ class FrankaEnv(gym.Env[ObsDict, np.ndarray]):
             return quat
         return quat_mul(self.nominal_quat, quat_from_rotvec(rel * (self.cfg.orientation_cone / angle)))
 
-    def clip_command(self, pos: np.ndarray, quat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The pose closest to (pos, quat) that the stand-in safety limits allow.
+    def allowed_pose(self, pos: np.ndarray, quat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The pose closest to (pos, quat) that every command limit allows (finite input).
 
         Orientation: inside the cone around the nominal one. Position: inside the workspace box, with the
         flange inside the reach shell around the shoulder (a box corner can be out of the arm's reach, or so
         close to its base that the elbow folds into its limit), and the tilted gripper's lowest edge above the
-        workspace floor.
+        workspace floor. The box and the cone are the safety filter's; the shell and the floor are the arm's.
         """
         quat = self._clip_orientation(np.asarray(quat, dtype=np.float64) / np.linalg.norm(quat))
         axis = np.empty(3)
@@ -292,17 +308,67 @@ class FrankaEnv(gym.Env[ObsDict, np.ndarray]):
         pos[2] = max(pos[2], min(self.workspace_low[2] + GRIPPER_REACH * sin_tilt, self.workspace_high[2]))
         return pos, quat
 
-    def _apply_action(self, action: np.ndarray) -> None:
-        """Move the commanded pose by one relative action and set the gripper target."""
+    def clip_command(self, pos: np.ndarray, quat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The target to hand the safety filter for a requested pose (finite): the arm's own limits applied, the
+        filter's left to it.
+
+        The position is corrected for the reach shell and the tilt floor (see `allowed_pose`) on every axis those
+        move; on the other axes it stays as requested, so a request outside the workspace box reaches the filter,
+        which clips it (and reports `box`). Per axis the filter's box clip of the result is exactly
+        `allowed_pose`'s position. The orientation is returned as requested (unit norm): the filter clips it to
+        the cone (and reports `cone`); the shell and the floor are computed for the cone-clipped orientation.
+        """
+        quat = np.asarray(quat, dtype=np.float64) / np.linalg.norm(quat)
+        pos = np.asarray(pos, dtype=np.float64)
+        allowed, _ = self.allowed_pose(pos, quat)
+        boxed = np.clip(pos, self.workspace_low, self.workspace_high)
+        return np.where(allowed == boxed, pos, allowed), quat
+
+    def _gripper_ctrl(self, closed: bool) -> float:
+        """The gripper actuator's target (opening width, m) for the filtered gripper command."""
+        return 0.0 if closed else self._gripper_open
+
+    def _apply_action(self, action: np.ndarray) -> FilterResult:
+        """Move the command by one relative action, pass it through the safety filter and send only its result.
+
+        The action is composed on the last executed (filtered) command, so controller lag does not accumulate and
+        a limited step is not replayed. A non-finite action goes to the filter unchanged: it holds the last
+        command and reports `nonfinite`.
+        """
         cfg = self.cfg
-        # Rotation vector in the base frame, applied to the commanded (not measured) orientation.
-        quat = quat_mul(quat_from_rotvec(action[3:6] * cfg.action_scale_rot), self.cmd_quat)
-        self.cmd_pos, self.cmd_quat = self.clip_command(self.cmd_pos + action[:3] * cfg.action_scale_pos, quat)
-        if action[6] > _GRIPPER_CLOSE:
-            self.data.ctrl[self._gripper_act] = 0.0
-        elif action[6] < _GRIPPER_OPEN:
-            self.data.ctrl[self._gripper_act] = self._gripper_open
+        if np.all(np.isfinite(action[:6])):
+            # Rotation vector in the base frame, applied to the commanded (not measured) orientation.
+            rotation = quat_from_rotvec(action[3:6] * cfg.action_scale_rot)
+            target_pos, target_quat = self.clip_command(
+                self.cmd_pos + action[:3] * cfg.action_scale_pos, quat_mul(rotation, self.cmd_quat)
+            )
+        else:
+            # No pose can be composed from a NaN/inf: the filter gets a non-finite target and holds on it.
+            target_pos, target_quat = np.full(3, np.nan), np.full(4, np.nan)
+        measured_pos, measured_quat = self.tcp_pose()
+        result = self.safety.filter(
+            target_pos, target_quat, action[6], measured_pos, measured_quat, self.wrench()[0], self.data.time
+        )
+        self.cmd_pos, self.cmd_quat = result.pos.copy(), result.quat.copy()
+        self.data.ctrl[self._gripper_act] = self._gripper_ctrl(result.gripper_closed)
         self.controller.set_target(self.cmd_pos, self.cmd_quat)
+        return result
+
+    def _executed_action(self, prev_pos: np.ndarray, prev_quat: np.ndarray, result: FilterResult) -> np.ndarray:
+        """The action (float32, (7,)) that reproduces the filtered command change from (prev_pos, prev_quat)."""
+        cfg = self.cfg
+        executed = np.empty(7)
+        executed[:3] = (result.pos - prev_pos) / cfg.action_scale_pos
+        executed[3:6] = quat_error(result.quat, prev_quat) / cfg.action_scale_rot  # base frame, like the action
+        executed[6] = 1.0 if result.gripper_closed else -1.0
+        # A force back-off adds force_backoff along the force to the policy's motion across it, and the step
+        # limits sit a little above a full action: either can move the command further than one action step.
+        # The clip keeps the executed action a valid action (it then under-states such a move).
+        return np.clip(executed, -1.0, 1.0).astype(np.float32)
+
+    def safety_counts(self) -> dict[str, int]:
+        """Steps filtered this episode and, per safety flag (`serl_stack.safety.FLAG_NAMES`), how many raised it."""
+        return self.safety.episode_counts()
 
     # ------------------------------------------------------------------------------------ gym API
 
@@ -327,6 +393,11 @@ class FrankaEnv(gym.Env[ObsDict, np.ndarray]):
         self._elapsed = 0
         self._pending_action = np.zeros(7)
         self._reset_task()
+        # The episode starts from where the arm is once the task is set up (a task may have moved it, e.g. the
+        # peg grasp). Sim time is the filter's clock: the sim is not paced by the wall clock.
+        self.safety.reset(*self.tcp_pose(), gripper_closed=self.gripper_closed_at_reset, now=d.time)
+        self.cmd_pos, self.cmd_quat, _ = self.safety.command
+        self.controller.set_target(self.cmd_pos, self.cmd_quat)
         # A child generator for the noise: it is seeded by np_random (reproducible per seed) without drawing
         # from it, so per-step noise never shifts the task's own random stream.
         self._noise_rng = self.np_random.spawn(1)[0] if noise_enabled(self.cfg.randomization) else None
@@ -346,20 +417,25 @@ class FrankaEnv(gym.Env[ObsDict, np.ndarray]):
         a = np.asarray(action, dtype=np.float64)
         if a.shape != (7,):
             raise ValueError(f"action: expected shape (7,) [dx, dy, dz, drx, dry, drz, gripper], got {a.shape}")
-        # Non-finite actions hold the last command (what the safety filter will do on the real arm).
-        a = np.clip(np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0), -1.0, 1.0)
+        # Finite entries are clipped to the action box; NaN and inf go on to the safety filter, which holds the
+        # last command and counts them (np.clip would turn inf into 1).
+        a = np.where(np.isfinite(a), np.clip(a, -1.0, 1.0), a)
         if self.cfg.randomization.action_latency:
             # The command arrives one control cycle late, as on the real arm: run the previous step's action.
             a, self._pending_action = self._pending_action, a
-        self._apply_action(a)
+        prev_pos, prev_quat, _ = self.safety.command  # the executed action is the change from the filter's last
+        result = self._apply_action(a)
         self.controller.step(self.data, self.n_substeps)
         # mj_step2 leaves positions-derived quantities one step stale; refresh them for the observation.
         mujoco.mj_forward(self.model, self.data)
         self._elapsed += 1
         obs = self._get_obs()
         reward, terminated, info = self._evaluate(obs)
-        info["executed_action"] = a.astype(np.float32)
+        info["executed_action"] = self._executed_action(prev_pos, prev_quat, result)
+        info["safety"] = result.flags()
         truncated = self._elapsed >= self.cfg.max_episode_steps
+        if terminated or truncated:
+            info["safety_counts"] = self.safety.episode_counts()
         return self._observed(obs), reward, terminated, truncated, info
 
     def render(self) -> np.ndarray | None:

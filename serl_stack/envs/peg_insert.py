@@ -133,6 +133,8 @@ class FrankaPegInsertEnv(FrankaEnv):
     appends a constant "close" command, so the gripper keeps squeezing the peg.
     """
 
+    gripper_closed_at_reset = True  # the reset's grasp closes it on the peg
+
     def __init__(self, config: EnvConfig | None = None, render_mode: str | None = None, spec: ArmSpec = PANDA) -> None:
         cfg = config if config is not None else EnvConfig()
         self.hole_low, self.hole_high = _check_config(cfg, spec)
@@ -178,7 +180,7 @@ class FrankaPegInsertEnv(FrankaEnv):
         for x in (self.hole_low[0], self.hole_high[0]):
             for y in (self.hole_low[1], self.hole_high[1]):
                 want = np.array([x, y, tcp_z])
-                got, _ = self.clip_command(want, self.nominal_quat)
+                got, _ = self.allowed_pose(want, self.nominal_quat)
                 if np.linalg.norm(got - want) > 1e-6:
                     raise ValueError(
                         f"EnvConfig.peg_insert.hole_low/hole_high: the TCP must reach {want.round(4).tolist()} to "
@@ -201,9 +203,8 @@ class FrankaPegInsertEnv(FrankaEnv):
             info["executed_action"] = info["executed_action"][:6]
         return obs, reward, terminated, truncated, info
 
-    def _apply_action(self, action: np.ndarray) -> None:
-        super()._apply_action(action)
-        self.data.ctrl[self._gripper_act] = self._grasp_ctrl  # "close" here means: grasp with the full force
+    def _gripper_ctrl(self, closed: bool) -> float:
+        return self._grasp_ctrl if closed else self._gripper_open  # "close" here means: grasp with the full force
 
     # ------------------------------------------------------------------------------------ task hooks
 

@@ -294,7 +294,7 @@ class SafetyFilter:
 
     def _outside(self, pos: np.ndarray, quat: np.ndarray) -> bool:
         return bool(np.any(pos < self.workspace_low) or np.any(pos > self.workspace_high)) or (
-            self._cone_excess(quat) > 0.0
+            self._cone_excess(quat) > _TOL
         )
 
     def _emit(self, pos: np.ndarray, quat: np.ndarray, gripper: bool, flags: dict[str, bool]) -> FilterResult:
