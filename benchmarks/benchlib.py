@@ -1,5 +1,6 @@
-"""Shared by the scripts in this folder: what a report says about the machine, flags from a config dataclass, and
-running one training run in a freshly spawned worker."""
+"""Shared by the scripts in this folder: what a report says about the machine, flags from a config dataclass,
+running one training run in a freshly spawned worker, and running `serl` subcommands (training runs, demo
+recording) as logged subprocesses."""
 
 from __future__ import annotations
 
@@ -8,14 +9,19 @@ import dataclasses
 import multiprocessing as mp
 import os
 import platform
+import subprocess
+import sys
+import time
 import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 
 C = TypeVar("C")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _parse_bool(text: str) -> bool:
@@ -92,3 +98,29 @@ def run_in_worker(fn: Callable[..., Any], args: tuple[Any, ...], what: str, time
     if status != "ok":
         raise RuntimeError(f"{what} failed:\n{payload}")
     return payload
+
+
+def serl(*args: str) -> list[str]:
+    """The command line of a `serl` subcommand in this interpreter."""
+    return [sys.executable, "-m", "serl_stack.cli", *args]
+
+
+def run_logged(cmd: list[str], console_log: Path, what: str) -> float:
+    """Run `cmd` in the repository root with its output in `console_log`; the wall-clock seconds, or a
+    RuntimeError naming `what` with the log's last lines when it exits non-zero."""
+    start = time.monotonic()
+    with open(console_log, "w") as out:
+        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT,
+                              env={**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")})
+    if proc.returncode != 0:
+        tail = "\n".join(console_log.read_text(errors="replace").splitlines()[-30:])
+        raise RuntimeError(f"{what} exited with {proc.returncode} (expected 0); last lines of {console_log}:\n{tail}")
+    return time.monotonic() - start
+
+
+def record_demos(config: str, out: Path, keep: int, noise: float) -> float:
+    """Record `keep` successful scripted episodes (action noise `noise`) of `config`'s task into `out`; returns
+    the wall-clock seconds."""
+    cmd = serl("record-demos", "--config", config, "--out", str(out), "--keep", str(keep),
+               "--episodes", str(4 * keep), "--noise", str(noise))
+    return run_logged(cmd, out.parent / f"{out.name}.record-demos.log", "serl record-demos")

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -39,7 +38,7 @@ import numpy as np
 from serl_stack.config import Config, load
 from serl_stack.runlog import evaluations
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = benchlib.ROOT
 WORKER_TIMEOUT_S = 3 * 3600.0
 MODES = ("ours_demos", "ours", "sbx")
 LABELS = {"ours_demos": "ours + 20 scripted demos", "ours": "ours, no demos", "sbx": "SBX SAC"}
@@ -95,28 +94,6 @@ def steps_to_target(steps: list[int], success: list[float], target: float) -> in
 # ------------------------------------------------------------------------------------------------ ours
 
 
-def _serl(*args: str) -> list[str]:
-    return [sys.executable, "-m", "serl_stack.cli", *args]
-
-
-def _run_logged(cmd: list[str], console_log: Path, what: str) -> float:
-    start = time.monotonic()
-    with open(console_log, "w") as out:
-        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT,
-                              env={**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")})
-    if proc.returncode != 0:
-        tail = "\n".join(console_log.read_text(errors="replace").splitlines()[-30:])
-        raise RuntimeError(f"{what} exited with {proc.returncode} (expected 0); last lines of {console_log}:\n{tail}")
-    return time.monotonic() - start
-
-
-def record_demos(cfg: BenchConfig, out: Path) -> float:
-    """Record `cfg.demos` successful scripted episodes into `out`; returns the wall-clock seconds."""
-    cmd = _serl("record-demos", "--config", cfg.config, "--out", str(out), "--keep", str(cfg.demos),
-                "--episodes", str(4 * cfg.demos), "--noise", str(cfg.demo_noise))
-    return _run_logged(cmd, out.parent / f"{out.name}.record-demos.log", "serl record-demos")
-
-
 def run_ours(cfg: BenchConfig, seed: int, run_dir: Path, demo_dir: Path | None) -> dict[str, Any]:
     sets = {
         "train.seed": seed, "train.total_env_steps": cfg.max_steps, "train.eval_every": cfg.eval_every,
@@ -125,8 +102,8 @@ def run_ours(cfg: BenchConfig, seed: int, run_dir: Path, demo_dir: Path | None) 
     }
     overrides = [arg for k, v in sets.items() for arg in ("--set", f"{k}={v}")]
     run_dir.parent.mkdir(parents=True, exist_ok=True)
-    wall = _run_logged(_serl("train", "--config", cfg.config, "--run-dir", str(run_dir), *overrides),
-                       run_dir.parent / f"{run_dir.name}.serl-train.log", f"serl train ({run_dir.name})")
+    wall = benchlib.run_logged(benchlib.serl("train", "--config", cfg.config, "--run-dir", str(run_dir), *overrides),
+                               run_dir.parent / f"{run_dir.name}.serl-train.log", f"serl train ({run_dir.name})")
     evals = evaluations(run_dir)
     final = json.loads((run_dir / "eval.json").read_text())
     # The last row is the final evaluation (same parameters as the last one during training when it stopped).
@@ -279,7 +256,7 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
     demo_dir, demo_wall = None, None
     if "ours_demos" in modes:
         demo_dir = root / "demos"
-        demo_wall = record_demos(cfg, demo_dir)
+        demo_wall = benchlib.record_demos(cfg.config, demo_dir, cfg.demos, cfg.demo_noise)
         log(f"recorded {cfg.demos} demonstrations in {demo_wall:.0f} s")
     results: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
 

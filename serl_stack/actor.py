@@ -20,6 +20,8 @@ from flax import serialization
 from serl_stack.config import Config, TrainConfig
 from serl_stack.data.obs import IMAGE_PREFIX, agent_obs, flatten_keys, image_keys_of, vector_dim, vector_keys
 from serl_stack.evaluation import evaluate
+from serl_stack.mixing import MIXER_STATE, MixedActing, save_snapshot
+from serl_stack.safety.estimates import ValueBound
 from serl_stack.transport.actor_client import ActorClient
 from serl_stack.transport.auth import curve_client_from_config
 from serl_stack.transport.outbox import DurableOutbox
@@ -40,14 +42,18 @@ class PolicyRunner:
     """The newest policy parameters and a jitted inference function over env observations."""
 
     def __init__(self, example_obs: dict[str, Any], action_dim: int, cfg: Config) -> None:
-        from serl_stack.agents.policy import make_policy_fn
+        from serl_stack.agents.policy import make_policy_fn, make_value_fn
 
         flat = flatten_keys(example_obs)
         self.keys = vector_keys(flat, cfg.agent.obs_keys)
         self.image_keys = image_keys_of(flat, cfg.agent.image_keys)
         image_shapes = {k[len(IMAGE_PREFIX):]: tuple(np.shape(flat[k])) for k in self.image_keys}
-        init_params, self._policy = make_policy_fn(vector_dim(flat, self.keys), action_dim, cfg.agent,
-                                                   image_shapes or None)
+        obs_dim = vector_dim(flat, self.keys)
+        init_params, self._policy = make_policy_fn(obs_dim, action_dim, cfg.agent, image_shapes or None)
+        self._q_values = None
+        if cfg.mixing.mode != "off":  # the learner then broadcasts the critic too
+            init_params, self._q_values = make_value_fn(obs_dim, action_dim, cfg.agent, cfg.mixing.value_samples,
+                                                        image_shapes or None)
         self._template = init_params(jax.random.PRNGKey(0))
         self.params: Any = None
         self.version = -1
@@ -66,11 +72,19 @@ class PolicyRunner:
     def act(self, obs_vec: np.ndarray, key: jax.Array, deterministic: bool) -> np.ndarray:
         return np.asarray(self._policy(self.params, obs_vec, key, deterministic))
 
+    def value_bound(self, obs_vec: Any, key: jax.Array) -> ValueBound:
+        """The critic ensemble's bound on the current policy's value at one observation (mixing only)."""
+        if self._q_values is None:
+            raise RuntimeError("PolicyRunner.value_bound: mixing.mode is off, so the learner sends no critic")
+        return ValueBound.from_q_values(np.asarray(self._q_values(self.params, obs_vec, key)))
+
 
 def check_eval_settings(t: TrainConfig) -> None:
     """ValueError naming the `train.*` evaluation field that is out of range."""
     if t.eval_every < 0:
         raise ValueError(f"train.eval_every: got {t.eval_every}, expected >= 0 env steps (0 = final evaluation only)")
+    if t.max_episodes < 0:
+        raise ValueError(f"train.max_episodes: got {t.max_episodes}, expected >= 0 (0 = no limit)")
     if t.eval_every_episodes < 1:
         raise ValueError(f"train.eval_every_episodes: got {t.eval_every_episodes}, expected >= 1")
     if not 0.0 <= t.stop_at_success <= 1.0:
@@ -172,20 +186,38 @@ class Actor:
         episode, ep_return, ep_len = 0, 0.0, 0
         collected = t.total_env_steps
         try:
+            try:
+                mixing = MixedActing.from_config(self.cfg, self.policy, t.seed + 2)
+            except ValueError as e:
+                raise SystemExit(f"actor: {e}") from e
+            mixer_state = self.run_dir / MIXER_STATE.format(actor_id=self.client.actor_id)
+            if mixing is not None and mixing.restore_state(mixer_state):
+                episode = mixing.mixer.episode + 1
+                print(f"actor: {self.cfg.mixing.mode} continues at episode {episode} with U from "
+                      f"{mixing.mixer.baseline.n} baseline episodes", flush=True)
+            self._begin_episode(mixing, episode)
             for step in range(first_step, t.total_env_steps):
                 if not actor_may_step(step, self._updates(), t.start_steps, t.throttle_slack):
                     self._wait(
                         lambda s=step: actor_may_step(s, self._updates(), t.start_steps, t.throttle_slack),
                         "updates",
                     )
-                if step < t.start_steps:
+                rng_key, key = jax.random.split(rng_key)
+                if mixing is not None:  # the mixer picks the baseline or the learned policy (never random)
+                    action = mixing.act(obs, key)
+                elif step < t.start_steps:
                     action = self.env.action_space.sample()
                 else:
                     if self.policy.params is None:
                         self._wait(lambda: self.policy.params is not None, "first parameters")
-                    rng_key, key = jax.random.split(rng_key)
                     action = self.policy.act(self.policy.observe(obs), key, False)
                 next_obs, reward, terminated, truncated, info = self.env.step(action)
+                if mixing is not None:
+                    try:
+                        mixing.record_reward(float(reward))
+                    except ValueError as e:  # a negative reward: the mixers' guarantee does not hold
+                        self._flush()
+                        raise SystemExit(f"actor: {e}") from e
                 ep_return += float(reward)
                 ep_len += 1
                 self.outbox.add(
@@ -204,14 +236,25 @@ class Actor:
                 obs = next_obs
                 if terminated or truncated:
                     self._flush()
-                    self.client.send(
-                        "episode",
-                        {"episode": episode, "return": ep_return, "length": ep_len,
-                         # None where the env has no notion of success (e.g. HalfCheetah), not "failed".
-                         "success": bool(info["success"]) if "success" in info else None},
-                    )
+                    body = {"episode": episode, "return": ep_return, "length": ep_len,
+                            # None where the env has no notion of success (e.g. HalfCheetah), not "failed".
+                            "success": bool(info["success"]) if "success" in info else None}
+                    if "safety_counts" in info:
+                        body["safety"] = {k: int(v) for k, v in info["safety_counts"].items()}
+                    if mixing is not None:
+                        body["mixing"] = mixing.end_episode()
+                        mixing.save_state(mixer_state)
+                        self._log_mixing({**body["mixing"], "env_steps": step + 1, "length": ep_len,
+                                          "success": body["success"]})
+                    self.client.send("episode", body)
                     episode, ep_return, ep_len = episode + 1, 0.0, 0
+                    if t.max_episodes and episode >= t.max_episodes:
+                        collected = step + 1
+                        print(f"actor: train.max_episodes={t.max_episodes} reached after {collected} env steps; "
+                              "ending the run", flush=True)
+                        break
                     obs, _ = self.env.reset()
+                    self._begin_episode(mixing, episode)
                 else:
                     self._unflushed += 1
                     if self._unflushed >= FLUSH_EVERY:
@@ -244,6 +287,24 @@ class Actor:
             self.env.close()
             if self.eval_env is not None:
                 self.eval_env.close()
+
+    def _begin_episode(self, mixing: MixedActing | None, episode: int) -> None:
+        """Start a training episode: snapshot the policy it runs (every `mixing.snapshot_every` episodes), then
+        let the mixer decide its warm-up status."""
+        every = self.cfg.mixing.snapshot_every
+        if every and episode % every == 0:
+            assert self.policy is not None
+            params = self.policy.params
+            if params is not None:
+                params = jax.tree.map(np.asarray, serialization.to_state_dict(params))
+            save_snapshot(self.run_dir, episode, params, mixing.mixer if mixing is not None else None)
+        if mixing is not None:
+            mixing.begin_episode()
+
+    def _log_mixing(self, record: dict[str, Any]) -> None:
+        """One line per mixed training episode in `<run>/mixing-<actor id>.jsonl` (eps_k / switch step, L, U)."""
+        with open(self.run_dir / f"mixing-{self.client.actor_id}.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
 
     def _periodic_eval(self, env_steps: int) -> bool:
         """Every `train.eval_every` env steps once the policy acts: evaluate the current parameters on the

@@ -12,7 +12,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 
@@ -141,7 +141,7 @@ class SafetyConfig:
 class MixingConfig:
     """Conservative baseline mixing (StepMix / EpsMix): keep each episode's value near a trusted baseline's."""
 
-    mode: str = "off"
+    mode: Literal["off", "epsmix", "stepmix"] = "off"
     """off | epsmix (learned policy for a whole episode with probability eps_k, else the baseline) | stepmix
     (start with the baseline, switch to the learned policy at the first step where the bound holds)."""
     alpha: float = 0.2
@@ -154,6 +154,10 @@ class MixingConfig:
     """Baseline rollouts whose Monte-Carlo returns give the baseline's value estimate U."""
     confidence: float = 0.95
     """One-sided confidence of the upper estimate U of the baseline's value."""
+    snapshot_every: int = 0
+    """Every this many training episodes the actor saves the policy that episode runs (frozen parameters and
+    the mixer as it stood at the episode's start) to `<run>/mixing-snapshots/`, so its value can be measured
+    offline (benchmarks/conservative.py); 0 = never."""
 
 
 @dataclass(frozen=True)
@@ -312,6 +316,8 @@ class TrainConfig:
     """Seed for the agent, the env and the sampling."""
     total_env_steps: int = 20_000
     """Env steps the actor collects before the run stops."""
+    max_episodes: int = 0
+    """Training episodes after which the run stops, if it has not stopped at `total_env_steps` (0 = no limit)."""
     start_steps: int = 1_000
     """Uniform random actions before the policy is used; learning starts after this many transitions."""
     throttle_slack: int = 200
@@ -391,6 +397,13 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         if len(args) != len(value):
             raise ConfigError(f"{path}: expected {len(args)} items, got {len(value)}: {value!r}")
         return tuple(_coerce(v, a, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
+    if origin is typing.Literal:
+        choices = typing.get_args(tp)
+        if isinstance(value, bool):  # YAML 1.1 reads an unquoted off / on as a bool: give the word back
+            value = {False: "off", True: "on"}[value]
+        if value not in choices:
+            raise ConfigError(f"{path}: expected one of {', '.join(map(str, choices))}, got {value!r}")
+        return value
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{path}: expected bool (true/false), got {value!r}")

@@ -178,6 +178,14 @@ class Learner:
             self.successes.append(success)
             self.writer.add_scalar("episode/success", success, self.env_steps)
         self.writer.add_scalar("episode/length", float(body.get("length", 0)), self.env_steps)
+        # The actor's per-episode records: mixing (eps_k / switch step, L, U, kappa) and safety-filter counts.
+        for section in ("mixing", "safety"):
+            fields = body.get(section)
+            if isinstance(fields, dict):
+                for k, v in fields.items():
+                    numeric = isinstance(v, (int, float)) and not isinstance(v, bool)
+                    if isinstance(k, str) and numeric and np.isfinite(v):
+                        self.writer.add_scalar(f"{section}/{k}", float(v), self.env_steps)
 
     # ------------------------------------------------------------------------------------------- outputs
     def status(self) -> dict[str, Any]:
@@ -200,7 +208,9 @@ class Learner:
         }
 
     def _params_body(self, final: bool = False) -> dict[str, Any]:
-        params = jax.tree.map(np.asarray, serialization.to_state_dict(self.agent.actor_params))
+        # With conservative mixing the actor also needs the critic, for its bound on the policy's value.
+        tree = self.agent.actor_params if self.cfg.mixing.mode == "off" else self.agent.value_params
+        params = jax.tree.map(np.asarray, serialization.to_state_dict(tree))
         return {"params": params, "final": final, "status": self.status()}
 
     def _publish_params(self, final: bool = False) -> None:

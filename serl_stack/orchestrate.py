@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from serl_stack.config import Config, dump
+from serl_stack.mixing import check_mixing
 from serl_stack.transport.auth import curve_client_from_config
 from serl_stack.transport.learner_server import TOPIC_STATUS, endpoint
 from serl_stack.transport.protocol import ProtocolError, open_envelope
@@ -125,6 +126,11 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> int
             console.print(f"[red]{run_dir} already holds a run ({', '.join(previous)}); add --resume to continue "
                           "it, or choose a new --run-dir")
             return 2
+    try:
+        check_mixing(cfg)  # before any process starts: a mixing setting that cannot work is a config error
+    except ValueError as e:
+        console.print(f"[red]{e}")
+        return 2
     cfg, run_dir = prepare_run(cfg, run_dir)
     console.print(f"[bold]serl train[/bold]  {cfg.env.id}  seed {cfg.train.seed}  run folder: {run_dir}")
     sub = zmq.Context.instance().socket(zmq.SUB)

@@ -15,8 +15,6 @@ from serl_stack.safety.estimates import (
     StepBaselineValue,
     ValueBound,
     learned_lower_bound,
-    make_value_bound_fn,
-    value_bound_params,
 )
 from serl_stack.safety.stepmix import BASELINE, LEARNED, EpsMix, StepMix, epsmix_epsilon, make_mixer
 
@@ -122,17 +120,29 @@ def test_learned_lower_bound_averages_actions_then_the_ensemble() -> None:
 @pytest.mark.parametrize("num_critics", [2, 5])
 def test_value_bound_fn_on_a_real_sac_agent(num_critics: int) -> None:
     import jax
+    from flax import serialization
 
+    from serl_stack.agents.networks import tanh_gaussian_sample
+    from serl_stack.agents.policy import make_value_fn
     from serl_stack.agents.sac import SACAgent
 
-    agent = SACAgent.create(0, 5, 3, AgentConfig(hidden_dims=(16, 16), num_critics=num_critics))
-    fn = make_value_bound_fn(agent, value_samples=7)
+    cfg = AgentConfig(hidden_dims=(16, 16), num_critics=num_critics)
+    agent = SACAgent.create(0, 5, 3, cfg)
+    init_params, fn = make_value_fn(5, 3, cfg, value_samples=7)
+    # What the actor process does with a broadcast: restore the learner's pytree into its own template.
+    wire = jax.tree.map(np.asarray, serialization.to_state_dict(agent.value_params))
+    params = serialization.from_state_dict(init_params(jax.random.PRNGKey(1)), wire)
     obs = np.linspace(-1.0, 1.0, 5).astype(np.float32)
     key = jax.random.PRNGKey(3)
-    q = np.asarray(fn(agent, obs, key))
+    q = np.asarray(fn(params, obs, key))
     assert q.shape == (num_critics, 7) and np.all(np.isfinite(q))
-    # The same numbers from the parameter pytree an actor process would receive.
-    np.testing.assert_allclose(np.asarray(fn(value_bound_params(agent), obs, key)), q, rtol=1e-6)
+    # The same numbers as the learner's own critic on the same sampled actions.
+    x = obs[None]
+    mean, log_std = agent.actor.apply_fn({"params": agent.actor.params}, x)
+    actions, _ = tanh_gaussian_sample(jax.numpy.broadcast_to(mean, (7, 3)), jax.numpy.broadcast_to(log_std, (7, 3)),
+                                      key)
+    expected = agent.critic.apply_fn({"params": agent.critic.params}, jax.numpy.broadcast_to(x, (7, 5)), actions)
+    np.testing.assert_allclose(q, np.asarray(expected), rtol=1e-5, atol=1e-6)
     # M distinct sampled actions, not one action repeated.
     assert np.unique(np.round(q[0], 6)).size == 7
     bound = ValueBound.from_q_values(q)

@@ -14,6 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from serl_stack.config import AgentConfig
+
 default_init = nn.initializers.xavier_uniform
 
 LOG_STD_MIN = -20.0
@@ -166,3 +168,8 @@ class Temperature(nn.Module):
 def make_actor(action_dim: int, hidden_dims: Sequence[int]) -> TanhGaussianActor:
     """The one place the actor architecture is chosen, shared by the learner and the actor process."""
     return TanhGaussianActor(hidden_dims=tuple(hidden_dims), action_dim=action_dim)
+
+
+def make_critic(cfg: AgentConfig) -> CriticEnsemble:
+    """The one place the critic ensemble's architecture is chosen, shared by the learner and the actor process."""
+    return CriticEnsemble(tuple(cfg.hidden_dims), cfg.num_critics, cfg.critic_layer_norm)

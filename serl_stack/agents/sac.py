@@ -28,10 +28,10 @@ from flax.training.train_state import TrainState
 
 from serl_stack.agents.encoders import augment, example_obs, features, make_encoder
 from serl_stack.agents.networks import (
-    CriticEnsemble,
     Temperature,
     identity_obs_norm,
     make_actor,
+    make_critic,
     tanh_gaussian_mode,
     tanh_gaussian_sample,
 )
@@ -169,7 +169,7 @@ class SACAgent(struct.PyTreeNode):
 
         actor_def = make_actor(action_dim, cfg.hidden_dims)
         actor = _train_state(actor_def.apply, actor_def.init(actor_key, obs)["params"], optax.adam(cfg.actor_lr))
-        critic_def = CriticEnsemble(tuple(cfg.hidden_dims), cfg.num_critics, cfg.critic_layer_norm)
+        critic_def = make_critic(cfg)
         critic_params = critic_def.init(critic_key, obs, act)["params"]
         critic = _train_state(critic_def.apply, critic_params, optax.adam(cfg.critic_lr))
         # The target is only ever Polyak-averaged, never stepped by gradients: a no-op optimizer keeps it a
@@ -204,6 +204,12 @@ class SACAgent(struct.PyTreeNode):
         if self.encoder is not None:
             params["encoder"] = self.encoder.params
         return params
+
+    @property
+    def value_params(self) -> Any:
+        """`actor_params` plus `"critic"`: the pytree `policy.make_value_fn`'s `q_values_fn` takes (what the
+        learner broadcasts when conservative mixing needs the critic in the actor process)."""
+        return {**self.actor_params, "critic": self.critic.params}
 
     def _features(self, observations: Any, encoder_params: Any = None) -> jax.Array:
         """The actor's and critic's input: standardized state (+ encoded images; default: current encoder)."""

@@ -2,8 +2,8 @@
 
 Owns: `BaselineValue` (an upper confidence estimate U of the baseline's value from Monte-Carlo returns of its
 episodes), `StepBaselineValue` (the same for mid-episode states), the critic-ensemble lower bound L of the learned
-policy's value (`ValueBound`, `learned_lower_bound`, `make_value_bound_fn`) and its online-calibrated kappa
-(`KappaCalibrator`). Pure numpy, except `make_value_bound_fn`, which imports JAX when called.
+policy's value (`ValueBound`, `learned_lower_bound`; the critic's Q-values come from
+`agents.policy.make_value_fn`) and its online-calibrated kappa (`KappaCalibrator`). Pure numpy.
 
 Conventions. Rewards must be >= 0 (the paper's V in [0, H]; the bound arguments need it). Values and returns are
 discounted with the critic's `discount`, because L comes from that critic: U and L must measure the same
@@ -14,15 +14,11 @@ Monte-Carlo returns of baseline episodes estimate.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import stats
-
-if TYPE_CHECKING:
-    import jax
 
 
 def check_rewards(rewards: Sequence[float] | np.ndarray, where: str) -> np.ndarray:
@@ -207,44 +203,6 @@ def learned_lower_bound(q_values: np.ndarray, kappa: float) -> float:
     if not (np.isfinite(kappa) and kappa >= 0):
         raise ValueError(f"kappa: got {kappa!r}, expected a finite value >= 0")
     return ValueBound.from_q_values(q_values).lower(kappa)
-
-
-def value_bound_params(agent: Any) -> dict[str, Any]:
-    """The pytree `make_value_bound_fn`'s function takes: `{"actor", "critic", "obs_norm"}` (+ `"encoder"`)."""
-    params = {"actor": agent.actor.params, "critic": agent.critic.params, "obs_norm": agent.obs_norm}
-    if agent.encoder is not None:
-        params["encoder"] = agent.encoder.params
-    return params
-
-
-def make_value_bound_fn(agent: Any, value_samples: int) -> Callable[[Any, Any, jax.Array], jax.Array]:
-    """A jitted `(agent_or_params, obs, key) -> (E, M)` Q-values at ONE observation `obs` (unbatched): the
-    critic ensemble of `agent`'s architecture on M = `value_samples` actions sampled from its actor. The first
-    argument is an `SACAgent` or the `value_bound_params(agent)` pytree (what an actor process would receive)."""
-    if value_samples < 1:
-        raise ValueError(f"mixing.value_samples: got {value_samples!r}, expected >= 1")
-    # Imported here so the numpy half of this module (all a mixer needs) loads without JAX, like the rest of
-    # serl_stack.safety.
-    import jax
-    import jax.numpy as jnp
-
-    from serl_stack.agents.encoders import features
-    from serl_stack.agents.networks import tanh_gaussian_sample
-
-    actor_apply, critic_apply = agent.actor.apply_fn, agent.critic.apply_fn
-    encoder_apply = agent.encoder.apply_fn if agent.encoder is not None else None
-
-    @jax.jit
-    def q_values(agent_or_params: Any, obs: Any, key: jax.Array) -> jax.Array:
-        # The isinstance check runs at trace time on the (re-built) pytree node, so both inputs jit fine.
-        params = agent_or_params if isinstance(agent_or_params, dict) else value_bound_params(agent_or_params)
-        x = features(encoder_apply, params.get("encoder"), jax.tree.map(lambda a: a[None], obs), params["obs_norm"])
-        mean, log_std = actor_apply({"params": params["actor"]}, x)
-        shape = (value_samples, mean.shape[-1])
-        actions, _ = tanh_gaussian_sample(jnp.broadcast_to(mean, shape), jnp.broadcast_to(log_std, shape), key)
-        return critic_apply({"params": params["critic"]}, jnp.broadcast_to(x, (value_samples, x.shape[-1])), actions)
-
-    return q_values
 
 
 class KappaCalibrator:

@@ -53,18 +53,30 @@ class _Mixer:
         self.cfg, self.baseline = cfg, baseline
         self.calibrator = KappaCalibrator(cfg.kappa, cfg.confidence)
         self.episode = -1
+        self.learned_available = True
+        """False while no learned policy exists yet (an actor before the learner's first parameters): episodes
+        that begin then are warm-up episodes, whatever U's count. The choice depends only on time, never on how
+        an episode goes, so these baseline episodes stay an iid sample for U."""
+        self._warmup: bool | None = None
         self._rewards: list[float] = []
         self._states: list[np.ndarray] = []
         self._fields: dict[str, float] = {}
 
     @property
     def warming_up(self) -> bool:
-        return self.baseline.n < self.cfg.baseline_episodes
+        """Whether this episode is a pure baseline episode that feeds U: decided once, at `begin_episode`."""
+        if self._warmup is None:
+            return self._warmup_now()
+        return self._warmup
+
+    def _warmup_now(self) -> bool:
+        return self.baseline.n < self.cfg.baseline_episodes or not self.learned_available
 
     def begin_episode(self) -> None:
         self.episode += 1
+        self._warmup = self._warmup_now()
         self._rewards, self._states = [], []
-        self._fields = {"episode": float(self.episode), "warmup": float(self.warming_up)}
+        self._fields = {"episode": float(self.episode), "warmup": float(self._warmup)}
 
     def record_reward(self, reward: float) -> None:
         if not (np.isfinite(reward) and reward >= 0):
@@ -75,6 +87,12 @@ class _Mixer:
     def log_fields(self) -> dict[str, float]:
         """This episode's record: eps / switch step, L, U, kappa and (after `end_episode`) the return."""
         return dict(self._fields)
+
+    def _finish(self, ret: float) -> dict[str, float]:
+        """End of `end_episode`: record the return; between episodes `warming_up` says what the next one is."""
+        self._fields["return"] = ret
+        self._warmup = None
+        return self.log_fields()
 
 
 class EpsMix(_Mixer):
@@ -121,8 +139,7 @@ class EpsMix(_Mixer):
             self.baseline.add_episode(r)
         elif self._bound is not None:
             self.calibrator.observe(self._bound, ret)
-        self._fields["return"] = ret
-        return self.log_fields()
+        return self._finish(ret)
 
 
 class StepMix(_Mixer):
@@ -194,8 +211,7 @@ class StepMix(_Mixer):
                 self.step_baseline.add_episode(np.stack(self._states[: len(r)]), r)
         elif self.switch_step is not None and self._switch_bound is not None and self.switch_step < len(r):
             self.calibrator.observe(self._switch_bound, float(rtg[self.switch_step]))
-        self._fields["return"] = float(rtg[0])
-        return self.log_fields()
+        return self._finish(float(rtg[0]))
 
 
 def make_mixer(
