@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import multiprocessing as mp
 import os
 import platform
@@ -124,3 +125,17 @@ def record_demos(config: str, out: Path, keep: int, noise: float) -> float:
     cmd = serl("record-demos", "--config", config, "--out", str(out), "--keep", str(keep),
                "--episodes", str(4 * keep), "--noise", str(noise))
     return run_logged(cmd, out.parent / f"{out.name}.record-demos.log", "serl record-demos")
+
+
+def require_positive(cfg: Any, names: tuple[str, ...]) -> None:
+    """SystemExit naming the flag (`--field-name`) of the first of `cfg`'s fields `names` that is below 1."""
+    for name in names:
+        if getattr(cfg, name) < 1:
+            raise SystemExit(f"--{name.replace('_', '-')}: got {getattr(cfg, name)}, expected >= 1")
+
+
+def write_report(out_dir: Path, name: str, report: dict[str, Any], log: Callable[[str], None]) -> None:
+    """`<out_dir>/<name>.json` (indented, newline-terminated), logged with the plot it names."""
+    path = out_dir / f"{name}.json"
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    log(f"wrote {path} and {report['plot']}")

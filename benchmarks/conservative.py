@@ -376,17 +376,14 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
         "date": time.strftime("%Y-%m-%d"),
         "wall_s": round(time.monotonic() - start, 1),
     }
-    (out_dir / "conservative.json").write_text(json.dumps(report, indent=2) + "\n")
-    log(f"wrote {out_dir / 'conservative.json'} and {png}")
+    benchlib.write_report(out_dir, "conservative", report, log)
     return report
 
 
 def main(argv: list[str] | None = None) -> None:
     cfg = benchlib.parse_config(BenchConfig, QUICK, __doc__.split("\n\n")[0], argv)
-    for name in ("episodes", "mixer_warmup", "baseline_rollouts", "check_every", "check_rollouts", "demos",
-                 "eval_episodes"):
-        if getattr(cfg, name) < 1:
-            raise SystemExit(f"--{name.replace('_', '-')}: got {getattr(cfg, name)}, expected >= 1")
+    benchlib.require_positive(cfg, ("episodes", "mixer_warmup", "baseline_rollouts", "check_every",
+                                    "check_rollouts", "demos", "eval_episodes"))
     if not 0 < cfg.alpha < 1:
         raise SystemExit(f"--alpha: got {cfg.alpha}, expected in (0, 1)")
     os.environ.setdefault("MUJOCO_GL", "egl")

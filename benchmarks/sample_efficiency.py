@@ -316,16 +316,13 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
         "date": time.strftime("%Y-%m-%d"),
         "wall_s": round(time.monotonic() - start, 1),
     }
-    (out_dir / "sample_efficiency.json").write_text(json.dumps(report, indent=2) + "\n")
-    log(f"wrote {out_dir / 'sample_efficiency.json'} and {png}")
+    benchlib.write_report(out_dir, "sample_efficiency", report, log)
     return report
 
 
 def main(argv: list[str] | None = None) -> None:
     cfg = benchlib.parse_config(BenchConfig, QUICK, __doc__.split("\n\n")[0], argv)
-    for name in ("seeds", "max_steps", "eval_every", "eval_episodes", "demos"):
-        if getattr(cfg, name) < 1:
-            raise SystemExit(f"--{name.replace('_', '-')}: got {getattr(cfg, name)}, expected >= 1")
+    benchlib.require_positive(cfg, ("seeds", "max_steps", "eval_every", "eval_episodes", "demos"))
     if not 0 < cfg.target_success <= 1:
         raise SystemExit(f"--target-success: got {cfg.target_success}, expected in (0, 1]")
     print(json.dumps(run(cfg)), flush=True)
