@@ -254,8 +254,15 @@ class Learner:
         self.resume()
         try:
             while True:
-                if self.agent is None and self.updater is not None and self.env_steps >= max(1, t.start_steps):
-                    self._init_agent()
+                if self.agent is None and self.updater is not None:
+                    if self.env_steps >= max(1, t.start_steps):
+                        self._init_agent()
+                    elif self.actor_done_steps is not None and self.env_steps >= self.actor_done_steps:
+                        # Collection ended inside the warm-up: build the agent anyway so the actor gets its final
+                        # parameters (an untrained policy) instead of waiting for them forever.
+                        print(f"learner: the actor finished after {self.env_steps} env steps, before "
+                              f"train.start_steps={t.start_steps}; the final policy is untrained", flush=True)
+                        self._init_agent()
                 can_update = self.agent is not None and learner_may_update(
                     self.updates, self.env_steps, t.start_steps
                 )
