@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -83,6 +84,58 @@ def test_serl_train_runs_end_to_end(tmp_path: Path) -> None:
     # TensorBoard stores float32: compare to float32 precision.
     assert evals["success_rate"][-1] == pytest.approx(result["success_rate"], abs=1e-6)
     assert evals["return_mean"][-1] == pytest.approx(result["return_mean"], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_a_run_that_ends_inside_the_warmup_still_evaluates_and_exits(tmp_path: Path) -> None:
+    """150 env steps with train.start_steps=400: the learner builds an untrained agent for the final evaluation
+    instead of leaving the actor waiting for parameters that never come."""
+    run = tmp_path / "run"
+    proc = subprocess.run(
+        _serl("train", "--run-dir", str(run), *SMALL, "--set", "train.total_env_steps=150",
+              "--set", "train.eval_episodes=1"),
+        capture_output=True, text=True, timeout=300, cwd=ROOT, env={**os.environ, "MUJOCO_GL": "egl"},
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "before train.start_steps=400; the final policy is untrained" in (run / "learner.log").read_text()
+    result = json.loads((run / "eval.json").read_text())
+    assert result["env_steps"] == 150 and result["final"] is True and result["episodes"] == 1, result
+    assert _logged(run) == 150
+
+
+@pytest.mark.slow
+def test_stepmix_run_logs_each_episode_keeps_its_mixer_and_snapshots_policies(tmp_path: Path) -> None:
+    """pick-cube under StepMix: 3 baseline warm-up episodes (the scripted controller), then mixed episodes; every
+    episode's record in mixing-actor-0.jsonl and TensorBoard, the mixer saved for a restart, a snapshot every 2nd
+    episode."""
+    from serl_stack.mixing import load_snapshot, snapshots
+    from serl_stack.runlog import event_files, read_scalars
+    from serl_stack.safety.stepmix import StepMix
+
+    run = tmp_path / "run"
+    proc = subprocess.run(
+        _serl("train", "--config", "configs/sim_pick_cube.yaml", "--run-dir", str(run), *SMALL,
+              "--set", "train.total_env_steps=5000", "--set", "train.start_steps=100",
+              "--set", "train.max_episodes=6", "--set", "env.dense_reward=false", "--set", "mixing.mode=stepmix",
+              "--set", "mixing.baseline_episodes=3", "--set", "mixing.snapshot_every=2"),
+        capture_output=True, text=True, timeout=600, cwd=ROOT, env={**os.environ, "MUJOCO_GL": "egl"},
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + (run / "learner.log").read_text()
+    assert "train.max_episodes=6 reached" in proc.stdout + (run / "actor.log").read_text()
+    records = [json.loads(line) for line in (run / "mixing-actor-0.jsonl").read_text().splitlines()]
+    assert [r["episode"] for r in records] == [0, 1, 2, 3, 4, 5]
+    assert all(r["warmup"] == 1.0 and r["switch_step"] == -1.0 for r in records[:3])
+    # The scripted baseline solves pick-cube: warm-up episodes earn the sparse reward.
+    assert all(r["return"] > 0 and r["success"] for r in records[:3]), records[:3]
+    for r in records[3:]:
+        assert r["warmup"] == 1.0 or "upper" in r, r  # a mixed episode logs its U (and L, kappa)
+    assert sum(r["length"] for r in records) == records[-1]["env_steps"] == _logged(run)
+    mixer = pickle.loads((run / "mixer-actor-0.pkl").read_bytes())
+    assert isinstance(mixer, StepMix) and mixer.episode == 5 and mixer.baseline.n >= 3
+    assert [load_snapshot(p)["episode"] for p in snapshots(run)] == [0, 2, 4]
+    tags = {tag for f in event_files(run) for tag, _, _ in read_scalars(f)}
+    assert {"mixing/return", "mixing/warmup", "safety/box", "safety/force_backoff"} <= tags, sorted(tags)
+    assert json.loads((run / "eval.json").read_text())["final"] is True
 
 
 @pytest.mark.slow

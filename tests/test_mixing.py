@@ -1,0 +1,250 @@
+"""Conservative mixing in the actor (serl_stack/mixing.py) on the real pick-cube env and a real PolicyRunner.
+
+What is checked: `check_mixing` refuses configs the mixers cannot keep their guarantee under (naming the field);
+`MixedActing` runs the baseline while no learned parameters exist, and the learned policy (the runner's own
+inference, value bound from the broadcast critic) once the bound holds; the mixer's state survives an actor
+restart; snapshots store the policy an episode ran, frozen against later changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from flax import serialization
+
+from serl_stack.actor import PolicyRunner
+from serl_stack.agents.sac import SACAgent
+from serl_stack.config import AgentConfig, Config, EnvConfig, MixingConfig
+from serl_stack.envs import make_env
+from serl_stack.mixing import (
+    MIXER_STATE,
+    MixedActing,
+    check_mixing,
+    load_snapshot,
+    save_snapshot,
+    snapshots,
+    state_vector,
+)
+from serl_stack.safety.stepmix import EpsMix, StepMix, make_mixer
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*infinity.*:UserWarning")
+
+PICK = "FrankaPickCube-v0"
+
+
+def _cfg(mode: str = "stepmix", **mixing: object) -> Config:
+    return Config(
+        env=EnvConfig(id=PICK, dense_reward=False, max_episode_steps=12),
+        agent=AgentConfig(hidden_dims=(16, 16), num_critics=2),
+        mixing=MixingConfig(**{"mode": mode, "baseline_episodes": 2, "value_samples": 3, **mixing}),
+    )
+
+
+class Still:
+    """A baseline that never moves (so pick-cube's sparse reward stays 0) and counts its calls."""
+
+    def __init__(self, action_dim: int) -> None:
+        self.calls = 0
+        self.action = np.zeros(action_dim, np.float32)
+
+    def __call__(self, obs: object) -> np.ndarray:
+        self.calls += 1
+        return self.action
+
+
+@pytest.fixture(scope="module")
+def env():
+    e = make_env(_cfg().env)
+    yield e
+    e.close()
+
+
+def _runner(env, cfg: Config) -> tuple[PolicyRunner, SACAgent]:
+    obs, _ = env.reset(seed=0)
+    runner = PolicyRunner(obs, env.action_space.shape[0], cfg)
+    agent = SACAgent.create(0, runner.observe(obs).shape[-1], env.action_space.shape[0], cfg.agent)
+    return runner, agent
+
+
+def _broadcast(runner: PolicyRunner, agent: SACAgent, version: int = 1) -> None:
+    """What the actor does with the learner's params message (value_params when mixing is on)."""
+    runner.load(version, jax.tree.map(np.asarray, serialization.to_state_dict(agent.value_params)))
+
+
+def _episode(env, acting: MixedActing, seed: int) -> dict[str, float]:
+    obs, _ = env.reset(seed=seed)
+    acting.begin_episode()
+    key = jax.random.PRNGKey(seed)
+    done = False
+    while not done:
+        key, sub = jax.random.split(key)
+        action = acting.act(obs, sub)
+        assert action.shape == env.action_space.shape and np.all(np.isfinite(action))
+        obs, reward, terminated, truncated, _ = env.step(action)
+        acting.record_reward(float(reward))
+        done = terminated or truncated
+    return acting.end_episode()
+
+
+# ----------------------------------------------------------------------------------------------- configs
+
+
+def test_check_mixing_accepts_off_and_a_sparse_scripted_task() -> None:
+    check_mixing(Config())  # mode off: dense reward is fine
+    check_mixing(_cfg("epsmix"))
+    check_mixing(_cfg("stepmix", snapshot_every=10))
+
+
+@pytest.mark.parametrize(
+    ("cfg", "match"),
+    [
+        (dataclasses.replace(_cfg("epsmix"), env=EnvConfig(id=PICK, dense_reward=True)), "env.dense_reward"),
+        (dataclasses.replace(_cfg("stepmix"), env=EnvConfig(id="Pendulum-v1", dense_reward=False)), "env.id"),
+        (_cfg("epsmix", alpha=1.5), "mixing.alpha"),
+        (_cfg("stepmix", baseline_episodes=1), "mixing.baseline_episodes"),
+        (_cfg("stepmix", snapshot_every=-1), "mixing.snapshot_every"),
+    ],
+)
+def test_check_mixing_names_the_field(cfg: Config, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        check_mixing(cfg)
+
+
+def test_from_config_is_none_when_off_and_uses_the_scripted_baseline(env) -> None:
+    off = _cfg("off")
+    runner, _ = _runner(env, off)
+    assert MixedActing.from_config(off, runner, seed=0) is None
+    cfg = _cfg("epsmix")
+    runner, _ = _runner(env, cfg)
+    acting = MixedActing.from_config(cfg, runner, seed=0)
+    assert isinstance(acting.mixer, EpsMix) and acting.mixer.cfg.baseline_episodes == 2
+    # The task's scripted controller: it succeeds at pick-cube, so warm-up episodes earn reward.
+    long_env = make_env(dataclasses.replace(cfg.env, max_episode_steps=100))
+    try:
+        record = _episode(long_env, acting, seed=3)
+    finally:
+        long_env.close()
+    assert record["warmup"] == 1.0 and record["return"] > 0.0 and record["learned_steps"] == 0.0
+
+
+def test_state_vector_flattens_the_state_part() -> None:
+    assert state_vector({"state": np.ones((2, 3), np.float32), "image/wrist": np.zeros((4, 4, 3))}).shape == (6,)
+    assert state_vector(np.arange(4.0)).dtype == np.float64
+
+
+# ---------------------------------------------------------------------------------------------- acting
+
+
+def test_baseline_acts_until_the_first_parameters_arrive(env) -> None:
+    cfg = _cfg("stepmix")
+    runner, _ = _runner(env, cfg)
+    baseline = Still(env.action_space.shape[0])
+    acting = MixedActing(make_mixer(cfg.mixing, discount=0.96, rng=np.random.default_rng(0)), baseline, runner)
+    # More than baseline_episodes: U is ready, but with no learned policy every episode stays a warm-up one.
+    for seed in range(4):
+        record = _episode(env, acting, seed)
+        assert record["warmup"] == 1.0 and record["learned_steps"] == 0.0 and record["switch_step"] == -1.0
+    assert baseline.calls == 4 * cfg.env.max_episode_steps
+    assert acting.mixer.baseline.n == 4  # every warm-up episode fed U
+
+
+def test_stepmix_switches_to_the_runners_policy_when_the_bound_holds(env) -> None:
+    """A baseline worth nothing (U = 0) makes the bound hold at step 0: the learned policy then acts for the whole
+    episode, with exactly the runner's actions, and the bound came from the broadcast critic."""
+    cfg = _cfg("stepmix")
+    runner, agent = _runner(env, cfg)
+    baseline = Still(env.action_space.shape[0])
+    acting = MixedActing(make_mixer(cfg.mixing, discount=0.96, rng=np.random.default_rng(0)), baseline, runner,
+                         deterministic=True)
+    for seed in range(2):
+        _episode(env, acting, seed)
+    _broadcast(runner, agent)
+    calls = baseline.calls
+    obs, _ = env.reset(seed=7)
+    acting.begin_episode()
+    action = acting.act(obs, jax.random.PRNGKey(0))
+    np.testing.assert_allclose(action, runner.act(runner.observe(obs), jax.random.PRNGKey(5), True), atol=1e-6)
+    assert acting.mixer.switch_step == 0 and baseline.calls == calls
+    fields = acting.mixer.log_fields()
+    # L is the broadcast critic's bound at s1, with the value half of the step's key.
+    _, value_key = jax.random.split(jax.random.PRNGKey(0))
+    expected = runner.value_bound(runner.observe(obs), value_key).lower(fields["kappa"])
+    assert fields["upper"] == 0.0 and fields["lower"] == pytest.approx(expected, abs=1e-6)
+    env.step(action)
+    acting.record_reward(0.0)
+    record = acting.end_episode()
+    assert record["switch_step"] == 0.0 and record["learned_steps"] == 1.0 and record["warmup"] == 0.0
+
+
+def test_epsmix_with_a_worthless_baseline_runs_the_learned_policy_all_episode(env) -> None:
+    cfg = _cfg("epsmix")
+    runner, agent = _runner(env, cfg)
+    baseline = Still(env.action_space.shape[0])
+    acting = MixedActing(make_mixer(cfg.mixing, discount=0.96, rng=np.random.default_rng(0)), baseline, runner)
+    for seed in range(2):
+        _episode(env, acting, seed)
+    _broadcast(runner, agent)
+    calls = baseline.calls
+    record = _episode(env, acting, seed=9)
+    assert record["epsilon"] == 1.0 and record["learned_steps"] == cfg.env.max_episode_steps
+    assert baseline.calls == calls
+
+
+def test_value_bound_needs_a_critic(env) -> None:
+    runner, _ = _runner(env, _cfg("off"))
+    obs, _ = env.reset(seed=0)
+    with pytest.raises(RuntimeError, match="mixing.mode is off"):
+        runner.value_bound(runner.observe(obs), jax.random.PRNGKey(0))
+
+
+# ------------------------------------------------------------------------------------------ persistence
+
+
+def test_mixer_state_survives_a_restart(env, tmp_path: Path) -> None:
+    cfg = _cfg("epsmix")
+    runner, _ = _runner(env, cfg)
+    first = MixedActing(make_mixer(cfg.mixing, discount=0.96, rng=np.random.default_rng(0)), Still(7), runner)
+    for seed in range(3):
+        _episode(env, first, seed)
+    path = tmp_path / MIXER_STATE.format(actor_id="actor-0")
+    first.save_state(path)
+    assert not path.with_suffix(".tmp").exists()
+
+    restarted = MixedActing(make_mixer(cfg.mixing, discount=0.96, rng=np.random.default_rng(0)), Still(7), runner)
+    assert restarted.restore_state(path)
+    assert restarted.mixer.episode == 2 and restarted.mixer.baseline.n == 3
+    # The coin stream continues where it was, not from the seed again.
+    assert restarted.mixer.rng.bit_generator.state == first.mixer.rng.bit_generator.state
+    assert not restarted.restore_state(tmp_path / "missing.pkl")
+
+    stepmix = MixedActing(make_mixer(_cfg("stepmix").mixing, discount=0.96, rng=np.random.default_rng(0)),
+                          Still(7), runner)
+    with pytest.raises(ValueError, match="EpsMix mixer, but mixing.mode asks for StepMix"):
+        stepmix.restore_state(path)
+
+
+def test_snapshots_freeze_the_policy_an_episode_ran(env, tmp_path: Path) -> None:
+    cfg = _cfg("stepmix")
+    runner, agent = _runner(env, cfg)
+    acting = MixedActing(make_mixer(cfg.mixing, discount=0.96, rng=np.random.default_rng(0)), Still(7), runner)
+    _episode(env, acting, 0)
+    params = jax.tree.map(np.asarray, serialization.to_state_dict(agent.value_params))
+    later = save_snapshot(tmp_path, 10, params, acting.mixer)
+    first = save_snapshot(tmp_path, 0, None, None)
+    assert snapshots(tmp_path) == [first, later]
+    _episode(env, acting, 1)  # the live mixer moves on; the snapshot must not
+    body = load_snapshot(later)
+    assert body["episode"] == 10 and isinstance(body["mixer"], StepMix)
+    assert body["mixer"].baseline.n == 1 and acting.mixer.baseline.n == 2
+    jax.tree.map(np.testing.assert_array_equal, body["params"], params)
+    assert load_snapshot(first) == {"episode": 0, "params": None, "mixer": None}
+
+    bogus = tmp_path / "bogus.pkl"
+    bogus.write_bytes(pickle.dumps({"episode": 1}))
+    with pytest.raises(ValueError, match="not a mixing snapshot"):
+        load_snapshot(bogus)
