@@ -8,6 +8,7 @@ Unknown keys and values of the wrong type are errors that name the key, the valu
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -146,8 +147,16 @@ class MixingConfig:
     (start with the baseline, switch to the learned policy at the first step where the bound holds)."""
     alpha: float = 0.2
     """Allowed fraction of the baseline's value to lose: V^{pi_k}(s1) >= (1 - alpha) V^b(s1)."""
-    kappa: float = 1.0
-    """Lower confidence bound of the learned policy's value: ensemble mean - kappa * std (calibrated online)."""
+    kappa: float = math.inf
+    """L = ensemble mean - kappa * std, until kappa is calibrated online against the learned policy's realized
+    returns (after `calibration_runs` runs; L is then also capped by those returns). inf (the default): no
+    trust in an uncalibrated critic, so L = 0 until then; set a finite value only for a critic you have checked."""
+    calibration_runs: int = 10
+    """Learned-policy runs (EpsMix: learned episodes; StepMix: episode tails after a switch) before kappa is
+    calibrated against their realized returns."""
+    cap_runs: int = 20
+    """L never exceeds the one-sided `confidence` lower bound of the realized returns of this many most recent
+    learned-policy runs (a critic can be biased with no spread between its members)."""
     value_samples: int = 10
     """Actions sampled from the learned policy at a state to estimate its value from the critic ensemble."""
     baseline_episodes: int = 100
@@ -413,6 +422,8 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
             raise ConfigError(f"{path}: expected int, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str) and value.strip().lower().lstrip("+-.") in ("inf", "infinity"):
+            return float(value.strip().replace(".", ""))  # `--set key=inf`; YAML itself spells it .inf
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: expected float, got {value!r}")
         return float(value)

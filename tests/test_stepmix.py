@@ -164,6 +164,56 @@ def test_kappa_calibrator_grows_for_an_overconfident_critic_and_shrinks_for_an_h
     assert honest.kappa == 0.0
 
 
+def test_an_uncalibrated_critic_is_not_trusted_by_default() -> None:
+    """Default kappa = inf: L = 0 whatever the critic says, until calibration_runs runs calibrate it."""
+    cal = KappaCalibrator(MixingConfig().kappa, 0.95)
+    assert cal.kappa == np.inf and cal.cap == np.inf
+    assert cal.lower(ValueBound(50.0, 0.0)) == 0.0
+    rng = np.random.default_rng(0)
+    for i in range(10):
+        assert cal.lower(ValueBound(2.0, 0.5)) == 0.0, i
+        v = rng.uniform(1.0, 2.0)
+        cal.observe(ValueBound(v - 0.2, 0.1), v + rng.normal(0.0, 0.1))  # an honest critic
+    assert cal.kappa == 0.0 and 0.5 < cal.cap < 2.0  # calibrated: now trusted, up to what returns showed
+    assert cal.lower(ValueBound(1.0, 0.1)) == 1.0
+    assert cal.lower(ValueBound(50.0, 0.1)) == cal.cap
+
+
+def test_a_biased_critic_with_no_spread_is_capped_by_the_returns() -> None:
+    """What pick-cube showed: ensemble means of 2-9 with almost no spread where every learned run returns 0. No
+    kappa on the grid makes such bounds honest on the next state, so the returns' bound caps L at 0."""
+    rng = np.random.default_rng(0)
+    cal = KappaCalibrator(1.0, 0.95)
+    for _ in range(30):
+        cal.observe(ValueBound(rng.uniform(2.0, 9.0), 0.01), 0.0)
+    assert cal.cap == 0.0
+    assert cal.lower(ValueBound(12.0, 0.01)) == 0.0  # a fresh state the critic overrates even more
+
+
+def test_calibration_averages_the_clipped_bounds() -> None:
+    """A state whose m - kappa s is far below 0 must not excuse an overestimate elsewhere: L is clipped at 0 there,
+    so the overestimates alone set kappa."""
+    cal = KappaCalibrator(1.0, 0.95)
+    for _ in range(20):
+        cal.observe(ValueBound(5.0, 0.1), 0.0)
+        cal.observe(ValueBound(-100.0, 0.1), 0.0)
+    assert cal.kappa >= 50.0  # unclipped, kappa = 0 would "fit": (5 - 100) / 2 < 0
+
+
+def test_epsmix_with_the_default_kappa_runs_the_learned_policy_alpha_of_the_time() -> None:
+    mixer = make_mixer(MixingConfig(mode="epsmix", baseline_episodes=2), discount=0.9, rng=np.random.default_rng(0))
+    for _ in range(2):
+        mixer.begin_episode()
+        mixer.choose(np.zeros(1), None)
+        mixer.record_reward(1.0)
+        mixer.end_episode()
+    mixer.begin_episode()
+    mixer.choose(np.zeros(1), ValueBound(100.0, 0.0))  # a critic that claims everything
+    fields = mixer.log_fields()
+    assert fields["lower"] == 0.0 and fields["epsilon"] == pytest.approx(0.2)
+    assert fields["kappa"] == -1.0 and fields["cap"] == -1.0  # not calibrated yet (logged as -1)
+
+
 # ------------------------------------------------------------------------------------------------- EpsMix
 
 
@@ -194,7 +244,8 @@ def test_epsmix_keeps_the_bandit_constraint() -> None:
 
 
 def test_epsmix_log_fields_and_negative_rewards() -> None:
-    mixer = make_mixer(MixingConfig(mode="epsmix", baseline_episodes=2), discount=0.9, rng=np.random.default_rng(0))
+    mixer = make_mixer(MixingConfig(mode="epsmix", baseline_episodes=2, kappa=1.0), discount=0.9,
+                       rng=np.random.default_rng(0))
     assert isinstance(mixer, EpsMix)
     for rewards in ([1.0, 0.0], [0.0, 1.0]):
         mixer.begin_episode()
@@ -246,7 +297,7 @@ def _run(mixer: StepMix, states: np.ndarray, rewards: list[float], bounds: list[
 def test_stepmix_never_switches_when_the_bound_never_holds_and_at_once_when_it_always_does() -> None:
     horizon = 10
     states = np.stack([np.full(2, t, float) for t in range(horizon)])
-    cfg = MixingConfig(mode="stepmix", alpha=0.2, baseline_episodes=3)
+    cfg = MixingConfig(mode="stepmix", alpha=0.2, baseline_episodes=3, kappa=1.0)  # a critic we trust
     mixer = _warm_stepmix(cfg, [(states, [1.0] * horizon)] * 3)
 
     choices = _run(mixer, states, [0.0] * horizon, [ValueBound(0.0, 0.0)] * horizon)
@@ -307,3 +358,9 @@ def test_make_mixer_builds_each_mode_and_names_bad_fields() -> None:
         make_mixer(MixingConfig(mode="epsmix", alpha=1.5), discount=0.99, rng=rng)
     with pytest.raises(ValueError, match=r"mixing\.baseline_episodes: got 1"):
         make_mixer(MixingConfig(mode="stepmix", baseline_episodes=1), discount=0.99, rng=rng)
+    with pytest.raises(ValueError, match=r"mixing\.kappa: got nan"):
+        make_mixer(MixingConfig(mode="epsmix", kappa=float("nan")), discount=0.99, rng=rng)
+    with pytest.raises(ValueError, match=r"mixing\.calibration_runs: got 1"):
+        make_mixer(MixingConfig(mode="epsmix", calibration_runs=1), discount=0.99, rng=rng)
+    with pytest.raises(ValueError, match=r"mixing\.cap_runs: got 5, expected >= mixing\.calibration_runs"):
+        make_mixer(MixingConfig(mode="stepmix", cap_runs=5), discount=0.99, rng=rng)

@@ -206,49 +206,78 @@ def learned_lower_bound(q_values: np.ndarray, kappa: float) -> float:
 
 
 class KappaCalibrator:
-    """kappa, calibrated online against realized returns of episodes (or episode tails) the learned policy ran.
+    """kappa, calibrated online against realized returns of episodes (or episode tails) the learned policy ran,
+    and the cap those returns put on L.
 
     Each such run leaves the bound's (mean m, std s) at its start state and the realized return R, an unbiased
     sample of V^pi there. kappa is the smallest value on a grid (step 0.01 up to 10, then geometric to 1000)
-    whose bounds are not above the returns on average, with confidence `target`: the one-sided Student-t upper
-    bound of mean_i(m_i - kappa s_i - R_i) over the last `window` runs is <= 0. Until `min_runs` runs exist it is
-    the configured kappa; if no kappa fits (a biased critic with no spread) it is inf, so L = 0 and the mixers
-    fall back to the baseline's share.
+    whose bounds L_i = max(0, m_i - kappa s_i) are not above the returns on average, with confidence `target`:
+    the one-sided Student-t upper bound of mean_i(L_i - R_i) over the last `window` runs is <= 0. Until
+    `min_runs` runs exist it is the configured kappa (default inf: no trust in an uncalibrated critic, L = 0); if
+    no kappa fits (a biased critic with no spread) it is inf, so L = 0 and the mixers fall back to the baseline's
+    share.
     Why the average and not "L_i <= R_i in a target fraction of runs": one return is a noisy sample of V^pi, and
     with bimodal (success / failure) returns that per-run test asks L to sit below the failures, i.e. L = 0
-    forever. The average tests what EpsMix needs (L <= V^pi) while the return noise averages out. The soft-Q
-    critic includes future entropy bonuses and bootstraps past truncation: biases this calibration absorbs. The
-    window forgets the runs of older critics, which the current kappa should not answer for.
+    forever. The average tests what EpsMix needs (L <= V^pi) while the return noise averages out. It averages
+    the clipped L_i (what the mixers use): otherwise a state where m - kappa s is far below 0 would excuse an
+    overestimate elsewhere. The soft-Q critic includes future entropy bonuses and bootstraps past truncation:
+    biases this calibration absorbs. The window forgets the runs of older critics.
+
+    A critic can be biased with almost no spread between its members (measured on pick-cube: ensemble means of
+    2-9 where no return exceeds 0.35, kappa past 100 and still L > 1). So L is also capped by the evidence
+    itself: `cap` is the one-sided `target` lower confidence bound of the realized returns of the last
+    `cap_window` runs (0 while the learned policy keeps failing). The cap is state-independent: it says what
+    the learned policy has recently achieved from the states it was handed, whatever the critic thinks.
     """
 
     GRID = np.concatenate([np.linspace(0.0, 10.0, 1001), np.geomspace(10.0, 1000.0, 201)[1:]])
 
-    def __init__(self, kappa: float, target: float, window: int = 100, min_runs: int = 10) -> None:
-        if not (np.isfinite(kappa) and kappa >= 0):
-            raise ValueError(f"mixing.kappa: got {kappa!r}, expected a finite value >= 0")
+    def __init__(self, kappa: float, target: float, window: int = 100, min_runs: int = 10,
+                 cap_window: int = 20) -> None:
+        if not kappa >= 0:  # inf allowed (no trust before calibration); NaN fails here too
+            raise ValueError(f"mixing.kappa: got {kappa!r}, expected >= 0 (inf: no trust until calibrated)")
         if not 0.0 < target < 1.0:
             raise ValueError(f"target: got {target!r}, expected in (0, 1)")
         if min_runs < 2:
             raise ValueError(f"min_runs: got {min_runs!r}, expected >= 2 (a spread is needed)")
-        self.initial, self.target, self.min_runs = kappa, target, min_runs
-        self._runs: deque[tuple[float, float, float]] = deque(maxlen=window)
+        if cap_window < min_runs:
+            raise ValueError(f"cap_window: got {cap_window!r}, expected >= min_runs ({min_runs})")
+        self.initial, self.target, self.min_runs, self.cap_window = kappa, target, min_runs, cap_window
+        self._runs: deque[tuple[float, float, float]] = deque(maxlen=max(window, cap_window))
+        self.window = window
         self._kappa = kappa
+        self._cap = float("inf")
 
     def observe(self, bound: ValueBound, realized_return: float) -> None:
         if not np.isfinite(realized_return):
             raise ValueError(f"realized_return: got {realized_return!r}, expected a finite return")
         self._runs.append((bound.mean, bound.std, float(realized_return)))
-        if len(self._runs) >= self.min_runs:
-            m, s, r = (np.asarray(c)[:, None] for c in zip(*self._runs, strict=True))
-            gaps = m - self.GRID[None, :] * s - r  # (runs, kappas)
-            n = len(self._runs)
-            upper = gaps.mean(0) + stats.t.ppf(self.target, n - 1) * gaps.std(0, ddof=1) / np.sqrt(n)
-            ok = np.flatnonzero(upper <= 0.0)
-            self._kappa = float(self.GRID[ok[0]]) if ok.size else float("inf")
+        if len(self._runs) < self.min_runs:
+            return
+        runs = list(self._runs)[-self.window:]
+        m, s, r = (np.asarray(c)[:, None] for c in zip(*runs, strict=True))
+        gaps = np.maximum(m - self.GRID[None, :] * s, 0.0) - r  # (runs, kappas)
+        n = len(runs)
+        upper = gaps.mean(0) + stats.t.ppf(self.target, n - 1) * gaps.std(0, ddof=1) / np.sqrt(n)
+        ok = np.flatnonzero(upper <= 0.0)
+        self._kappa = float(self.GRID[ok[0]]) if ok.size else float("inf")
+        recent = np.array([run[2] for run in list(self._runs)[-self.cap_window:]])
+        k = len(recent)
+        lcb = recent.mean() - stats.t.ppf(self.target, k - 1) * recent.std(ddof=1) / np.sqrt(k)
+        self._cap = max(float(lcb), 0.0)
 
     @property
     def kappa(self) -> float:
         return self._kappa
+
+    @property
+    def cap(self) -> float:
+        """The cap on L from the learned policy's realized returns; inf until `min_runs` runs exist."""
+        return self._cap
+
+    def lower(self, bound: ValueBound) -> float:
+        """L at a state: the critic's bound with the calibrated kappa, capped by the realized returns."""
+        return min(bound.lower(self._kappa), self._cap)
 
 
 # ----------------------------------------------------------------------------------------------- mixing

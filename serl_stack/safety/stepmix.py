@@ -51,7 +51,8 @@ class _Mixer:
 
     def __init__(self, cfg: MixingConfig, baseline: BaselineValue) -> None:
         self.cfg, self.baseline = cfg, baseline
-        self.calibrator = KappaCalibrator(cfg.kappa, cfg.confidence)
+        self.calibrator = KappaCalibrator(cfg.kappa, cfg.confidence, min_runs=cfg.calibration_runs,
+                                         cap_window=cfg.cap_runs)
         self.episode = -1
         self.learned_available = True
         """False while no learned policy exists yet (an actor before the learner's first parameters): episodes
@@ -84,6 +85,11 @@ class _Mixer:
                              f"{reward!r}, expected a finite reward >= 0")
         self._rewards.append(float(reward))
 
+    def _calibration(self) -> dict[str, float]:
+        """kappa and the returns' cap on L for the log (inf, i.e. not yet calibrated, is logged as -1)."""
+        c = self.calibrator
+        return {"kappa": c.kappa if np.isfinite(c.kappa) else -1.0, "cap": c.cap if np.isfinite(c.cap) else -1.0}
+
     def log_fields(self) -> dict[str, float]:
         """This episode's record: eps / switch step, L, U, kappa and (after `end_episode`) the return."""
         return dict(self._fields)
@@ -112,7 +118,7 @@ class EpsMix(_Mixer):
 
     def decide(self, bound: ValueBound) -> tuple[Choice, float, float, float]:
         """(choice, eps_k, L, U) for one episode, using the calibrated kappa."""
-        lower, upper = bound.lower(self.calibrator.kappa), self.baseline.upper()
+        lower, upper = self.calibrator.lower(bound), self.baseline.upper()
         eps = epsmix_epsilon(lower, upper, self.cfg.alpha)
         return (LEARNED if self.rng.random() < eps else BASELINE), eps, lower, upper
 
@@ -127,7 +133,7 @@ class EpsMix(_Mixer):
                                      "learned policy's ValueBound at s1 (needs_bound is True)")
                 self.choice, eps, lower, upper = self.decide(bound)
                 self._bound = bound
-                self._fields.update(epsilon=eps, lower=lower, upper=upper, kappa=self.calibrator.kappa)
+                self._fields.update(epsilon=eps, lower=lower, upper=upper, **self._calibration())
             self._fields["learned"] = float(self.choice == LEARNED)
         self._states.append(np.asarray(obs))
         return self.choice
@@ -191,11 +197,10 @@ class StepMix(_Mixer):
         if bound is None:
             raise ValueError(f"StepMix.choose: episode {self.episode} step {t} got bound None, expected the learned "
                              "policy's ValueBound at this state (needs_bound is True)")
-        kappa = self.calibrator.kappa
         g_t = self.baseline.discount**t
-        lower, upper_here = bound.lower(kappa), self.step_baseline.upper(self._states[-1], t)
+        lower, upper_here = self.calibrator.lower(bound), self.step_baseline.upper(self._states[-1], t)
         if t == 0:
-            self._fields.update(lower=lower, upper=self.baseline.upper(), upper_s1=upper_here, kappa=kappa)
+            self._fields.update(lower=lower, upper=self.baseline.upper(), upper_s1=upper_here, **self._calibration())
         if self._banked + g_t * lower >= (1.0 - self.cfg.alpha) * (self._banked + g_t * upper_here):
             self.switch_step, self._switch_bound = t, bound
             self._fields.update(switch_step=float(t), lower_at_switch=lower, upper_at_switch=upper_here)
@@ -223,10 +228,12 @@ def make_mixer(
         raise ValueError(f"mixing.mode: got {cfg.mode!r}, expected one of {', '.join(MODES)}")
     checks = [
         ("mixing.alpha", cfg.alpha, 0.0 < cfg.alpha < 1.0, "in (0, 1)"),
-        ("mixing.kappa", cfg.kappa, np.isfinite(cfg.kappa) and cfg.kappa >= 0.0, ">= 0"),
+        ("mixing.kappa", cfg.kappa, cfg.kappa >= 0.0, ">= 0 (inf: no trust until calibrated)"),
         ("mixing.value_samples", cfg.value_samples, cfg.value_samples >= 1, ">= 1"),
         ("mixing.baseline_episodes", cfg.baseline_episodes, cfg.baseline_episodes >= 2, ">= 2 (U needs a spread)"),
         ("mixing.confidence", cfg.confidence, 0.0 < cfg.confidence < 1.0, "in (0, 1)"),
+        ("mixing.calibration_runs", cfg.calibration_runs, cfg.calibration_runs >= 2, ">= 2 (a spread is needed)"),
+        ("mixing.cap_runs", cfg.cap_runs, cfg.cap_runs >= cfg.calibration_runs, ">= mixing.calibration_runs"),
     ]
     for name, value, ok, expected in checks:
         if not ok:
