@@ -163,6 +163,9 @@ class MixingConfig:
     """Baseline rollouts whose Monte-Carlo returns give the baseline's value estimate U."""
     confidence: float = 0.95
     """One-sided confidence of the upper estimate U of the baseline's value."""
+    baseline_run: str = ""
+    """The baseline policy: empty = the task's scripted controller; or a run folder (`serl train` output, e.g. a
+    behaviour-cloned or earlier RL policy on the same task) whose latest checkpoint acts deterministically."""
     snapshot_every: int = 0
     """Every this many training episodes the actor saves the policy that episode runs (frozen parameters and
     the mixer as it stood at the episode's start) to `<run>/mixing-snapshots/`, so its value can be measured

@@ -4,9 +4,10 @@ Owns: `check_mixing` (what mixing needs from a config, checked before anything s
 per-step glue between a mixer from safety/stepmix.py, which only decides, the baseline policy, the learned policy
 and the critic's value bound at the current state), keeping the mixer's state across actor restarts, and the
 snapshots of "the policy an episode ran" (`save_snapshot` / `load_snapshot`) that benchmarks/conservative.py
-measures offline. The baseline is the task's scripted controller (`envs.scripted.make_scripted`) or any
-`obs -> action` callable. JAX is reached only through the actor's `PolicyRunner`, so this module imports without
-it (the `serl train` parent process checks configs with it).
+measures offline. The baseline is the task's scripted controller (`envs.scripted.make_scripted`), a
+checkpointed policy (`mixing.baseline_run`, e.g. behaviour cloning) or any `obs -> action` callable. JAX is
+imported only where a policy acts, so this module imports without it (the `serl train` parent process checks
+configs with it).
 """
 
 from __future__ import annotations
@@ -47,9 +48,51 @@ def check_mixing(cfg: Config) -> None:
                          "potential shaping that can be negative; expected env.dense_reward: false")
     from serl_stack.envs.scripted import SCRIPTED  # MuJoCo, but no JAX
 
-    if cfg.env.id not in SCRIPTED:
-        raise ValueError(f"mixing.mode={cfg.mixing.mode} needs a baseline policy: env.id {cfg.env.id!r} has none; "
-                         f"expected one of {sorted(SCRIPTED)}")
+    if cfg.mixing.baseline_run:
+        baseline_run_config(cfg)
+    elif cfg.env.id not in SCRIPTED:
+        raise ValueError(f"mixing.mode={cfg.mixing.mode} needs a baseline policy: env.id {cfg.env.id!r} has no "
+                         f"scripted one (expected one of {sorted(SCRIPTED)}); set mixing.baseline_run to a run "
+                         "folder whose checkpoint should act as the baseline")
+
+
+def baseline_run_config(cfg: Config) -> Config:
+    """The config of the run `mixing.baseline_run` names, checked to fit this run (same task, a checkpoint)."""
+    from serl_stack.evaluation import EvalError, checkpoint_steps, read_run_config
+
+    run = Path(cfg.mixing.baseline_run).expanduser()
+    try:
+        run_cfg = read_run_config(run)
+    except EvalError as e:
+        raise ValueError(f"mixing.baseline_run: {str(e).removeprefix('--run-dir: ')}") from e
+    if run_cfg.env.id != cfg.env.id:
+        raise ValueError(f"mixing.baseline_run: {run} was trained on env.id {run_cfg.env.id!r}, expected this "
+                         f"run's {cfg.env.id!r}")
+    if not checkpoint_steps(run):
+        raise ValueError(f"mixing.baseline_run: {run} has no checkpoint; expected a finished or interrupted "
+                         "`serl train` run folder")
+    return run_cfg
+
+
+def make_baseline(cfg: Config) -> BaselinePolicy:
+    """The baseline `cfg.mixing` names: the scripted controller, or a checkpointed policy acting
+    deterministically (its own config's observation keys and network; JAX is imported only then)."""
+    if not cfg.mixing.baseline_run:
+        from serl_stack.envs.scripted import make_scripted
+
+        return make_scripted(cfg.env)
+    import jax
+
+    from serl_stack.evaluation import load_policy
+
+    baseline_run_config(cfg)
+    _, runner, _ = load_policy(Path(cfg.mixing.baseline_run).expanduser())
+    key = jax.random.PRNGKey(0)  # unused by a deterministic policy
+
+    def act(obs: Mapping[str, Any]) -> np.ndarray:
+        return runner.act(runner.observe(obs), key, True)
+
+    return act
 
 
 def state_vector(agent_obs: Any) -> np.ndarray:
@@ -75,14 +118,12 @@ class MixedActing:
 
     @classmethod
     def from_config(cls, cfg: Config, runner: PolicyRunner, seed: int) -> MixedActing | None:
-        """The mixer `cfg.mixing.mode` names with the task's scripted baseline; None when mixing is off."""
-        from serl_stack.envs.scripted import make_scripted
-
+        """The mixer `cfg.mixing.mode` names with its baseline (`make_baseline`); None when mixing is off."""
         check_mixing(cfg)
         mixer = make_mixer(cfg.mixing, discount=cfg.agent.discount, rng=np.random.default_rng(seed))
         if mixer is None:
             return None
-        return cls(mixer, make_scripted(cfg.env), runner)
+        return cls(mixer, make_baseline(cfg), runner)
 
     def begin_episode(self) -> None:
         self.mixer.learned_available = self.runner.params is not None

@@ -19,7 +19,7 @@ from flax import serialization
 
 from serl_stack.actor import PolicyRunner
 from serl_stack.agents.sac import SACAgent
-from serl_stack.config import AgentConfig, Config, EnvConfig, MixingConfig
+from serl_stack.config import AgentConfig, Config, EnvConfig, MixingConfig, dump
 from serl_stack.envs import make_env
 from serl_stack.mixing import (
     MIXER_STATE,
@@ -250,3 +250,53 @@ def test_snapshots_freeze_the_policy_an_episode_ran(env, tmp_path: Path) -> None
     bogus.write_bytes(pickle.dumps({"episode": 1}))
     with pytest.raises(ValueError, match="not a mixing snapshot"):
         load_snapshot(bogus)
+
+
+# ------------------------------------------------------------------------------------ a checkpointed baseline
+
+
+def test_a_checkpointed_policy_can_be_the_baseline(env, tmp_path: Path) -> None:
+    """mixing.baseline_run: a run folder's latest checkpoint acts as the baseline, deterministically, with exactly
+    the actions `serl eval` would take; a folder of another task, without a checkpoint or missing is refused by
+    name before anything runs."""
+    from test_eval_cli import _write_run
+
+    from serl_stack.evaluation import load_policy
+    from serl_stack.mixing import make_baseline
+
+    baseline_cfg = dataclasses.replace(_cfg("off"), agent=AgentConfig(hidden_dims=(16, 16), batch_size=16),
+                                       replay=dataclasses.replace(Config().replay, on_device=False))
+    run = tmp_path / "bc-run"
+    _write_run(run, baseline_cfg, updates=2, transitions=30)
+    cfg = dataclasses.replace(_cfg("epsmix"), mixing=dataclasses.replace(_cfg("epsmix").mixing,
+                                                                          baseline_run=str(run)))
+    check_mixing(cfg)
+    baseline = make_baseline(cfg)
+    _, runner, _ = load_policy(run)
+    obs, _ = env.reset(seed=11)
+    for _ in range(3):
+        action = baseline(obs)
+        np.testing.assert_array_equal(action, runner.act(runner.observe(obs), jax.random.PRNGKey(9), True))
+        obs, *_ = env.step(action)
+    runner_cfg = _cfg("epsmix")
+    policy_runner, _ = _runner(env, runner_cfg)
+    acting = MixedActing.from_config(cfg, policy_runner, seed=0)
+    obs, _ = env.reset(seed=11)
+    acting.begin_episode()
+    np.testing.assert_array_equal(acting.act(obs, jax.random.PRNGKey(0)), baseline(obs))  # warm-up: baseline
+
+    def refused(path: Path) -> str:
+        bad = dataclasses.replace(cfg, mixing=dataclasses.replace(cfg.mixing, baseline_run=str(path)))
+        with pytest.raises(ValueError, match="mixing.baseline_run") as e:
+            check_mixing(bad)
+        return str(e.value)
+
+    assert "not a folder" in refused(tmp_path / "missing")
+    empty = tmp_path / "no-checkpoint"
+    empty.mkdir()
+    (empty / "config.yaml").write_text((run / "config.yaml").read_text())
+    assert "has no checkpoint" in refused(empty)
+    other = tmp_path / "reach-run"
+    other.mkdir()
+    (other / "config.yaml").write_text(dump(Config()))
+    assert "FrankaReach-v0" in refused(other)
