@@ -202,15 +202,16 @@ class Actor:
                         lambda s=step: actor_may_step(s, self._updates(), t.start_steps, t.throttle_slack),
                         "updates",
                     )
-                rng_key, key = jax.random.split(rng_key)
-                if mixing is not None:  # the mixer picks the baseline or the learned policy (never random)
-                    action = mixing.act(obs, key)
-                elif step < t.start_steps:
-                    action = self.env.action_space.sample()
+                if mixing is None and step < t.start_steps:
+                    action = self.env.action_space.sample()  # random warm-up: no key to split (~30 us a step)
                 else:
-                    if self.policy.params is None:
-                        self._wait(lambda: self.policy.params is not None, "first parameters")
-                    action = self.policy.act(self.policy.observe(obs), key, False)
+                    rng_key, key = jax.random.split(rng_key)
+                    if mixing is not None:  # the mixer picks the baseline or the learned policy (never random)
+                        action = mixing.act(obs, key)
+                    else:
+                        if self.policy.params is None:
+                            self._wait(lambda: self.policy.params is not None, "first parameters")
+                        action = self.policy.act(self.policy.observe(obs), key, False)
                 next_obs, reward, terminated, truncated, info = self.env.step(action)
                 if mixing is not None:
                     try:

@@ -134,12 +134,14 @@ class MixedActing:
         import jax
 
         x = self.runner.observe(obs)
-        policy_key, value_key = jax.random.split(key)
-        bound = self.runner.value_bound(x, value_key) if self.mixer.needs_bound else None
+        bound = None
+        if self.mixer.needs_bound:
+            key, value_key = jax.random.split(key)
+            bound = self.runner.value_bound(x, value_key)
         choice = self.mixer.choose(state_vector(x), bound)
         self.choices.append(choice)
         if choice == LEARNED:
-            return self.runner.act(x, policy_key, self.deterministic)
+            return self.runner.act(x, key, self.deterministic)
         return np.asarray(self.baseline(obs), np.float32)
 
     def record_reward(self, reward: float) -> None:
