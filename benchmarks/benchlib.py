@@ -127,6 +127,22 @@ def record_demos(config: str, out: Path, keep: int, noise: float) -> float:
     return run_logged(cmd, out.parent / f"{out.name}.record-demos.log", "serl record-demos")
 
 
+def parse_modes(text: str, known: tuple[str, ...]) -> list[str]:
+    """The comma-separated `--modes` list, or a SystemExit naming the unknown ones."""
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = sorted(set(modes) - set(known))
+    if unknown:
+        raise SystemExit(f"--modes: unknown {unknown}; expected a comma-separated subset of {list(known)}")
+    return modes
+
+
+def runs_root(runs_dir: str, name: str) -> Path:
+    """A fresh, absolute `<ROOT>/<runs_dir>/<name>-<date>-<time>` folder for one benchmark run's run folders."""
+    root = (ROOT / runs_dir / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}").absolute()
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
 def require_positive(cfg: Any, names: tuple[str, ...]) -> None:
     """SystemExit naming the flag (`--field-name`) of the first of `cfg`'s fields `names` that is below 1."""
     for name in names:

@@ -27,6 +27,7 @@ below mode off's. Run folders go under `runs/` (gitignored); progress goes to st
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import sys
@@ -296,18 +297,12 @@ def plot(results: dict[str, dict[str, Any]], v_b: float, threshold: float, cfg: 
 
 
 def run(cfg: BenchConfig) -> dict[str, Any]:
-    import dataclasses
-
     from serl_stack.config import apply_overrides
 
     start = time.monotonic()
-    modes = [m.strip() for m in cfg.modes.split(",") if m.strip()]
-    unknown = sorted(set(modes) - set(MODES))
-    if unknown:
-        raise SystemExit(f"--modes: unknown {unknown}; expected a comma-separated subset of {list(MODES)}")
+    modes = benchlib.parse_modes(cfg.modes, MODES)
     base_cfg: Config = load(benchlib.ROOT / cfg.config)
-    root = (benchlib.ROOT / cfg.runs_dir / f"conservative-{time.strftime('%Y%m%d-%H%M%S')}").absolute()
-    root.mkdir(parents=True, exist_ok=True)
+    root = benchlib.runs_root(cfg.runs_dir, "conservative")
     log(f"{base_cfg.env.id}: modes {modes}, {cfg.episodes} training episodes each; run folders under {root}")
     demo_dir = root / "demos"
     demo_wall = benchlib.record_demos(cfg.config, demo_dir, cfg.demos, cfg.demo_noise)

@@ -273,7 +273,7 @@ def summarize(results: dict[str, list[dict[str, Any]]], cfg: BenchConfig) -> dic
 def run(cfg: BenchConfig) -> dict[str, Any]:
     start = time.monotonic()
     load_before = os.getloadavg()[0]
-    runs_root = (ROOT / cfg.runs_dir / f"gym_parity-{time.strftime('%Y%m%d-%H%M%S')}").absolute()
+    runs_root = benchlib.runs_root(cfg.runs_dir, "gym_parity")
     log(f"{ENV_ID}: {cfg.steps} env steps x {cfg.seeds} seeds x (ours, SBX); run folders under {runs_root}")
     results: dict[str, list[dict[str, Any]]] = {"ours": [], "sbx": []}
     sbx_version = ""

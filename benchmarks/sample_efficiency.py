@@ -244,13 +244,9 @@ def summarize(results: dict[str, list[dict[str, Any]]], cfg: BenchConfig) -> dic
 
 def run(cfg: BenchConfig) -> dict[str, Any]:
     start = time.monotonic()
-    modes = [m.strip() for m in cfg.modes.split(",") if m.strip()]
-    unknown = sorted(set(modes) - set(MODES))
-    if unknown:
-        raise SystemExit(f"--modes: unknown {unknown}; expected a comma-separated subset of {list(MODES)}")
+    modes = benchlib.parse_modes(cfg.modes, MODES)
     serl_cfg: Config = load(ROOT / cfg.config)
-    root = (ROOT / cfg.runs_dir / f"sample_efficiency-{time.strftime('%Y%m%d-%H%M%S')}").absolute()
-    root.mkdir(parents=True, exist_ok=True)
+    root = benchlib.runs_root(cfg.runs_dir, "sample_efficiency")
     log(f"{serl_cfg.env.id}: modes {modes} x {cfg.seeds} seeds, up to {cfg.max_steps} env steps each; "
         f"run folders under {root}")
     demo_dir, demo_wall = None, None
