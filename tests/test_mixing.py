@@ -76,6 +76,19 @@ def _broadcast(runner: PolicyRunner, agent: SACAgent, version: int = 1) -> None:
     runner.load(version, jax.tree.map(np.asarray, serialization.to_state_dict(agent.value_params)))
 
 
+def _acting(cfg: Config, baseline, runner: PolicyRunner, deterministic: bool = False) -> MixedActing:
+    """MixedActing with a fresh mixer for `cfg.mixing` (discount 0.96, seed 0)."""
+    mixer = make_mixer(cfg.mixing, discount=0.96, rng=np.random.default_rng(0))
+    return MixedActing(mixer, baseline, runner, deterministic)
+
+
+def _past_warmup(env, acting: MixedActing, runner: PolicyRunner, agent: SACAgent) -> None:
+    """The mixer's baseline_episodes (2) warm-up episodes, then the learner's first parameters arrive."""
+    for seed in range(2):
+        _episode(env, acting, seed)
+    _broadcast(runner, agent)
+
+
 def _episode(env, acting: MixedActing, seed: int) -> dict[str, float]:
     obs, _ = env.reset(seed=seed)
     acting.begin_episode()
@@ -144,7 +157,7 @@ def test_baseline_acts_until_the_first_parameters_arrive(env) -> None:
     cfg = _cfg("stepmix")
     runner, _ = _runner(env, cfg)
     baseline = Still(env.action_space.shape[0])
-    acting = MixedActing(make_mixer(cfg.mixing, discount=0.96, rng=np.random.default_rng(0)), baseline, runner)
+    acting = _acting(cfg, baseline, runner)
     # More than baseline_episodes: U is ready, but with no learned policy every episode stays a warm-up one.
     for seed in range(4):
         record = _episode(env, acting, seed)
@@ -160,11 +173,8 @@ def test_stepmix_switches_to_the_runners_policy_when_the_bound_holds(env) -> Non
     cfg = _cfg("stepmix", kappa=1.0)
     runner, agent = _runner(env, cfg)
     baseline = Still(env.action_space.shape[0])
-    acting = MixedActing(make_mixer(cfg.mixing, discount=0.96, rng=np.random.default_rng(0)), baseline, runner,
-                         deterministic=True)
-    for seed in range(2):
-        _episode(env, acting, seed)
-    _broadcast(runner, agent)
+    acting = _acting(cfg, baseline, runner, deterministic=True)
+    _past_warmup(env, acting, runner, agent)
     calls = baseline.calls
     obs, _ = env.reset(seed=7)
     acting.begin_episode()
@@ -187,10 +197,8 @@ def test_epsmix_with_a_worthless_baseline_runs_the_learned_policy_all_episode(en
     cfg = _cfg("epsmix")
     runner, agent = _runner(env, cfg)
     baseline = Still(env.action_space.shape[0])
-    acting = MixedActing(make_mixer(cfg.mixing, discount=0.96, rng=np.random.default_rng(0)), baseline, runner)
-    for seed in range(2):
-        _episode(env, acting, seed)
-    _broadcast(runner, agent)
+    acting = _acting(cfg, baseline, runner)
+    _past_warmup(env, acting, runner, agent)
     calls = baseline.calls
     record = _episode(env, acting, seed=9)
     assert record["epsilon"] == 1.0 and record["learned_steps"] == cfg.env.max_episode_steps
@@ -210,22 +218,21 @@ def test_value_bound_needs_a_critic(env) -> None:
 def test_mixer_state_survives_a_restart(env, tmp_path: Path) -> None:
     cfg = _cfg("epsmix")
     runner, _ = _runner(env, cfg)
-    first = MixedActing(make_mixer(cfg.mixing, discount=0.96, rng=np.random.default_rng(0)), Still(7), runner)
+    first = _acting(cfg, Still(7), runner)
     for seed in range(3):
         _episode(env, first, seed)
     path = tmp_path / MIXER_STATE.format(actor_id="actor-0")
     first.save_state(path)
     assert not path.with_suffix(".tmp").exists()
 
-    restarted = MixedActing(make_mixer(cfg.mixing, discount=0.96, rng=np.random.default_rng(0)), Still(7), runner)
+    restarted = _acting(cfg, Still(7), runner)
     assert restarted.restore_state(path)
     assert restarted.mixer.episode == 2 and restarted.mixer.baseline.n == 3
     # The coin stream continues where it was, not from the seed again.
     assert restarted.mixer.rng.bit_generator.state == first.mixer.rng.bit_generator.state
     assert not restarted.restore_state(tmp_path / "missing.pkl")
 
-    stepmix = MixedActing(make_mixer(_cfg("stepmix").mixing, discount=0.96, rng=np.random.default_rng(0)),
-                          Still(7), runner)
+    stepmix = _acting(_cfg("stepmix"), Still(7), runner)
     with pytest.raises(ValueError, match="EpsMix mixer, but mixing.mode asks for StepMix"):
         stepmix.restore_state(path)
 
@@ -233,7 +240,7 @@ def test_mixer_state_survives_a_restart(env, tmp_path: Path) -> None:
 def test_snapshots_freeze_the_policy_an_episode_ran(env, tmp_path: Path) -> None:
     cfg = _cfg("stepmix")
     runner, agent = _runner(env, cfg)
-    acting = MixedActing(make_mixer(cfg.mixing, discount=0.96, rng=np.random.default_rng(0)), Still(7), runner)
+    acting = _acting(cfg, Still(7), runner)
     _episode(env, acting, 0)
     params = jax.tree.map(np.asarray, serialization.to_state_dict(agent.value_params))
     later = save_snapshot(tmp_path, 10, params, acting.mixer)

@@ -435,7 +435,7 @@ class FrankaEnv(gym.Env[ObsDict, np.ndarray]):
         info["safety"] = result.flags()
         truncated = self._elapsed >= self.cfg.max_episode_steps
         if terminated or truncated:
-            info["safety_counts"] = self.safety.episode_counts()
+            info["safety_counts"] = self.safety_counts()
         return self._observed(obs), reward, terminated, truncated, info
 
     def render(self) -> np.ndarray | None:
