@@ -26,7 +26,13 @@ class Checkpointer:
         )
 
     def save(self, step: int, state: Any, meta: dict[str, Any] | None = None) -> Path:
-        """Save `state` (a pytree of arrays) and `meta` (JSON-able) as checkpoint `step`; returns its folder."""
+        """Save `state` (a pytree of arrays) and `meta` (JSON-able) as checkpoint `step`; returns its folder.
+
+        A checkpoint already at `step` is replaced: e.g. Ctrl-C right after a periodic checkpoint, before the next
+        update, saves the same step again with newer counters (env steps, log offset), and must not fail there.
+        """
+        if step in self._mgr.all_steps():
+            self._mgr.delete(step)
         self._mgr.save(
             step,
             args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta or {})),
