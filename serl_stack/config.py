@@ -177,7 +177,14 @@ class EnvConfig:
     """A MuJoCo Franka task on the DESIGN.md observation/action contract."""
 
     id: str = "FrankaReach-v0"
-    """Gymnasium id of the task."""
+    """Gymnasium id of the task: a serl_stack task, any registered id, or `module:EnvId` (Gymnasium imports
+    `module` first, which registers the env)."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments passed to `gymnasium.make` for an env that is not a serl_stack task (those take this
+    config instead)."""
+    success_key: str = "success"
+    """The `info` key whose truthy value at an episode's last step means success (None/absent: the env has no
+    notion of success)."""
     control_hz: float = 10.0
     """Policy rate; the controller runs at the physics rate below it."""
     max_episode_steps: int = 100
@@ -284,6 +291,9 @@ class ReplayConfig:
     """Folder of demonstrations (docs/demos.md) mixed into every batch; empty = no demonstrations."""
     demo_fraction: float = 0.5
     """Share of every minibatch drawn from the demonstrations when `demo_dir` is set (RLPD/SERL: 0.5)."""
+    action_source: Literal["executed", "policy"] = "executed"
+    """Which action the replay buffer learns from: `executed` (what the robot did after the safety filter or a
+    human; the default) or `policy` (what the policy asked for). The transition log keeps both."""
 
 
 @dataclass(frozen=True)
@@ -318,6 +328,10 @@ class TransportConfig:
     """The actor warns (and keeps acting on its last parameters) when the learner is silent this long."""
     ledger: bool = False
     """Actor keeps `<run>/ledger-<actor id>.txt`: seq and SHA-256 of every transition it spools (audit trail)."""
+    spool_max_bytes: int = 4 << 30
+    """Largest size (bytes) of an actor's spool of unacknowledged transitions; at the cap the actor stops stepping
+    with an error instead of filling the robot PC's disk while the learner is away (4 GiB: about 20 minutes of
+    two-camera data at 10 Hz, weeks of state-only data)."""
 
 
 @dataclass(frozen=True)
@@ -326,10 +340,14 @@ class TrainConfig:
 
     seed: int = 0
     """Seed for the agent, the env and the sampling."""
+    num_actors: int = 1
+    """Actor processes feeding the learner (ids `actor-0` .. `actor-<n-1>`, each with its own env seed, spool and
+    mixer); `serl train` starts them all, on two machines start each with `serl actor --actor-id actor-<i>`."""
     total_env_steps: int = 20_000
-    """Env steps the actor collects before the run stops."""
+    """Env steps the actors collect before the run stops, all actors together (actor i collects its share)."""
     max_episodes: int = 0
-    """Training episodes after which the run stops, if it has not stopped at `total_env_steps` (0 = no limit)."""
+    """Training episodes after which the run stops, if it has not stopped at `total_env_steps`, all actors
+    together (0 = no limit)."""
     start_steps: int = 1_000
     """Uniform random actions before the policy is used; learning starts after this many transitions."""
     throttle_slack: int = 200
@@ -400,6 +418,10 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
             except ConfigError as e:
                 errors.append(str(e))
         raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"{path}: expected a mapping with string keys, got {value!r}")
+        return dict(value)
     if origin is tuple:
         args = typing.get_args(tp)
         if not isinstance(value, (list, tuple)):
@@ -466,6 +488,8 @@ def to_dict(cfg: Any) -> dict[str, Any]:
             return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
         if isinstance(v, tuple):
             return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
         return v
 
     return plain(cfg)
@@ -479,8 +503,22 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
 
 
+def _free_mapping(cls: Any, parts: list[str]) -> bool:
+    """Whether the dotted path `parts` below dataclass `cls` ends in a free-form mapping field (`env.kwargs`),
+    whose keys an override may add."""
+    for part in parts:
+        if not dataclasses.is_dataclass(cls):
+            return False
+        hints = typing.get_type_hints(cls)
+        if part not in hints:
+            return False
+        cls = hints[part]
+    return typing.get_origin(cls) is dict
+
+
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
-    """Return `cfg` with each `dotted.key=value` override applied and type-checked."""
+    """Return `cfg` with each `dotted.key=value` override applied and type-checked. A key below a mapping field
+    (`env.kwargs.render_mode=rgb_array`) adds or replaces that entry."""
     data = to_dict(cfg)
     for text in overrides:
         key, value = parse_override(text)
@@ -490,7 +528,7 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
             if not isinstance(node.get(part), dict):
                 raise ConfigError(f"unknown config key '{'.'.join(parts[: i + 1])}' in override {text!r}")
             node = node[part]
-        if parts[-1] not in node:
+        if parts[-1] not in node and not _free_mapping(Config, parts[:-1]):
             raise ConfigError(f"unknown config key '{key}' in override {text!r}")
         node[parts[-1]] = value
     return from_dict(data)
