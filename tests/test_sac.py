@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from serl_stack.agents.losses import critic_loss, td_target
 from serl_stack.agents.networks import tanh_gaussian_log_prob, tanh_gaussian_mode, tanh_gaussian_sample
 from serl_stack.agents.policy import make_policy_fn
 from serl_stack.agents.sac import SACAgent
@@ -143,7 +144,9 @@ def test_utd_update_equals_sequential_critic_steps_then_one_actor_step():
 
 def _independent_td_target(agent: SACAgent, batch: dict, subset: int | None) -> tuple[np.ndarray, np.ndarray]:
     """The TD target and critic loss of one critic step, recomputed outside the agent from the same rng:
-    the min over the critics `jax.random.choice` picks (`subset` of them), or over all when `subset` is None."""
+    the min over the critics `jax.random.choice` picks (`subset` of them), or over all when `subset` is None.
+    The formulas are `losses.py`'s (checked against hand-computed values in `test_losses.py`); this checks what
+    the agent feeds them: the keys, the sampled next actions, the chosen critics, the temperature, the discount."""
     if subset is None:
         _, key = jax.random.split(agent.rng)
     else:
@@ -153,14 +156,16 @@ def _independent_td_target(agent: SACAgent, batch: dict, subset: int | None) -> 
     next_qs = np.asarray(agent.target_critic.apply_fn(
         {"params": agent.target_critic.params}, batch["next_observations"], next_actions
     ))
+    chosen = None
     if subset is not None:
         chosen = np.asarray(jax.random.choice(subset_key, next_qs.shape[0], (subset,), replace=False))
         assert len(set(chosen.tolist())) == subset
-        next_qs = next_qs[chosen]
     temperature = float(agent.temp.apply_fn({"params": agent.temp.params}))
-    target = batch["rewards"] + agent.discount * batch["masks"] * (next_qs.min(0) - temperature * next_log_probs)
-    qs = np.asarray(agent.critic.apply_fn({"params": agent.critic.params}, batch["observations"], batch["actions"]))
-    return np.asarray(target), np.mean((qs - target[None]) ** 2)
+    target = td_target(
+        batch["rewards"], batch["masks"], next_qs, next_log_probs, temperature, agent.discount, subset_idx=chosen
+    )
+    qs = agent.critic.apply_fn({"params": agent.critic.params}, batch["observations"], batch["actions"])
+    return np.asarray(target), np.asarray(critic_loss(qs, target)[0])
 
 
 @pytest.mark.parametrize("subset", [2, 0])

@@ -1,10 +1,11 @@
 """Soft actor-critic as an immutable value.
 
 Owns: `SACAgent`, a `flax.struct.PyTreeNode` holding the actor, critic ensemble, target critics and temperature
-train states plus an RNG key, with the SAC losses next to the steps that use them. One jitted `update` runs
-`utd` critic steps (a `lax.scan` over minibatches, target update after each) and then one actor and one
-temperature step on the last minibatch; with `utd = 1` this is standard SAC. The TD target takes the min over
-the whole critic ensemble or, RLPD-style (`critic_subset`), over a random subset drawn per critic step.
+train states plus an RNG key; its critic and actor steps run the networks, draw the random numbers and apply
+the pure losses of `losses.py`. One jitted `update` runs `utd` critic steps (a `lax.scan` over minibatches,
+target update after each) and then one actor and one temperature step on the last minibatch; with `utd = 1`
+this is standard SAC. The TD target takes the min over the whole critic ensemble or, RLPD-style
+(`critic_subset`), over a random subset drawn per critic step.
 `update_from_replay` runs the same update on a batch sampled from a `DeviceReplay` inside the same jit.
 Nothing here does I/O.
 
@@ -27,6 +28,7 @@ from flax import struct
 from flax.training.train_state import TrainState
 
 from serl_stack.agents.encoders import augment, example_obs, features, make_encoder
+from serl_stack.agents.losses import actor_loss, critic_loss, td_target, temperature_loss
 from serl_stack.agents.networks import (
     Temperature,
     identity_obs_norm,
@@ -254,20 +256,17 @@ class SACAgent(struct.PyTreeNode):
         mean, log_std = self.actor.apply_fn({"params": self.actor.params}, next_x)
         next_actions, next_log_probs = tanh_gaussian_sample(mean, log_std, key)
         next_qs = self.target_critic.apply_fn({"params": self.target_critic.params}, next_x, next_actions)
-        if use_subset:
-            # RLPD: the min over a fresh random subset of Z critics per step is less pessimistic than the min
-            # over all E (which grows more negative with E) yet still curbs overestimation.
-            subset = jax.random.choice(subset_key, num_critics, (self.critic_subset,), replace=False)
-            next_qs = next_qs[subset]
-        # Min over the chosen critics, with the entropy bonus of the next action in the backup.
-        next_v = next_qs.min(axis=0) - self._temperature() * next_log_probs
-        target_q = batch["rewards"] + self.discount * batch["masks"] * next_v
+        # RLPD: a fresh random subset of Z critics per step (see `losses.td_target` for why).
+        subset = (
+            jax.random.choice(subset_key, num_critics, (self.critic_subset,), replace=False) if use_subset else None
+        )
+        target_q = td_target(
+            batch["rewards"], batch["masks"], next_qs, next_log_probs, self._temperature(), self.discount, subset
+        )
 
         def loss_fn(params: Any, encoder_params: Any) -> tuple[jax.Array, Info]:
             x = self._features(observations, encoder_params)
-            qs = self.critic.apply_fn({"params": params}, x, batch["actions"])
-            loss = jnp.mean((qs - target_q[None]) ** 2)
-            return loss, {"critic_loss": loss, "q": qs.mean(), "target_q": target_q.mean()}
+            return critic_loss(self.critic.apply_fn({"params": params}, x, batch["actions"]), target_q)
 
         encoder = self.encoder
         if encoder is None:
@@ -297,20 +296,14 @@ class SACAgent(struct.PyTreeNode):
             mean, log_std = self.actor.apply_fn({"params": params}, x)
             actions, log_probs = tanh_gaussian_sample(mean, log_std, key)
             qs = self.critic.apply_fn({"params": self.critic.params}, x, actions)
-            # Mean over the ensemble (as in jaxrl/RLPD): the pessimism already lives in the critic's target.
-            loss = jnp.mean(temperature * log_probs - qs.mean(axis=0))
-            return loss, {"actor_loss": loss, "entropy": -log_probs.mean()}
+            return actor_loss(log_probs, qs, temperature)
 
         grads, actor_info = jax.grad(actor_loss_fn, has_aux=True)(self.actor.params)
         actor = self.actor.apply_gradients(grads=grads)
 
-        entropy = jax.lax.stop_gradient(actor_info["entropy"])
-
         def temp_loss_fn(params: Any) -> tuple[jax.Array, Info]:
-            temp = self.temp.apply_fn({"params": params})
-            # Raises the temperature while the policy's entropy is below target, lowers it above.
-            loss = temp * (entropy - self.target_entropy)
-            return loss, {"temperature_loss": loss}
+            # The entropy the actor had before this step's update, measured by the actor loss.
+            return temperature_loss(self.temp.apply_fn({"params": params}), actor_info["entropy"], self.target_entropy)
 
         grads, temp_info = jax.grad(temp_loss_fn, has_aux=True)(self.temp.params)
         temp = self.temp.apply_gradients(grads=grads)

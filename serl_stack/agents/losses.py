@@ -1,0 +1,79 @@
+"""The SAC losses as pure functions of arrays.
+
+Owns: the TD target (`td_target`), the critic loss (`critic_loss`), the actor loss (`actor_loss`) and the
+temperature loss (`temperature_loss`). Each takes the arrays the networks produced (Q-values, log-probabilities,
+the temperature) and returns plain arrays, so it can be checked against numbers worked out by hand without
+building an agent. `sac.py` runs the networks, draws the random numbers and applies the gradients; nothing here
+knows about optimizers, train states, RNG keys or I/O.
+
+Shapes: E = ensemble size, B = batch size. Losses return `(loss, info)` with `info` holding the scalar
+diagnostics under the names the agent reports.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+Info = dict[str, jax.Array]
+
+
+def td_target(
+    rewards: jax.Array,
+    masks: jax.Array,
+    next_qs: jax.Array,
+    next_log_probs: jax.Array,
+    temperature: jax.Array | float,
+    discount: float,
+    subset_idx: jax.Array | None = None,
+) -> jax.Array:
+    """The soft TD target `r + discount * mask * (min_{i in S} Q'_i(s', a') - temperature * log pi(a'|s'))`, (B,).
+
+    `next_qs` (E, B) are the target critics' values of `a' ~ pi(.|s')`, `next_log_probs` (B,) its log-density.
+    `S` is the whole ensemble when `subset_idx` is None, else the critics at `subset_idx` (RLPD's random subset:
+    the min over a few critics is less pessimistic than the min over all E, which grows more negative with E).
+    `masks` (B,) = 1 - terminated: a terminal step's target is its reward alone; a truncated one still
+    bootstraps (mask 1), because the episode was cut, not ended.
+    """
+    if subset_idx is not None:
+        next_qs = next_qs[subset_idx]
+    # The entropy bonus of the next action belongs to the soft value of s' (maximum-entropy backup).
+    next_v = next_qs.min(axis=0) - temperature * next_log_probs
+    return rewards + discount * masks * next_v
+
+
+def critic_loss(qs: jax.Array, target_q: jax.Array) -> tuple[jax.Array, Info]:
+    """Mean squared error of every ensemble member's `qs` (E, B) against the shared `target_q` (B,).
+
+    The target is a regression label: no gradient flows into it (it was computed from the target critics and
+    the actor, which this loss must not move).
+    """
+    target_q = jax.lax.stop_gradient(target_q)
+    loss = jnp.mean((qs - target_q[None]) ** 2)
+    return loss, {"critic_loss": loss, "q": qs.mean(), "target_q": target_q.mean()}
+
+
+def actor_loss(log_probs: jax.Array, qs: jax.Array, temperature: jax.Array | float) -> tuple[jax.Array, Info]:
+    """`mean(temperature * log pi(a|s) - mean_i Q_i(s, a))` over the batch, for reparameterized `a ~ pi(.|s)`.
+
+    `log_probs` (B,) and `qs` (E, B) must both depend on the actor's parameters (through `a`) for the gradient to
+    be the SAC policy gradient; `temperature` is a constant here (it has its own loss).
+    """
+    # Mean over the ensemble (as in jaxrl/RLPD): the pessimism already lives in the critic's target.
+    # Per-sample terms are summed before the batch mean, so a further term (e.g. a regularizer on log_probs)
+    # is one more (B,) addend here and one more entry in the info.
+    per_sample = temperature * log_probs - qs.mean(axis=0)
+    loss = jnp.mean(per_sample)
+    return loss, {"actor_loss": loss, "entropy": -log_probs.mean()}
+
+
+def temperature_loss(
+    temperature: jax.Array, entropy: jax.Array, target_entropy: float
+) -> tuple[jax.Array, Info]:
+    """`temperature * (entropy - target_entropy)`: its gradient w.r.t. the temperature is `entropy - target`.
+
+    So a descent step raises the temperature while the policy's entropy is below target (more weight on the
+    entropy bonus) and lowers it above. `entropy` is a measurement of the current policy, held constant.
+    """
+    loss = temperature * (jax.lax.stop_gradient(entropy) - target_entropy)
+    return loss, {"temperature_loss": loss}
