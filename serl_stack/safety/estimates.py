@@ -3,7 +3,9 @@
 Owns: `BaselineValue` (an upper confidence estimate U of the baseline's value from Monte-Carlo returns of its
 episodes), `StepBaselineValue` (the same for mid-episode states), the critic-ensemble lower bound L of the learned
 policy's value (`ValueBound`, `learned_lower_bound`; the critic's Q-values come from
-`agents.policy.make_value_fn`) and its online-calibrated kappa (`KappaCalibrator`). Pure numpy.
+`agents.policy.make_value_fn`) and its online-calibrated kappa (`KappaCalibrator`). The stateful ones have
+`state()` / `load_state()` (their settings and data as plain values and numpy arrays) so a mixer survives an
+actor restart; the on-disk form of that state is safety/mixer_state.py's. Pure numpy.
 
 Conventions. Rewards must be >= 0 (the paper's V in [0, H]; the bound arguments need it). Values and returns are
 discounted with the critic's `discount`, because L comes from that critic: U and L must measure the same
@@ -14,8 +16,9 @@ Monte-Carlo returns of baseline episodes estimate.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -37,6 +40,14 @@ def discounted_returns_to_go(rewards: np.ndarray, discount: float) -> np.ndarray
     for t in range(len(rewards) - 1, -1, -1):
         out[t] = rewards[t] + discount * out[t + 1]
     return out[:-1]
+
+
+def check_saved_settings(owner: str, state: Mapping[str, Any], **mine: Any) -> None:
+    """ValueError naming the first setting whose saved value differs from the live object's: saved data only
+    means the same thing under the settings it was gathered with (returns discounted with one discount, ...)."""
+    for name, value in mine.items():
+        if state[name] != value:
+            raise ValueError(f"{owner}.{name}: saved {state[name]!r}, this one has {value!r}")
 
 
 def _t_upper(x: np.ndarray, confidence: float) -> float:
@@ -98,6 +109,23 @@ class BaselineValue:
         n = self.n
         bound = np.sqrt(2.0 * x.var(ddof=1) * log_term / n) + 7.0 * self.max_return * log_term / (3.0 * (n - 1))
         return float(min(x.mean() + bound, self.max_return))
+
+    def state(self) -> dict[str, Any]:
+        """Settings and returns, for saving (safety/mixer_state.py owns the on-disk form)."""
+        return {"confidence": self.confidence, "discount": self.discount, "max_return": self.max_return,
+                "returns": np.array(self._returns, np.float64)}
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        """Take the returns of `state()` from an estimate with the same settings (ValueError otherwise)."""
+        check_saved_settings("BaselineValue", state, confidence=self.confidence, discount=self.discount,
+                             max_return=self.max_return)
+        returns = np.asarray(state["returns"], np.float64)
+        high = np.inf if self.max_return is None else self.max_return
+        if returns.ndim != 1 or not np.all(np.isfinite(returns) & (returns >= 0) & (returns <= high)):
+            raise ValueError(f"BaselineValue.returns: got shape {returns.shape} with values in "
+                             f"[{returns.min(initial=0.0)!r}, {returns.max(initial=0.0)!r}], expected a 1-D array "
+                             f"of finite returns in [0, {high!r}]")
+        self._returns = [float(x) for x in returns]
 
 
 class StepBaselineValue:
@@ -166,6 +194,33 @@ class StepBaselineValue:
         k = min(self.k, self.n)
         pick = np.argsort(d[rows, nearest], kind="stable")[:k]
         return max(_t_upper(rtg[pick, nearest[pick]], self.confidence), 0.0)
+
+    def state(self) -> dict[str, Any]:
+        """Settings and the stored episodes (states (T, D), discounted returns-to-go (T,)), for saving."""
+        return {"confidence": self.confidence, "discount": self.discount, "k": self.k,
+                "states": [s.copy() for s, _ in self._episodes],
+                "returns_to_go": [g.copy() for _, g in self._episodes]}
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        """Take the episodes of `state()` from an estimate with the same settings (ValueError otherwise)."""
+        check_saved_settings("StepBaselineValue", state, confidence=self.confidence, discount=self.discount,
+                             k=self.k)
+        states, rtgs = list(state["states"]), list(state["returns_to_go"])
+        if len(states) != len(rtgs):
+            raise ValueError(f"StepBaselineValue: {len(states)} state arrays and {len(rtgs)} returns-to-go arrays, "
+                             "expected one of each per episode")
+        episodes = []
+        for i, (s_, g_) in enumerate(zip(states, rtgs, strict=True)):
+            s, g = np.array(s_, np.float64), np.array(g_, np.float64)
+            dim = episodes[0][0].shape[1] if episodes else "D"  # every episode has the first one's state dim
+            if s.ndim != 2 or len(s) == 0 or (episodes and s.shape[1] != dim) or g.shape != (len(s),):
+                raise ValueError(f"StepBaselineValue: episode {i} states shape {s.shape}, returns-to-go shape "
+                                 f"{g.shape}, expected (T, {dim}) and (T,) with T >= 1")
+            if not (np.all(np.isfinite(s)) and np.all(np.isfinite(g) & (g >= 0))):
+                raise ValueError(f"StepBaselineValue: episode {i} holds non-finite states or returns-to-go < 0, "
+                                 "expected finite states and returns-to-go >= 0")
+            episodes.append((s, g))
+        self._episodes, self._cache = episodes, None
 
 
 # --------------------------------------------------------------------------------------- learned lower bound
@@ -278,6 +333,31 @@ class KappaCalibrator:
     def lower(self, bound: ValueBound) -> float:
         """L at a state: the critic's bound with the calibrated kappa, capped by the realized returns."""
         return min(bound.lower(self._kappa), self._cap)
+
+    def state(self) -> dict[str, Any]:
+        """Settings, the runs window ((n, 3): bound mean, bound std, realized return) and the current kappa and
+        cap, for saving. kappa and cap are stored, not refitted on load, so a restored calibrator gives the very
+        same floats whatever scipy version reads it."""
+        return {"initial": self.initial, "target": self.target, "window": self.window, "min_runs": self.min_runs,
+                "cap_window": self.cap_window, "runs": np.array(list(self._runs), np.float64).reshape(-1, 3),
+                "kappa": self._kappa, "cap": self._cap}
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        """Take the runs, kappa and cap of `state()` from a calibrator with the same settings (ValueError
+        otherwise)."""
+        check_saved_settings("KappaCalibrator", state, initial=self.initial, target=self.target, window=self.window,
+                             min_runs=self.min_runs, cap_window=self.cap_window)
+        runs = np.asarray(state["runs"], np.float64)
+        maxlen = self._runs.maxlen
+        if runs.ndim != 2 or runs.shape[1] != 3 or len(runs) > maxlen or not np.all(np.isfinite(runs)):
+            raise ValueError(f"KappaCalibrator.runs: got shape {runs.shape}, expected finite (n, 3) runs (bound "
+                             f"mean, bound std, realized return) with n <= {maxlen}")
+        kappa, cap = float(state["kappa"]), float(state["cap"])
+        for name, value in (("kappa", kappa), ("cap", cap)):
+            if not value >= 0:  # inf is allowed (uncalibrated / no kappa fits); NaN fails here
+                raise ValueError(f"KappaCalibrator.{name}: got {value!r}, expected >= 0 (inf allowed)")
+        self._runs = deque((tuple(float(x) for x in run) for run in runs), maxlen=maxlen)
+        self._kappa, self._cap = kappa, cap
 
 
 # ----------------------------------------------------------------------------------------------- mixing

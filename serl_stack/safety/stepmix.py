@@ -1,15 +1,19 @@
 """Conservative baseline mixing (EpsMix / StepMix) after "Near-optimal Conservative Exploration in RL under
 Episode-wise Constraints": every episode k should satisfy V^{pi_k}(s1) >= (1 - alpha) V^b(s1) w.h.p.
 
-Owns: the EpsMix mixing probability, the two per-episode mixers with their log fields, and `make_mixer`, which
-builds one from `MixingConfig`. The estimates they compare (U of the baseline, L of the learned policy) live in
-estimates.py. Nothing here steps an env: the actor asks a mixer which policy acts (`choose`) and reports rewards
-back. Rewards must be >= 0 and values are discounted with the critic's discount (see estimates.py).
+Owns: the EpsMix mixing probability, the two per-episode mixers with their log fields and their `state()` /
+`load_state()` (everything a restarted actor needs to continue one exactly; safety/mixer_state.py writes it to
+disk), and `make_mixer`, which builds one from `MixingConfig`. The estimates they compare (U of the baseline, L
+of the learned policy) live in estimates.py. Nothing here steps an env: the actor asks a mixer which policy acts
+(`choose`) and reports rewards back. Rewards must be >= 0 and values are discounted with the critic's discount
+(see estimates.py).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
@@ -26,6 +30,19 @@ Choice = Literal["learned", "baseline"]
 LEARNED: Choice = "learned"
 BASELINE: Choice = "baseline"
 MODES = ("off", "epsmix", "stepmix")
+SAVED_SETTINGS = ("mode", "alpha", "kappa", "calibration_runs", "cap_runs", "baseline_episodes", "confidence",
+                  "baseline_run")
+"""The MixingConfig fields a mixer's saved statistics and decisions depend on (baseline_run: the policy whose
+returns U holds). A saved mixer is restored only under the same values: under others it would not continue what
+was saved, and U or kappa would silently describe another setting."""
+
+
+def _bound_state(bound: ValueBound | None) -> dict[str, float] | None:
+    return None if bound is None else {"mean": float(bound.mean), "std": float(bound.std)}
+
+
+def _bound_from_state(state: Mapping[str, float] | None) -> ValueBound | None:
+    return None if state is None else ValueBound(float(state["mean"]), float(state["std"]))
 
 
 def epsmix_epsilon(lower: float, upper: float, alpha: float) -> float:
@@ -48,6 +65,9 @@ class _Mixer:
     """What both mixers share: the warm-up of pure baseline episodes that feeds U, the calibrated kappa, and the
     per-episode log record. Actor protocol: `begin_episode()`; per step `choose(obs, bound if needs_bound else
     None)` then `record_reward(r)`; `end_episode()` returns the log fields."""
+
+    MODE: ClassVar[str]
+    """The `mixing.mode` that builds this mixer (also the tag of its saved state)."""
 
     def __init__(self, cfg: MixingConfig, baseline: BaselineValue) -> None:
         self.cfg, self.baseline = cfg, baseline
@@ -100,11 +120,58 @@ class _Mixer:
         self._warmup = None
         return self.log_fields()
 
+    # ------------------------------------------------------------------------------------------ saved state
+
+    def state(self) -> dict[str, Any]:
+        """Everything a restored mixer needs to continue exactly like this one: its config, the episode counter,
+        U's and kappa's data and the current episode's progress (so a state taken mid-episode or between
+        episodes both continue; the actor saves between episodes). Plain values and numpy arrays, copies."""
+        return {
+            "mode": self.MODE,
+            "config": dataclasses.asdict(self.cfg),
+            "episode": self.episode,
+            "learned_available": self.learned_available,
+            "warmup": self._warmup,
+            "rewards": np.array(self._rewards, np.float64),
+            "states": [np.array(s) for s in self._states],
+            "fields": {k: float(v) for k, v in self._fields.items()},
+            "baseline": self.baseline.state(),
+            "calibrator": self.calibrator.state(),
+        }
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        """Continue from `state()` of a mixer of this mode with the same `SAVED_SETTINGS` (ValueError naming the
+        first that differs). Meant for a freshly built mixer: after a ValueError it is half restored."""
+        if state["mode"] != self.MODE:
+            raise ValueError(f"mode: the saved mixer is {state['mode']!r}, this one is {self.MODE!r}")
+        for name in SAVED_SETTINGS:
+            saved, mine = state["config"][name], getattr(self.cfg, name)
+            if saved != mine:
+                raise ValueError(f"mixing.{name}: the saved mixer ran with {saved!r}, this config has {mine!r}; "
+                                 "start a new run folder or restore the setting")
+        episode, rewards = int(state["episode"]), np.asarray(state["rewards"], np.float64)
+        if episode < -1:
+            raise ValueError(f"episode: got {episode}, expected >= -1 (-1: none begun yet)")
+        if rewards.ndim != 1 or not np.all(np.isfinite(rewards) & (rewards >= 0)):
+            raise ValueError(f"rewards: got shape {rewards.shape}, expected a 1-D array of finite rewards >= 0")
+        n_states = len(state["states"])
+        if not len(rewards) <= n_states <= len(rewards) + 1:  # choose then record_reward, once per step
+            raise ValueError(f"states: {n_states} for {len(rewards)} rewards, expected as many or one more")
+        self.baseline.load_state(state["baseline"])
+        self.calibrator.load_state(state["calibrator"])
+        self.episode, self.learned_available = episode, bool(state["learned_available"])
+        self._warmup = None if state["warmup"] is None else bool(state["warmup"])
+        self._rewards = [float(r) for r in rewards]
+        self._states = [np.array(s) for s in state["states"]]
+        self._fields = {str(k): float(v) for k, v in state["fields"].items()}
+
 
 class EpsMix(_Mixer):
     """Per episode: the learned policy with probability eps_k (drawn from an explicit Generator), else the
     baseline; the first `baseline_episodes` episodes are baseline-only to estimate U. Baseline episodes keep
     feeding U afterwards (the coin is independent of the outcome, so they stay an iid sample)."""
+
+    MODE = "epsmix"
 
     def __init__(self, cfg: MixingConfig, baseline: BaselineValue, rng: np.random.Generator) -> None:
         super().__init__(cfg, baseline)
@@ -147,6 +214,22 @@ class EpsMix(_Mixer):
             self.calibrator.observe(self._bound, ret)
         return self._finish(ret)
 
+    def state(self) -> dict[str, Any]:
+        """`_Mixer.state()` plus the coin's generator state (its coin stream continues after a restore), this
+        episode's choice and the bound at its s1 (for calibration at `end_episode`)."""
+        return {**super().state(), "rng": self.rng.bit_generator.state, "choice": self.choice,
+                "bound": _bound_state(self._bound)}
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        """`_Mixer.load_state`; the generator passed at construction takes the saved generator state (ValueError
+        from numpy when it is not the saved kind of bit generator)."""
+        if state["choice"] not in (LEARNED, BASELINE):
+            raise ValueError(f"choice: got {state['choice']!r}, expected {LEARNED!r} or {BASELINE!r}")
+        super().load_state(state)
+        self.rng.bit_generator.state = state["rng"]
+        self.choice = LEARNED if state["choice"] == LEARNED else BASELINE
+        self._bound = _bound_from_state(state["bound"])
+
 
 class StepMix(_Mixer):
     """Start each episode with the baseline; switch to the learned policy at the first step t where
@@ -163,6 +246,8 @@ class StepMix(_Mixer):
     value about P(good) (1 - alpha) U. Only the warm-up's pure baseline episodes feed U and Û^b (a never-switched
     later episode is selected on its future, so its returns-to-go are biased).
     """
+
+    MODE = "stepmix"
 
     def __init__(self, cfg: MixingConfig, baseline: BaselineValue, step_baseline: StepBaselineValue) -> None:
         super().__init__(cfg, baseline)
@@ -217,6 +302,25 @@ class StepMix(_Mixer):
         elif self.switch_step is not None and self._switch_bound is not None and self.switch_step < len(r):
             self.calibrator.observe(self._switch_bound, float(rtg[self.switch_step]))
         return self._finish(float(rtg[0]))
+
+    def state(self) -> dict[str, Any]:
+        """`_Mixer.state()` plus Û^b's episodes and this episode's switch (step, bound there) and banked G_t."""
+        return {**super().state(), "step_baseline": self.step_baseline.state(), "switch_step": self.switch_step,
+                "switch_bound": _bound_state(self._switch_bound), "banked": self._banked}
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        """`_Mixer.load_state` plus Û^b's episodes and this episode's switch."""
+        switch_step, banked = state["switch_step"], float(state["banked"])
+        if switch_step is not None and not 0 <= switch_step < len(state["states"]):
+            raise ValueError(f"switch_step: got {switch_step!r}, expected None or a step of this episode "
+                             f"(0 to {len(state['states']) - 1})")
+        if not (np.isfinite(banked) and banked >= 0):
+            raise ValueError(f"banked: got {banked!r}, expected a finite discounted reward sum >= 0")
+        super().load_state(state)
+        self.step_baseline.load_state(state["step_baseline"])
+        self.switch_step = None if switch_step is None else int(switch_step)
+        self._switch_bound = _bound_from_state(state["switch_bound"])
+        self._banked = banked
 
 
 def make_mixer(
