@@ -6,21 +6,20 @@ import json
 import os
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import pytest
+from env_support import check_env_strict
 from gymnasium import spaces
-from gymnasium.utils.env_checker import check_env
 
-from serl_stack.actor import evaluate
 from serl_stack.config import EnvConfig
 from serl_stack.data.obs import flatten_keys, to_vector, vector_keys
 from serl_stack.envs import REACH_ID, make_env
 from serl_stack.envs.gym_adapter import GymAdapter
+from serl_stack.inference import evaluate
 from serl_stack.transport.protocol import check_transition, make_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,19 +57,10 @@ class TinyDictEnv(gym.Env):
         return self._obs(), -float(np.sum(self._pos**2)), False, self._t >= 10, {"marker": self._t}
 
 
-def _check_env_strict(env: gym.Env) -> None:
-    """`check_env`, failing on any warning but the one about checking a wrapped env (the adapter is a wrapper)."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        check_env(env, skip_render_check=True)  # Pendulum's rgb_array render needs pygame, not the adapter's business
-    other = [str(w.message) for w in caught if "different from the unwrapped" not in str(w.message)]
-    assert not other, other
-
-
 def test_box_env_gets_float32_state_observation_and_unit_actions() -> None:
-    env = make_env(EnvConfig(id="Pendulum-v1"))
+    env = make_env(EnvConfig(id="Pendulum-v1", max_episode_steps=200))
     assert isinstance(env, GymAdapter)
-    assert env.spec is not None and env.spec.max_episode_steps == 200  # the registered time limit is kept
+    assert env.spec is not None and env.spec.max_episode_steps == 200  # env.max_episode_steps is the TimeLimit
     assert env.action_space == spaces.Box(-1.0, 1.0, (1,), np.float32)
     obs, _ = env.reset(seed=3)
     assert list(obs) == ["state"] and list(obs["state"]) == ["observation"]
@@ -90,14 +80,16 @@ def test_box_env_gets_float32_state_observation_and_unit_actions() -> None:
                           "terminated": terminated, "truncated": truncated, "episode": 0}, spec)
         obs, steps = next_obs, steps + 1
     assert truncated and steps == 200
-    _check_env_strict(env)
+    # Pendulum's rgb_array render needs pygame, not the adapter's business.
+    check_env_strict(env, wrapped=True, skip_render_check=True)
     env.close()
 
 
 def test_mujoco_env_halfcheetah() -> None:
     # Gymnasium's MuJoCo envs import imageio (the `gymnasium[mujoco]` extra), which serl_stack does not require.
     pytest.importorskip("imageio", reason="HalfCheetah-v5 needs gymnasium[mujoco] (imageio)")
-    env = make_env(EnvConfig(id="HalfCheetah-v5"))
+    # benchmarks/gym_parity.py runs Gymnasium's 1000-step episodes: they need env.max_episode_steps=1000.
+    env = make_env(EnvConfig(id="HalfCheetah-v5", max_episode_steps=1000))
     assert env.action_space.shape == (6,) and env.spec is not None and env.spec.max_episode_steps == 1000
     obs, _ = env.reset(seed=0)
     assert obs["state"]["observation"].dtype == np.float32 and obs["state"]["observation"].shape == (17,)
@@ -115,7 +107,7 @@ def test_dict_env_keeps_nested_keys_under_state() -> None:
     obs, reward, terminated, truncated, info = env.step(np.zeros(2, np.float32))
     assert info == {"marker": 1} and not terminated and not truncated  # info and flags pass through untouched
     assert obs["state"]["inner"]["vel"].tolist() == [pytest.approx(0.1)]
-    _check_env_strict(env)
+    check_env_strict(env, wrapped=True, skip_render_check=True)  # no spec: nothing to rebuild in a render mode
 
 
 def test_action_rescaling_is_exact() -> None:
@@ -140,8 +132,37 @@ def test_unsupported_spaces_are_rejected_with_what_is_supported() -> None:
     bad.observation_space = spaces.Dict({"pos": spaces.Discrete(3)})
     with pytest.raises(ValueError, match=r"observation_space\.pos: unsupported space Discrete\(3\)"):
         GymAdapter(bad)
-    with pytest.raises(ValueError, match=rf"unknown env 'NoSuchEnv-v0'.*{REACH_ID}.*any id registered with Gymnasium"):
+    with pytest.raises(ValueError, match=rf"env.id: unknown env 'NoSuchEnv-v0'.*{REACH_ID}.*an id registered with "
+                                         "Gymnasium"):
         make_env(EnvConfig(id="NoSuchEnv-v0"))
+
+
+class _TwoFlagsEnv(TinyDictEnv):
+    """Reports its own `"success"` at every step, and `"goal_hit"` (a numpy bool) from the second step on."""
+
+    def step(self, action: np.ndarray) -> tuple[dict, float, bool, bool, dict]:
+        obs, reward, terminated, truncated, _ = super().step(action)
+        hit = {"goal_hit": np.bool_(self._t >= 3)} if self._t >= 2 else {}
+        return obs, reward, terminated, truncated, {"success": "the env's own", "grid": np.ones(2), **hit}
+
+
+def test_success_key_is_reported_as_success_and_only_where_the_env_gives_it() -> None:
+    env = GymAdapter(_TwoFlagsEnv(), success_key="goal_hit")
+    _, info = env.reset(seed=0)
+    assert "success" not in info
+    infos = [env.step(np.zeros(2, np.float32))[-1] for _ in range(3)]
+    # Step 1 has no goal_hit: the env's own "success" does not stand in for it.
+    assert "success" not in infos[0] and infos[0]["grid"].tolist() == [1.0, 1.0]
+    assert infos[1]["success"] is False and infos[2]["success"] is True  # bool, not numpy.bool_
+    assert infos[2]["goal_hit"] is not None  # the env's own key stays
+    own = GymAdapter(_TwoFlagsEnv())  # success_key "success": the env's own value, as a bool
+    own.reset(seed=0)
+    assert own.step(np.zeros(2, np.float32))[-1]["success"] is True
+    grid = GymAdapter(_TwoFlagsEnv(), success_key="grid")
+    grid.reset(seed=0)
+    with pytest.raises(ValueError, match=r"info\['grid'\] \(env.success_key\): got array\(\[1., 1.\]\), expected a "
+                                         "bool-like scalar"):
+        grid.step(np.zeros(2, np.float32))
 
 
 def test_serl_tasks_are_still_built_from_their_config() -> None:
@@ -151,24 +172,29 @@ def test_serl_tasks_are_still_built_from_their_config() -> None:
 
 
 class _ZeroPolicy:
+    """A `serl_stack.inference.Policy` that always applies zero torque."""
+
     version = 1
 
-    def observe(self, obs: dict) -> np.ndarray:
-        return obs["state"]["observation"]
-
-    def act(self, obs_vec: np.ndarray, key: Any, deterministic: bool) -> np.ndarray:
+    def act(self, obs: dict, key: Any, deterministic: bool = False) -> np.ndarray:
         return np.zeros(1, np.float32)
+
+    def sample_actions(self, obs: dict, k: int, key: Any) -> np.ndarray:
+        return np.zeros((k, 1, 1), np.float32)
+
+    def reset(self) -> None:
+        pass
 
 
 def test_evaluate_reports_null_success_for_envs_without_success() -> None:
     env = make_env(EnvConfig(id="Pendulum-v1"))
     result = evaluate(env, _ZeroPolicy(), episodes=2, first_seed=5)
-    assert result["success_rate"] is None and result["length_mean"] == 200.0
+    assert result["success_rate"] is None and result["length_mean"] == 100.0  # env.max_episode_steps' default
     env.close()
 
 
 def _random_return(episodes: int, first_seed: int) -> float:
-    env = make_env(EnvConfig(id="Pendulum-v1"))
+    env = make_env(EnvConfig(id="Pendulum-v1", max_episode_steps=200))
     env.action_space.seed(0)
     returns = []
     for i in range(episodes):
@@ -191,7 +217,7 @@ def test_serl_train_learns_pendulum(tmp_path: Path) -> None:
     """
     run = tmp_path / "run"
     settings = {
-        "env.id": "Pendulum-v1", "agent.discount": 0.99, "agent.init_temperature": 1.0,
+        "env.id": "Pendulum-v1", "env.max_episode_steps": 200, "agent.discount": 0.99, "agent.init_temperature": 1.0,
         "agent.hidden_dims": "[64, 64]", "agent.batch_size": 128, "agent.actor_lr": 0.001,
         "agent.critic_lr": 0.001, "agent.temp_lr": 0.001, "train.total_env_steps": 8000,
         "train.start_steps": 500, "train.eval_episodes": 5, "train.log_every": 500,

@@ -1,11 +1,12 @@
 """Any Gymnasium env with Box or Dict-of-Box observations and a Box action, on the serl_stack contract.
 
-Owns: `GymAdapter`, the wrapper that lets the learner train standard tasks (Pendulum, HalfCheetah, ...) so users
-can sanity-check it. Observations become nested dicts under `"state"` with float32 leaves (a Box observation is
-`{"state": {"observation": x}}`; a Dict keeps its keys and nesting under `"state"`), because the wire fixes its
+Owns: `GymAdapter`, the wrapper that lets the learner train standard tasks (Pendulum, HalfCheetah, ...) and the
+user's own Gymnasium envs. Observations become nested dicts under `"state"` with float32 leaves (a Box observation
+is `{"state": {"observation": x}}`; a Dict keeps its keys and nesting under `"state"`), because the wire fixes its
 spec from the first observation and the agent flattens every non-image leaf. Actions arrive in [-1, 1], the
-policy's range, and are rescaled affinely onto the env's finite bounds. `info`, rewards and the
-terminated/truncated flags pass through untouched.
+policy's range, and are rescaled affinely onto the env's finite bounds. Rewards and the terminated/truncated flags
+pass through untouched; `info` too, except that the env's success flag (under `success_key`) is also reported as
+`info["success"]`, the one key everything downstream (episode logs, evaluation) reads.
 """
 
 from __future__ import annotations
@@ -54,13 +55,21 @@ def _convert_obs(obs: Any, space: gym.Space) -> Any:
 
 
 class GymAdapter(gym.Wrapper, gym.utils.RecordConstructorArgs):
-    """Wrap `env` so its observations are `{"state": {...float32...}}` and its actions live in [-1, 1]."""
+    """Wrap `env` so its observations are `{"state": {...float32...}}` and its actions live in [-1, 1].
 
-    def __init__(self, env: gym.Env) -> None:
-        # Recording the (empty) constructor args puts the adapter into `env.spec`, so `spec.make()` (which
-        # check_env uses for its render check) rebuilds the adapted env rather than failing.
-        gym.utils.RecordConstructorArgs.__init__(self)
+    `info["success"]` is `bool(info[success_key])` at every reset and step whose `info` has `success_key` (with a
+    value other than None); at the others there is no `"success"` key, so an env that never reports success has no
+    success rate rather than a rate of 0. With a `success_key` other than "success", an env's own `"success"`
+    entry is replaced by (or, where `success_key` is missing, dropped for) the mapped one, so `"success"` always
+    means what `success_key` names.
+    """
+
+    def __init__(self, env: gym.Env, success_key: str = "success") -> None:
+        # Recording the constructor args puts the adapter into `env.spec`, so `spec.make()` (which check_env uses
+        # for its render and close checks) rebuilds the adapted env, success key included, rather than failing.
+        gym.utils.RecordConstructorArgs.__init__(self, success_key=success_key)
         gym.Wrapper.__init__(self, env)
+        self.success_key = success_key
         inner = _convert_space(env.observation_space, "observation_space")
         self._inner_obs_space = env.observation_space
         state = spaces.Dict({BOX_KEY: inner}) if isinstance(inner, spaces.Box) else inner
@@ -90,14 +99,28 @@ class GymAdapter(gym.Wrapper, gym.utils.RecordConstructorArgs):
         # The clip only absorbs float rounding at the ends, so the inner env never sees an out-of-bounds action.
         return np.clip(scaled, self._low, self._high).astype(self.env.action_space.dtype)
 
+    def map_info(self, info: dict[str, Any]) -> dict[str, Any]:
+        """`info` with `"success"` mapped from `success_key` (a new dict: the env's own is left as it was)."""
+        out = dict(info)
+        value = out.get(self.success_key)
+        if value is None:
+            out.pop("success", None)
+            return out
+        try:
+            out["success"] = bool(value)
+        except (TypeError, ValueError) as e:  # e.g. a multi-element array: no single truth value
+            raise ValueError(f"info[{self.success_key!r}] (env.success_key): got {value!r}, expected a bool-like "
+                             "scalar") from e
+        return out
+
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
               ) -> tuple[dict[str, Any], dict[str, Any]]:
         obs, info = self.env.reset(seed=seed, options=options)
-        return self.observation(obs), info
+        return self.observation(obs), self.map_info(info)
 
     def step(self, action: Any) -> tuple[dict[str, Any], SupportsFloat, bool, bool, dict[str, Any]]:
         obs, reward, terminated, truncated, info = self.env.step(self.action(action))
-        return self.observation(obs), reward, terminated, truncated, info
+        return self.observation(obs), reward, terminated, truncated, self.map_info(info)
 
 
 __all__ = ["BOX_KEY", "GymAdapter"]
