@@ -1,19 +1,23 @@
 # serl_stack: every target creates .venv itself on a fresh machine.
 #   make demo   - install and run sim training on the embedded default (learner + actor over ZeroMQ, MuJoCo)
 #   make test   - install and run the whole test suite (ruff + pytest, slow tests included)
-#   make test-fast / lint / bench / clean
+#   make bench  - every benchmark into one fresh runs/bench-<time>/ (make bench OUT=docs updates the committed
+#                 figures; QUICK=1 smoke-runs them); fails at the end if one failed or missed a target
+#   make test-fast / lint / clean
+# Every install takes the exact versions tested from constraints.txt; pyproject.toml keeps ranges for users.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+CONSTRAINTS := constraints.txt
 export MUJOCO_GL ?= egl
 
 .PHONY: install demo test test-fast lint bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) --upgrade pip
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e ".[dev]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -33,13 +37,29 @@ lint: $(STAMP)
 # The peers the benchmarks compare against (SBX, Stable-Baselines3, torch) are only needed here.
 BENCH_STAMP := $(VENV)/.installed-bench
 
-$(BENCH_STAMP): $(STAMP) pyproject.toml
-	$(BIN)/python -m pip install --quiet -e ".[bench]"
+$(BENCH_STAMP): $(STAMP) pyproject.toml $(CONSTRAINTS)
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e ".[bench]"
 	touch $(BENCH_STAMP)
 
+# One folder for the whole run, named once (a plain `?=` would re-run `date` at every use).
+ifeq ($(origin OUT), undefined)
+OUT := runs/bench-$(shell date +%Y%m%d-%H%M%S)
+endif
+# Shortest first; each writes $(OUT)/<name>.json (and its .png) and exits 1 when it misses a target.
+BENCHMARKS := transport render learner_throughput conservative gym_parity sample_efficiency pixel_reach
+BENCH_FLAGS := $(if $(QUICK),--quick)
+
+# Every benchmark runs even when one before it failed; check_targets.py then reads every report, and the
+# target fails if any benchmark failed or any report has a false (or no) target.
 bench: $(BENCH_STAMP)
-	@ls benchmarks/*.py >/dev/null 2>&1 && for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done \
-		|| echo "no benchmarks yet"
+	@mkdir -p $(OUT); failed=""; \
+	for b in $(BENCHMARKS); do \
+		echo "== make bench: $$b -> $(OUT)/$$b.json"; \
+		$(BIN)/python benchmarks/$$b.py $(BENCH_FLAGS) --out-dir $(OUT) || failed="$$failed $$b"; \
+	done; \
+	$(BIN)/python benchmarks/check_targets.py $(OUT) || failed="$$failed check_targets"; \
+	if [ -n "$$failed" ]; then echo "make bench: failed or missed targets:$$failed (reports in $(OUT))"; exit 1; fi; \
+	echo "make bench: every benchmark met its targets (reports in $(OUT))"
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

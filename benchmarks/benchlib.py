@@ -1,6 +1,8 @@
 """Shared by the scripts in this folder: what a report says about the machine, flags from a config dataclass,
-running one training run in a freshly spawned worker, and running `serl` subcommands (training runs, demo
-recording) as logged subprocesses."""
+running one training run in a freshly spawned worker, running `serl` subcommands (training runs, demo
+recording) as logged subprocesses, and where a report goes and how a script ends: every benchmark writes one
+`<name>.json` (with its `targets` map) into `--out-dir` (a fresh `runs/bench-<time>/` unless given) and exits
+1 when a target is missed."""
 
 from __future__ import annotations
 
@@ -150,8 +152,50 @@ def require_positive(cfg: Any, names: tuple[str, ...]) -> None:
             raise SystemExit(f"--{name.replace('_', '-')}: got {getattr(cfg, name)}, expected >= 1")
 
 
-def write_report(out_dir: Path, name: str, report: dict[str, Any], log: Callable[[str], None]) -> None:
-    """`<out_dir>/<name>.json` (indented, newline-terminated), logged with the plot it names."""
+OUT_DIR_HELP = ("folder for <name>.json (and its .png), relative to the repository root unless absolute; "
+                "default: a fresh runs/bench-<YYYYmmdd-HHMMSS>/ (`--out-dir docs` updates the committed figures)")
+
+
+def out_dir(given: str | Path | None) -> Path:
+    """The absolute, existing folder a benchmark writes its report into: `given` (relative to the repository
+    root, as `make bench` runs from there), or a fresh `runs/bench-<date>-<time>/` when `given` is empty, so that
+    a run never overwrites the committed figures in `docs/` unless asked to."""
+    if given is None or str(given) == "":
+        return runs_root("runs", "bench")
+    path = (Path(given) if Path(given).is_absolute() else ROOT / given).absolute()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def check_targets(report: dict[str, Any]) -> dict[str, bool]:
+    """The report's `targets` map, or a ValueError naming what is wrong with it: `make bench` and
+    `check_targets.py` read a missing or empty map, or a value that is not a bool, as a failed benchmark."""
+    targets = report.get("targets")
+    if not isinstance(targets, dict) or not targets:
+        raise ValueError(f"report {report.get('benchmark')!r}: 'targets' is {targets!r}; expected a non-empty "
+                         f"map of target name -> true/false")
+    wrong = {k: v for k, v in targets.items() if not isinstance(v, bool)}
+    if wrong:
+        raise ValueError(f"report {report.get('benchmark')!r}: targets {wrong} are not true/false")
+    return targets
+
+
+def write_report(out_dir: Path, name: str, report: dict[str, Any], log: Callable[[str], None]) -> Path:
+    """`<out_dir>/<name>.json` (indented, newline-terminated), logged with the plot it names; returns its path.
+    A report without a valid `targets` map is refused (ValueError) before anything is written."""
+    check_targets(report)
     path = out_dir / f"{name}.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
-    log(f"wrote {path} and {report['plot']}")
+    log(f"wrote {path}" + (f" and {report['plot']}" if report.get("plot") else ""))
+    return path
+
+
+def finish(report: dict[str, Any], path: Path) -> None:
+    """End a benchmark: its report as one JSON line on stdout, then exit 0 when every target is met, else 1
+    naming the missed ones on stderr (so `make bench` and CI see a miss, not just the numbers)."""
+    print(json.dumps(report), flush=True)
+    missed = [name for name, met in check_targets(report).items() if not met]
+    if missed:
+        print(f"[{report.get('benchmark', path.stem)}] missed targets {missed}; report: {path}", file=sys.stderr,
+              flush=True)
+        raise SystemExit(1)

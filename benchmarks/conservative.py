@@ -3,8 +3,9 @@ pick-cube, with mixing off, EpsMix and StepMix, and what does it cost the learne
 
 Owns: the three training runs (one `serl train` subprocess per mode, the same seed, demonstrations and settings),
 the baseline's value V^b from `baseline_rollouts` scripted episodes, the offline check of every
-`check_every`-th training episode, the one-line JSON report (also `<out-dir>/conservative.json`) and the plot
-(`conservative.png`: value per checked episode against the (1 - alpha) V^b line).
+`check_every`-th training episode, the one-line JSON report (also `<out-dir>/conservative.json`, with its
+`targets` map) and the plot (`conservative.png`: value per checked episode against the (1 - alpha) V^b line);
+`--out-dir` defaults to a fresh `runs/bench-<time>/`, and a missed target exits 1.
 
 How an episode is checked. The actor saves, at the start of every `check_every`-th training episode, the policy
 that episode runs (`mixing.snapshot_every`): the frozen parameters and the mixer as it stood (U, kappa, the
@@ -19,7 +20,8 @@ warm-up).
 Rewards are the task's sparse success reward (`env.dense_reward: false`: the mixers need rewards >= 0).
 Targets (issue 7): EpsMix and StepMix violate in <= `max_violation_rate` of checked episodes, and their final
 success (the learned policy's deterministic evaluation at the end of training) is at most `max_success_gap`
-below mode off's. Run folders go under `runs/` (gitignored); progress goes to stderr.
+below mode off's. A target whose modes were not run (`--modes`) reads false: it was not shown. Run folders go
+under `runs/` (gitignored); progress goes to stderr.
 
     .venv/bin/python benchmarks/conservative.py [--quick] [--episodes 200] [--out-dir docs]
 """
@@ -84,14 +86,15 @@ class BenchConfig:
     """Target: largest fraction of checked episodes a constrained mode may violate."""
     max_success_gap: float = 0.1
     """Target: a constrained mode's final success is at most this far below mode off's."""
-    out_dir: str = "docs"
-    """Where conservative.json and conservative.png go."""
+    out_dir: str = ""
+    """Where conservative.json and conservative.png go (relative to the repository root); empty: a fresh
+    runs/bench-<time>/; `docs` updates the committed figures."""
     runs_dir: str = "runs"
     """Parent folder of this benchmark's run folders (gitignored)."""
 
 
 QUICK = BenchConfig(episodes=12, mixer_warmup=4, baseline_rollouts=6, check_every=6, check_rollouts=3, demos=2,
-                    eval_episodes=2, out_dir="runs/conservative-quick")
+                    eval_episodes=2)
 
 
 def log(msg: str) -> None:
@@ -177,12 +180,14 @@ class Rollouts:
 
     def runner(self, mode_cfg: Config) -> Any:
         """The actor's PolicyRunner for a mode (with the critic when the mode mixes), made once."""
-        from serl_stack.actor import PolicyRunner
+        from serl_stack.inference import PolicyRunner
 
         mode = mode_cfg.mixing.mode
         if mode not in self._runners:
             obs, _ = self.env.reset(seed=0)
-            self._runners[mode] = PolicyRunner(obs, int(np.prod(self.env.action_space.shape)), mode_cfg)
+            samples = mode_cfg.mixing.value_samples if mode != "off" else 0
+            self._runners[mode] = PolicyRunner(obs, int(np.prod(self.env.action_space.shape)), mode_cfg.agent,
+                                               critic_samples=samples)
         return self._runners[mode]
 
     def snapshot_values(self, mode_cfg: Config, snapshot: dict[str, Any], seeds: range, rng_seed: int) -> np.ndarray:
@@ -207,7 +212,7 @@ class Rollouts:
                 if runner.params is None:
                     values.append(self.run(seed, lambda _o: space.sample()))
                 else:
-                    values.append(self.run(seed, lambda o, k=keys: runner.act(runner.observe(o), next(k), False)))
+                    values.append(self.run(seed, lambda o, k=keys: runner.act(o, next(k), False)))
                 continue
             mixer = copy.deepcopy(snapshot["mixer"])  # a fresh copy per rollout: episodes must not teach it
             if hasattr(mixer, "rng"):
@@ -296,7 +301,8 @@ def plot(results: dict[str, dict[str, Any]], v_b: float, threshold: float, cfg: 
     plt.close(fig)
 
 
-def run(cfg: BenchConfig) -> dict[str, Any]:
+def run(cfg: BenchConfig) -> tuple[dict[str, Any], Path]:
+    """Train and check every mode, then the plot and the report; returns it and its path."""
     from serl_stack.config import apply_overrides
 
     start = time.monotonic()
@@ -334,19 +340,17 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
             f"({results[mode]['check_s']:.0f} s of checks)")
     rollouts.close()
 
+    # Every target is in the report whatever `--modes` ran: one whose modes did not run was not shown (false).
     targets: dict[str, bool] = {}
     off_success = results.get("off", {}).get("final_success")
     for mode in ("epsmix", "stepmix"):
-        if mode not in results:
-            continue
-        rate = results[mode]["violation_rate"]
+        rate = results[mode]["violation_rate"] if mode in results else None
         targets[f"{mode}_violation_rate_le_{cfg.max_violation_rate:g}"] = rate is not None and (
             rate <= cfg.max_violation_rate)
-        if off_success is not None:
-            gap = off_success - results[mode]["final_success"]
-            targets[f"{mode}_final_success_within_{cfg.max_success_gap:g}_of_off"] = gap <= cfg.max_success_gap + 1e-9
-    out_dir = Path(cfg.out_dir) if Path(cfg.out_dir).is_absolute() else benchlib.ROOT / cfg.out_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
+        success = results[mode]["final_success"] if mode in results else None
+        targets[f"{mode}_final_success_within_{cfg.max_success_gap:g}_of_off"] = (
+            off_success is not None and success is not None and off_success - success <= cfg.max_success_gap + 1e-9)
+    out_dir = benchlib.out_dir(cfg.out_dir)
     png = out_dir / "conservative.png"
     plot(results, v_b, threshold, cfg, png)
     report = {
@@ -371,8 +375,7 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
         "date": time.strftime("%Y-%m-%d"),
         "wall_s": round(time.monotonic() - start, 1),
     }
-    benchlib.write_report(out_dir, "conservative", report, log)
-    return report
+    return report, benchlib.write_report(out_dir, "conservative", report, log)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -382,7 +385,7 @@ def main(argv: list[str] | None = None) -> None:
     if not 0 < cfg.alpha < 1:
         raise SystemExit(f"--alpha: got {cfg.alpha}, expected in (0, 1)")
     os.environ.setdefault("MUJOCO_GL", "egl")
-    print(json.dumps(run(cfg)), flush=True)
+    benchlib.finish(*run(cfg))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Learning parity benchmark: our SAC, trained through `serl train`, against SBX SAC on Gymnasium's HalfCheetah-v5.
 
 Owns: running both learners with the same hyperparameters on the same seeds, reading their learning curves,
-the one-line JSON report (also written to `<out-dir>/gym_parity.json`) and the curve plot (`gym_parity.png`).
+the one-line JSON report (also written to `<out-dir>/gym_parity.json`, with its `targets` map) and the curve
+plot (`gym_parity.png`); `--out-dir` defaults to a fresh `runs/bench-<time>/`, and a missed target exits 1.
 
 - ours: the product path, a `serl train` subprocess (learner and actor processes talking ZeroMQ, durable
   transition log, checkpoints) on `HalfCheetah-v5` through `GymAdapter`, with config overrides that match SBX's
@@ -69,13 +70,14 @@ class BenchConfig:
     """Deterministic evaluation episodes after training, on seeds eval_seed, eval_seed+1, ..."""
     eval_seed: int = 1_000_000
     """First evaluation seed (the same for every run and both learners)."""
-    out_dir: str = "docs"
-    """Where gym_parity.json and gym_parity.png go."""
+    out_dir: str = ""
+    """Where gym_parity.json and gym_parity.png go (relative to the repository root); empty: a fresh
+    runs/bench-<time>/; `docs` updates the committed figures."""
     runs_dir: str = "runs"
     """Parent folder of this benchmark's run folders (gitignored)."""
 
 
-QUICK = BenchConfig(steps=3_000, seeds=1, start_steps=1_000, eval_episodes=2, out_dir="runs/gym_parity-quick")
+QUICK = BenchConfig(steps=3_000, seeds=1, start_steps=1_000, eval_episodes=2)
 
 
 def settings(cfg: BenchConfig) -> dict[str, Any]:
@@ -98,6 +100,7 @@ def ours_overrides(cfg: BenchConfig, seed: int) -> dict[str, Any]:
     """`--set` overrides of the embedded default config that make our SAC match SBX's defaults."""
     return {
         "env.id": ENV_ID,
+        "env.max_episode_steps": 1000,  # HalfCheetah's registered limit (env.max_episode_steps replaces it)
         "agent.hidden_dims": f"[{', '.join(map(str, HIDDEN))}]",
         "agent.num_critics": CRITICS,
         "agent.critic_subset": 0,
@@ -270,7 +273,8 @@ def summarize(results: dict[str, list[dict[str, Any]]], cfg: BenchConfig) -> dic
     }
 
 
-def run(cfg: BenchConfig) -> dict[str, Any]:
+def run(cfg: BenchConfig) -> tuple[dict[str, Any], Path]:
+    """Train and evaluate both learners on every seed, plot and write the report; returns it and its path."""
     start = time.monotonic()
     load_before = os.getloadavg()[0]
     runs_root = benchlib.runs_root(cfg.runs_dir, "gym_parity")
@@ -288,8 +292,7 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
                 sbx_version = r.pop("sbx")
             results[name].append(r)
             log(f"seed {seed}: {name} final return {r['final_return']:.1f} in {r['wall_s']:.0f} s")
-    out_dir = (ROOT / cfg.out_dir).absolute() if not Path(cfg.out_dir).is_absolute() else Path(cfg.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = benchlib.out_dir(cfg.out_dir)
     png = out_dir / "gym_parity.png"
     plot(results, cfg, png)
     report = {
@@ -309,9 +312,7 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
         "date": time.strftime("%Y-%m-%d"),
         "wall_s": round(time.monotonic() - start, 1),
     }
-    (out_dir / "gym_parity.json").write_text(json.dumps(report, indent=2) + "\n")
-    log(f"wrote {out_dir / 'gym_parity.json'} and {png}")
-    return report
+    return report, benchlib.write_report(out_dir, "gym_parity", report, log)
 
 
 def parse_args(argv: list[str] | None = None) -> BenchConfig:
@@ -326,7 +327,7 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
 
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_args(argv)
-    print(json.dumps(run(cfg)), flush=True)
+    benchlib.finish(*run(cfg))
 
 
 if __name__ == "__main__":

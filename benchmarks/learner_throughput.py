@@ -22,14 +22,15 @@ Workers alternate (ours, sbx, sb3, ours, ...) for `reps` runs of about `seconds`
 figures are medians, ratios are ours / theirs at UTD 1 (`ratio_vs_sbx`, `ratio_vs_sb3`). The RLPD row times
 our learner with 10 critics, a random subset of 2 in the TD target, LayerNorm critics and UTD 20.
 
-Prints one JSON line on stdout (progress goes to stderr). `--quick` is a smoke run of well under 90 s.
+Writes `<out-dir>/learner_throughput.json` (default: a fresh `runs/bench-<time>/`) with a `targets` map, prints
+it as one JSON line on stdout (progress goes to stderr) and exits 1 when a target is missed. `--quick` is a
+smoke run of well under 90 s.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import multiprocessing as mp
 import os
 import statistics
@@ -39,6 +40,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 import benchlib
@@ -80,6 +82,8 @@ class BenchConfig:
     """Untimed iterations after compilation, used to calibrate each run's iteration count."""
     torch_threads: int = 2
     """torch.set_num_threads for SB3 (JAX uses every core)."""
+    out_dir: str = ""
+    """Folder for learner_throughput.json, relative to the repository root; empty: a fresh runs/bench-<time>/."""
 
 
 QUICK = BenchConfig(reps=2, seconds=0.4, capacity=20_000, prefill=5_000, warmup_iters=2)
@@ -414,7 +418,10 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
 
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_args(argv)
-    print(json.dumps(run(cfg)), flush=True)
+    out: Path = benchlib.out_dir(cfg.out_dir)
+    report = run(cfg)
+    path = benchlib.write_report(out, "learner_throughput", report, lambda msg: print(msg, file=sys.stderr, flush=True))
+    benchlib.finish(report, path)
 
 
 if __name__ == "__main__":

@@ -3,10 +3,12 @@
 Owns: running `serl train --config configs/sim_reach_pixels.yaml` (learner + actor processes over ZeroMQ, the
 real product path) in a new run folder, then reporting its wall-clock time, the final deterministic evaluation
 (held-out seeds) and the training curve: success rate of the last `--window` training episodes (stochastic
-policy, exploration included) against env steps. Prints one JSON line and writes `docs/pixel_reach.json` and
-`docs/pixel_reach.png`. Target (the learner issue): >= 80 % success from images within 60 minutes.
+policy, exploration included) against env steps. Writes `<out-dir>/pixel_reach.json` (with its `targets` map)
+and `pixel_reach.png` (`--out-dir` defaults to a fresh `runs/bench-<time>/`), prints the report as one JSON line
+and exits 1 when a target is missed. Targets (the learner issue): >= 80 % final success from images, within 60
+minutes. `--quick` is a smoke run (a few hundred env steps; it misses the targets).
 
-    .venv/bin/python benchmarks/pixel_reach.py [--set agent.batch_size=64 ...] [--out-dir docs]
+    .venv/bin/python benchmarks/pixel_reach.py [--quick] [--set agent.batch_size=64 ...] [--out-dir docs]
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "sim_reach_pixels.yaml"
 TARGET_SUCCESS = 0.8
 TARGET_WALL_S = 3600.0
+QUICK_OVERRIDES = ["train.total_env_steps=400", "train.start_steps=200", "train.eval_episodes=2",
+                   "train.checkpoint_every=400"]
+"""`--set` overrides of a smoke run (`--quick`), before any given on the command line."""
 
 
 def rolling_success(success: np.ndarray, window: int) -> np.ndarray:
@@ -64,10 +69,16 @@ def plot(steps: np.ndarray, curve: np.ndarray, final: float | None, wall_s: floa
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help=f"smoke run: --set {' --set '.join(QUICK_OVERRIDES)}")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--out-dir", type=Path, default=ROOT / "docs")
+    p.add_argument("--out-dir", default=None, help=benchlib.OUT_DIR_HELP)
     p.add_argument("--window", type=int, default=50, help="training episodes per point of the success curve")
     args = p.parse_args(argv)
+    if args.window < 1:
+        raise SystemExit(f"--window: got {args.window}, expected >= 1")
+    if args.quick:
+        args.overrides = [*QUICK_OVERRIDES, *args.overrides]
+    out_dir = benchlib.out_dir(args.out_dir)
     run_dir = ROOT / "runs" / f"pixel_reach-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     cmd = [sys.executable, "-m", "serl_stack.cli", "train", "--config", str(CONFIG), "--run-dir", str(run_dir)]
     for o in args.overrides:
@@ -84,8 +95,10 @@ def main(argv: list[str] | None = None) -> None:
     table = episodes(run_dir)
     curve = rolling_success(table["success"], args.window)
     final = result["success_rate"]
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    plot(table["end_step"], curve, final, wall, args.out_dir / "pixel_reach.png")
+    png = out_dir / "pixel_reach.png"
+    plot(table["end_step"], curve, final, wall, png)
+    targets = {f"final_success_ge_{TARGET_SUCCESS:g}": bool(final is not None and final >= TARGET_SUCCESS),
+               f"wall_le_{TARGET_WALL_S:g}_s": bool(wall <= TARGET_WALL_S)}
     marks = [int(s) for s in np.linspace(0, len(curve) - 1, min(len(curve), 40)).astype(int)]
     report: dict[str, Any] = {
         "benchmark": "pixel_reach",
@@ -99,13 +112,14 @@ def main(argv: list[str] | None = None) -> None:
                   "success_rolling": [round(float(curve[i]), 3) for i in marks], "window": args.window},
         "first_step_rolling_success_ge_target": next(
             (int(s) for s, c in zip(table["end_step"], curve, strict=True) if c >= TARGET_SUCCESS), None),
-        "meets_targets": bool(final is not None and final >= TARGET_SUCCESS and wall <= TARGET_WALL_S),
+        "targets": targets,
+        "meets_targets": all(targets.values()),
         "machine": benchlib.machine_info(),
+        "plot": str(png),
         "date": datetime.now().strftime("%Y-%m-%d"),
     }
-    line = json.dumps(report)
-    (args.out_dir / "pixel_reach.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(line)
+    path = benchlib.write_report(out_dir, "pixel_reach", report, lambda msg: print(msg, file=sys.stderr, flush=True))
+    benchlib.finish(report, path)
 
 
 if __name__ == "__main__":

@@ -10,23 +10,26 @@ Measures on FrankaReach-v0 (MuJoCo offscreen rendering, `MUJOCO_GL=egl` unless s
   resets not timed); `step_ratio_vs_state` = step time with images / without.
 
 Each figure is the median of `reps` timed runs after a warm-up. Target: `render_fps.front` >= 50 at 128x128.
-Prints one JSON line on stdout. `python benchmarks/render.py --help` for knobs.
+Writes `<out-dir>/render.json` (default: a fresh `runs/bench-<time>/`) with a `targets` map, prints it as one
+JSON line on stdout and exits 1 when the target is missed. `--quick` is a smoke run; `python
+benchmarks/render.py --help` for knobs.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import platform
 import statistics
+import sys
 import time
 from typing import Any
 
 # MuJoCo picks its GL backend when it first makes a context; EGL is the one that works headless here.
 os.environ.setdefault("MUJOCO_GL", "egl")
 
+import benchlib  # noqa: E402
 import mujoco  # noqa: E402  (after MUJOCO_GL on purpose)
 import numpy as np  # noqa: E402
 
@@ -34,6 +37,8 @@ from serl_stack.config import EnvConfig  # noqa: E402
 from serl_stack.envs.reach import FrankaReachEnv  # noqa: E402
 
 TARGET_FPS = 50.0
+QUICK = {"frames": 20, "steps": 20, "reps": 1}
+"""Smoke-run sizes (`--quick`); flags given override them."""
 CAMERA_SETS: dict[str, tuple[str, ...]] = {
     "state": (),
     "front": ("front",),
@@ -92,17 +97,23 @@ def step_ms(size: int, steps: int, reps: int, seed: int) -> dict[str, float]:
 
 
 def run(size: int, frames: int, steps: int, reps: int, seed: int) -> dict[str, Any]:
+    """Every measurement; returns the JSON-ready report."""
+    start = time.monotonic()
     load_before = os.getloadavg()[0]
     fps = render_fps(size, frames, reps)
     step = step_ms(size, steps, reps, seed)
     return {
-        "bench": "render",
+        "benchmark": "render",
         "image_size": size,
         "render_fps": fps,
         "target_fps": TARGET_FPS,
+        "targets": {f"front_fps_ge_{TARGET_FPS:g}": fps["front"] >= TARGET_FPS},
         "meets_target": fps["front"] >= TARGET_FPS,
         "step_ms": step,
         "step_ratio_vs_state": {k: round(v / step["state"], 2) for k, v in step.items() if k != "state"},
+        "settings": {"frames": frames, "steps": steps, "reps": reps, "seed": seed},
+        "date": time.strftime("%Y-%m-%d"),
+        "wall_s": round(time.monotonic() - start, 1),
         "machine": {
             "cpu_count": os.cpu_count(),
             "python": platform.python_version(),
@@ -113,15 +124,25 @@ def run(size: int, frames: int, steps: int, reps: int, seed: int) -> dict[str, A
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK}")
+    parser.add_argument("--out-dir", default=None, help=benchlib.OUT_DIR_HELP)
     parser.add_argument("--image-size", type=int, default=128, help="square image side (pixels)")
-    parser.add_argument("--frames", type=int, default=200, help="frames per timed render run")
-    parser.add_argument("--steps", type=int, default=100, help="env steps per timed step run")
-    parser.add_argument("--reps", type=int, default=5, help="timed runs per figure (median reported)")
+    parser.add_argument("--frames", type=int, default=None, help="frames per timed render run (default 200)")
+    parser.add_argument("--steps", type=int, default=None, help="env steps per timed step run (default 100)")
+    parser.add_argument("--reps", type=int, default=None, help="timed runs per figure, median reported (default 5)")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    print(json.dumps(run(args.image_size, args.frames, args.steps, args.reps, args.seed)), flush=True)
+    args = parser.parse_args(argv)
+    sizes = {"frames": 200, "steps": 100, "reps": 5, **(QUICK if args.quick else {})}
+    sizes.update({k: getattr(args, k) for k in sizes if getattr(args, k) is not None})
+    for name, value in {"image_size": args.image_size, **sizes}.items():
+        if value < 1:
+            raise SystemExit(f"--{name.replace('_', '-')}: got {value}, expected >= 1")
+    out = benchlib.out_dir(args.out_dir)
+    report = run(args.image_size, sizes["frames"], sizes["steps"], sizes["reps"], args.seed)
+    path = benchlib.write_report(out, "render", report, lambda msg: print(msg, file=sys.stderr, flush=True))
+    benchlib.finish(report, path)
 
 
 if __name__ == "__main__":

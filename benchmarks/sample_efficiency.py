@@ -2,8 +2,9 @@
 demonstrations, against SBX SAC on the same env.
 
 Owns: running the three learners on `FrankaPickCube-v0` from state observations over the same seeds, the
-evaluation schedule they share, the one-line JSON report (also `<out-dir>/sample_efficiency.json`) and the
-learning-curve plot (`sample_efficiency.png`).
+evaluation schedule they share, the one-line JSON report (also `<out-dir>/sample_efficiency.json`, with its
+`targets` map) and the learning-curve plot (`sample_efficiency.png`); `--out-dir` defaults to a fresh
+`runs/bench-<time>/`, and a missed target exits 1.
 
 - ours + demos: `serl record-demos --keep <demos>` (the scripted pick-cube policy with action noise, successful
   episodes only), then a `serl train` subprocess with `replay.demo_dir` set (half of every minibatch from them).
@@ -71,14 +72,14 @@ class BenchConfig:
     concurrent_sbx: bool = True
     """Run SBX's seeds in a worker beside ours instead of after them (all runs then share the 2 cores, so their
     env steps/s and updates/s are lower than alone; steps to the target do not depend on it)."""
-    out_dir: str = "docs"
-    """Where sample_efficiency.json and sample_efficiency.png go."""
+    out_dir: str = ""
+    """Where sample_efficiency.json and sample_efficiency.png go (relative to the repository root); empty: a fresh
+    runs/bench-<time>/; `docs` updates the committed figures."""
     runs_dir: str = "runs"
     """Parent folder of this benchmark's run folders (gitignored)."""
 
 
-QUICK = BenchConfig(seeds=1, max_steps=3_000, eval_every=1_000, eval_episodes=2, demos=2,
-                    out_dir="runs/sample_efficiency-quick")
+QUICK = BenchConfig(seeds=1, max_steps=3_000, eval_every=1_000, eval_episodes=2, demos=2)
 
 
 def log(msg: str) -> None:
@@ -242,7 +243,8 @@ def summarize(results: dict[str, list[dict[str, Any]]], cfg: BenchConfig) -> dic
     return {**out, "targets": {f"ours_demos_{cfg.target_success:g}_within_{cfg.target_steps}_steps": met}}
 
 
-def run(cfg: BenchConfig) -> dict[str, Any]:
+def run(cfg: BenchConfig) -> tuple[dict[str, Any], Path]:
+    """Every mode on every seed, then the plot and the report; returns it and its path."""
     start = time.monotonic()
     modes = benchlib.parse_modes(cfg.modes, MODES)
     serl_cfg: Config = load(ROOT / cfg.config)
@@ -282,8 +284,7 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
                     results[mode].append(one(mode, seed))
         results.get("sbx", []).extend(f.result() for f in sbx_runs)
     sbx_version = ({r.pop("sbx") for r in results.get("sbx", [])} or {""}).pop()
-    out_dir = Path(cfg.out_dir) if Path(cfg.out_dir).is_absolute() else ROOT / cfg.out_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = benchlib.out_dir(cfg.out_dir)
     png = out_dir / "sample_efficiency.png"
     plot(results, cfg, png)
     import jax
@@ -312,8 +313,7 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
         "date": time.strftime("%Y-%m-%d"),
         "wall_s": round(time.monotonic() - start, 1),
     }
-    benchlib.write_report(out_dir, "sample_efficiency", report, log)
-    return report
+    return report, benchlib.write_report(out_dir, "sample_efficiency", report, log)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> None:
     benchlib.require_positive(cfg, ("seeds", "max_steps", "eval_every", "eval_episodes", "demos"))
     if not 0 < cfg.target_success <= 1:
         raise SystemExit(f"--target-success: got {cfg.target_success}, expected in (0, 1]")
-    print(json.dumps(run(cfg)), flush=True)
+    benchlib.finish(*run(cfg))
 
 
 if __name__ == "__main__":

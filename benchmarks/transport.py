@@ -18,16 +18,18 @@ Measures, with a real actor process (multiprocessing, spawn) and the learner in 
   until an ActorClient in the actor process holds that version decoded; `sent_at` (time.monotonic, one clock
   for the whole machine on Linux) travels in the body. One broadcast at a time; median and p90.
 
-Prints one JSON line on stdout (progress goes to stderr). `python benchmarks/transport.py --help` for knobs.
+Writes `<out-dir>/transport.json` (default: a fresh `runs/bench-<time>/`) with a `targets` map, prints it as one
+JSON line on stdout (progress goes to stderr) and exits 1 when a target is missed. `--quick` is a smoke run;
+`python benchmarks/transport.py --help` for knobs.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import inspect
 import itertools
-import json
 import multiprocessing as mp
 import os
 import platform
@@ -42,6 +44,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+import benchlib
 import msgpack
 import numpy as np
 import zmq
@@ -86,6 +89,10 @@ class BenchConfig:
     """Measured parameter broadcasts (after 3 unmeasured warm-up ones)."""
     params_floats: int = 1_000_000
     """float32 parameters in the broadcast policy."""
+
+
+QUICK = BenchConfig(reps=1, state_transitions=2_000, image_transitions=400, broadcasts=5, params_floats=100_000)
+"""Smoke-run sizes (`--quick`): a few seconds of each measurement; the figures are not comparable."""
 
 
 # ------------------------------------------------------------------------------------------------- payloads
@@ -428,14 +435,30 @@ def _field_docs(cls: type) -> dict[str, str]:
             and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant)}
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, Path]:
+    """The run sizes (`--quick` starts from QUICK; flags given override either) and the report's folder."""
     docs = _field_docs(BenchConfig)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK}")
+    parser.add_argument("--out-dir", default=None, help=benchlib.OUT_DIR_HELP)
+    quick = asdict(QUICK)
     for name, value in asdict(BenchConfig()).items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value,
-                            help=f"{docs.get(name, '')} (default: {value})")
-    cfg = BenchConfig(**vars(parser.parse_args(argv)))
-    print(json.dumps(run(cfg)), flush=True)
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=None,
+                            help=f"{docs.get(name, '')} (default: {value}; {quick[name]} with --quick)")
+    args = parser.parse_args(argv)
+    given = {name: getattr(args, name) for name in quick if getattr(args, name) is not None}
+    cfg = dataclasses.replace(QUICK if args.quick else BenchConfig(), **given)
+    for name, value in asdict(cfg).items():
+        if value < 1:
+            raise SystemExit(f"--{name.replace('_', '-')}: got {value}, expected >= 1")
+    return cfg, benchlib.out_dir(args.out_dir)
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg, out = parse_args(argv)
+    report = run(cfg)
+    path = benchlib.write_report(out, "transport", report, lambda msg: print(msg, file=sys.stderr, flush=True))
+    benchlib.finish(report, path)
 
 
 if __name__ == "__main__":
