@@ -1,8 +1,11 @@
 """The actor process loop: step the env with the newest policy, stream transitions, evaluate.
 
-Owns: the actor's bookkeeping (episodes, pacing against the learner, evaluations every `train.eval_every` env
-steps on a separate env, early stopping at `train.stop_at_success`, the final evaluation). It imports only the
-policy's inference function and never the learner, so it starts fast and runs next to the robot.
+Owns: one actor's bookkeeping — its share of the run (`train.total_env_steps` and `train.max_episodes` are split
+over `train.num_actors` actors by `share`), its own seed, spool, episode counter and mixer state (all keyed by
+its id, so a restarted actor continues where it stopped), pacing against the learner (the sim throttle counts
+every actor's steps), evaluations during training (actor 0 only) and early stopping, the final evaluation,
+progress lines and the closing summary. It imports only the inference boundary (`serl_stack.inference`), the
+mixers and the transport, never the learner, so it starts fast and runs next to the robot.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +21,15 @@ import jax
 import numpy as np
 from flax import serialization
 
-from serl_stack.config import Config, TrainConfig
-from serl_stack.data.obs import IMAGE_PREFIX, agent_obs, flatten_keys, image_keys_of, vector_dim, vector_keys
-from serl_stack.evaluation import evaluate
+from serl_stack import interrupt
+from serl_stack.config import Config, ConfigError
+from serl_stack.errors import ProcessGone, TransportError
+from serl_stack.inference import PolicyRunner, evaluate
 from serl_stack.mixing import MIXER_STATE, MixedActing, save_snapshot
-from serl_stack.safety.estimates import ValueBound
+from serl_stack.rundir import actor_index, share, write_config
 from serl_stack.transport.actor_client import ActorClient
 from serl_stack.transport.auth import curve_client_from_config
+from serl_stack.transport.learner_server import endpoint
 from serl_stack.transport.outbox import DurableOutbox
 from serl_stack.transport.protocol import make_spec
 from serl_stack.transport.spool import ActorSpool
@@ -31,101 +37,64 @@ from serl_stack.transport.spool import ActorSpool
 FLUSH_EVERY = 16
 """Transitions per message; a batch is also sent at every episode end and before waiting on the learner."""
 LEARNER_SILENCE_WARN_S = 30.0
+PROGRESS_EVERY_S = 15.0
+SEED_STRIDE = 1000
+"""Actor i resets its env and draws its random warm-up actions from `train.seed + SEED_STRIDE * i` (actor 0 keeps
+the run's seed; held-out evaluation seeds start at `train.eval_seed`, far above)."""
+STATE_FILE = "actor-{actor_id}.json"
+"""`{"schema": 1, "next_episode": n}`: the episode counter, so a restarted actor neither repeats episode ids nor
+counts `train.max_episodes` from 0 again."""
 
 
 def actor_may_step(env_steps: int, updates: int, start_steps: int, slack: int) -> bool:
-    """Sim pacing: env steps after the warm-up may lead learner updates by at most `slack`."""
+    """Sim pacing: env steps (of all actors) after the warm-up may lead learner updates by at most `slack`."""
     return env_steps < start_steps or env_steps - start_steps <= updates + slack
 
 
-class PolicyRunner:
-    """The newest policy parameters and a jitted inference function over env observations."""
-
-    def __init__(self, example_obs: dict[str, Any], action_dim: int, cfg: Config) -> None:
-        from serl_stack.agents.policy import make_policy_fn, make_value_fn
-
-        flat = flatten_keys(example_obs)
-        self.keys = vector_keys(flat, cfg.agent.obs_keys)
-        self.image_keys = image_keys_of(flat, cfg.agent.image_keys)
-        image_shapes = {k[len(IMAGE_PREFIX):]: tuple(np.shape(flat[k])) for k in self.image_keys}
-        obs_dim = vector_dim(flat, self.keys)
-        init_params, self._policy = make_policy_fn(obs_dim, action_dim, cfg.agent, image_shapes or None)
-        self._q_values = None
-        if cfg.mixing.mode != "off":  # the learner then broadcasts the critic too
-            init_params, self._q_values = make_value_fn(obs_dim, action_dim, cfg.agent, cfg.mixing.value_samples,
-                                                        image_shapes or None)
-        self._template = init_params(jax.random.PRNGKey(0))
-        self.params: Any = None
-        self.version = -1
-
-    def observe(self, obs: dict[str, Any]) -> Any:
-        """The agent's input for one env observation (the same conversion the learner applies to its batches)."""
-        return agent_obs(flatten_keys(obs), self.keys, self.image_keys)
-
-    def load(self, version: int, state_dict: Any) -> None:
-        """Adopt broadcast parameters (a nested dict of arrays) if newer than what we have."""
-        if version <= self.version:
-            return
-        self.params = serialization.from_state_dict(self._template, state_dict)
-        self.version = version
-
-    def act(self, obs_vec: np.ndarray, key: jax.Array, deterministic: bool) -> np.ndarray:
-        return np.asarray(self._policy(self.params, obs_vec, key, deterministic))
-
-    def value_bound(self, obs_vec: Any, key: jax.Array) -> ValueBound:
-        """The critic ensemble's bound on the current policy's value at one observation (mixing only)."""
-        if self._q_values is None:
-            raise RuntimeError("PolicyRunner.value_bound: mixing.mode is off, so the learner sends no critic")
-        return ValueBound.from_q_values(np.asarray(self._q_values(self.params, obs_vec, key)))
-
-
-def check_eval_settings(t: TrainConfig) -> None:
-    """ValueError naming the `train.*` evaluation field that is out of range."""
-    if t.eval_every < 0:
-        raise ValueError(f"train.eval_every: got {t.eval_every}, expected >= 0 env steps (0 = final evaluation only)")
-    if t.max_episodes < 0:
-        raise ValueError(f"train.max_episodes: got {t.max_episodes}, expected >= 0 (0 = no limit)")
-    if t.eval_every_episodes < 1:
-        raise ValueError(f"train.eval_every_episodes: got {t.eval_every_episodes}, expected >= 1")
-    if not 0.0 <= t.stop_at_success <= 1.0:
-        raise ValueError(f"train.stop_at_success: got {t.stop_at_success}, expected a success rate in [0, 1]")
-    if t.stop_at_success > 0 and t.eval_every == 0:
-        raise ValueError("train.stop_at_success needs evaluations during training: set train.eval_every > 0")
-
-
 class Actor:
-    """Runs `cfg.train.total_env_steps` env steps (fewer when `train.stop_at_success` is reached), then the
-    final evaluation; `run()` returns an exit code."""
+    """Runs this actor's share of `train.total_env_steps` (fewer when `train.stop_at_success` is reached or
+    `train.max_episodes` is), then its final evaluation; `run()` returns an exit code."""
 
     def __init__(self, cfg: Config, run_dir: Path, parent_pid: int | None = None):
         from serl_stack.envs import make_env
 
-        check_eval_settings(cfg.train)
         self.cfg = cfg
         self.run_dir = run_dir
         self.parent_pid = parent_pid
-        t = cfg.transport
+        t, train = cfg.transport, cfg.train
+        self.actor_id = t.actor_id
+        self.index = actor_index(t.actor_id, train.num_actors)
+        self.quota = share(train.total_env_steps, train.num_actors, self.index)
+        self.episode_limit = share(train.max_episodes, train.num_actors, self.index) if train.max_episodes else None
+        self.seed = train.seed + SEED_STRIDE * self.index
         for name in ("transitions_port", "params_port"):
             if getattr(t, name) == 0:
-                raise ValueError(f"transport.{name} is 0; the actor needs the learner's port (expected 1..65535)")
+                raise ConfigError(f"transport.{name}: got 0, expected the learner's port (1..65535; `serl learner` "
+                                  "prints the ports it listens on)")
         security = curve_client_from_config(t)
         if security is not None and security.actor_id not in (None, t.actor_id):
-            raise ValueError(
-                f"transport.actor_id is {t.actor_id!r} but the key {t.actor_secret_key} is bound to "
-                f"{security.actor_id!r}; the learner would reject every message as spoofed"
-            )
-        actor_id = t.actor_id
-        self.client = ActorClient(t.host, t.transitions_port, t.params_port, actor_id, t.max_message_bytes, security)
+            raise ConfigError(f"transport.actor_id: got {t.actor_id!r}, but the key {t.actor_secret_key} is bound to "
+                              f"{security.actor_id!r}; the learner would reject every message as spoofed")
+        self.learner_at = f"{endpoint(t.host, t.transitions_port)} (transitions), {endpoint(t.host, t.params_port)} " \
+                          "(parameters)"
+        self.client = ActorClient(t.host, t.transitions_port, t.params_port, t.actor_id, t.max_message_bytes, security)
         self._warned_silent = False
         self.env = make_env(cfg.env)
         # Evaluations during training run on their own env, so the training episode in progress is not cut.
-        self.eval_env = make_env(cfg.env) if cfg.train.eval_every > 0 else None
+        self.eval_env = make_env(cfg.env) if train.eval_every > 0 and self.index == 0 else None
         # Each put reaches the OS at once (survives a crash of this process); fsyncs are batched per flush.
-        self.spool = ActorSpool(run_dir / f"spool-{actor_id}", fsync=False)
+        self.spool = ActorSpool(run_dir / f"spool-{t.actor_id}", fsync=False, max_bytes=t.spool_max_bytes)
         self.outbox: DurableOutbox | None = None
         self._unflushed = 0
         self.policy: PolicyRunner | None = None
-        self.keys: tuple[str, ...] = ()
+        self.steps = 0
+        """This actor's env steps so far, earlier runs of it included (its spool's sequence numbers)."""
+        self.episodes = 0
+        self._successes: list[bool] = []
+        self._next_progress = time.monotonic() + PROGRESS_EVERY_S
+        self._next_eval = 0
+
+    # ------------------------------------------------------------------------------------------- the link
 
     def _flush(self) -> None:
         if self.outbox is not None:
@@ -133,76 +102,122 @@ class Actor:
         self._unflushed = 0
 
     def _poll(self, timeout_ms: int) -> None:
+        interrupt.check()
         self.client.poll(timeout_ms)
         if self.outbox is not None:
             while self.client.replies:
                 self.outbox.on_reply(*self.client.replies.popleft())
             if self.outbox.refused_reason is not None:
-                raise SystemExit(f"actor: the learner refused this actor: {self.outbox.refused_reason}")
+                raise TransportError(f"actor {self.actor_id}: the learner at {self.learner_at} refused this actor: "
+                                     f"{self.outbox.refused_reason}")
             self.outbox.maintain()
         t = self.cfg.transport
         if time.monotonic() - self.client.last_sent > t.heartbeat_s:
             self.client.send("ping", {})
         silent = self.client.silent_for() > t.learner_silent_warn_s
         if silent and not self._warned_silent:
-            print(f"actor: the learner has been silent for over {t.learner_silent_warn_s:g} s; "
-                  "acting on the last parameters and spooling transitions", flush=True)
+            if self.policy is not None and self.policy.params is not None:
+                doing = f"acting on its last parameters (version {self.policy.version})"
+            else:
+                doing = "no parameters received yet; collecting warm-up steps while the learner is away"
+            print(f"actor {self.actor_id}: the learner at {self.learner_at} has been silent for over "
+                  f"{t.learner_silent_warn_s:g} s; {doing}, spooling transitions", flush=True)
         self._warned_silent = silent
         body = self.client.params_body
         if self.policy is not None and body is not None and "params" in body:
             self.policy.load(self.client.params_version, body["params"])
         if self.parent_pid is not None and os.getppid() != self.parent_pid:
-            raise SystemExit("actor: parent process is gone; stopping")
+            raise ProcessGone(f"actor {self.actor_id}: the parent process (serl train) is gone; stopping")
 
-    def _wait(self, ready, what: str) -> None:
-        """Poll the learner until `ready()`; warn when it has been silent for long."""
+    def _wait(self, ready: Callable[[], bool], what: str) -> None:
+        """Poll the learner until `ready()`; say what we wait for, and where, when it takes long."""
         self._flush()
         since = time.monotonic()
         while not ready():
             self._poll(100)
             if time.monotonic() - since > LEARNER_SILENCE_WARN_S:
-                print(f"actor: still waiting for the learner ({what}); is it running?", flush=True)
+                print(f"actor {self.actor_id}: still waiting for {what} from the learner at {self.learner_at}; "
+                      "is it running?", flush=True)
                 since = time.monotonic()
 
+    def _status(self) -> dict[str, Any]:
+        return self.client.learner_status
+
     def _updates(self) -> int:
-        return int(self.client.learner_status.get("updates", 0))
+        return int(self._status().get("updates", 0))
+
+    def _run_steps(self) -> int:
+        """Env steps of the whole run as this actor knows them: its own, plus the others' the learner reports."""
+        others = self._status().get("actor_steps") or {}
+        return self.steps + sum(int(n) for a, n in others.items() if a != self.actor_id and isinstance(n, int))
+
+    # ------------------------------------------------------------------------------------------- state
+
+    def _state_path(self) -> Path:
+        return self.run_dir / STATE_FILE.format(actor_id=self.actor_id)
+
+    def _load_episode(self) -> int:
+        path = self._state_path()
+        if not path.is_file():
+            return 0
+        try:
+            state = json.loads(path.read_text())
+            return int(state["next_episode"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise TransportError(f"{path}: not an actor state file ({e}); expected {{\"schema\": 1, "
+                                 "\"next_episode\": <int>}; remove it to restart the episode count at 0") from e
+
+    def _save_episode(self, next_episode: int) -> None:
+        path = self._state_path()
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"schema": 1, "next_episode": next_episode}))
+        os.replace(tmp, path)
+
+    # ------------------------------------------------------------------------------------------- the loop
 
     def run(self) -> int:
         t = self.cfg.train
-        rng_key = jax.random.PRNGKey(t.seed + 1)
-        self.env.action_space.seed(t.seed)
-        obs, _ = self.env.reset(seed=t.seed)
+        limit = "" if self.episode_limit is None else f", at most {self.episode_limit} episodes"
+        print(f"actor {self.actor_id} ({self.index + 1} of {t.num_actors}): learner at {self.learner_at}; "
+              f"run folder {self.run_dir}; this actor's share: {self.quota} env steps{limit}", flush=True)
+        rng_key = jax.random.PRNGKey(self.seed + 1)
+        self.env.action_space.seed(self.seed)
+        obs, _ = self.env.reset(seed=self.seed)
         action_dim = int(np.prod(self.env.action_space.shape))
+        mixing_on = self.cfg.mixing.mode != "off"
         try:
-            self.policy = PolicyRunner(obs, action_dim, self.cfg)
+            self.policy = PolicyRunner(obs, action_dim, self.cfg.agent,
+                                       critic_samples=self.cfg.mixing.value_samples if mixing_on else 0)
         except KeyError as e:  # agent.obs_keys / image_keys name what the env does not have: a config error
-            raise SystemExit(f"actor: {e.args[0]}") from e
-        self.keys = self.policy.keys
-        ledger = self.run_dir / f"ledger-{self.client.actor_id}.txt" if self.cfg.transport.ledger else None
+            raise ConfigError(str(e.args[0])) from e
+        ledger = self.run_dir / f"ledger-{self.actor_id}.txt" if self.cfg.transport.ledger else None
         spec = make_spec(obs, np.zeros(action_dim, np.float32))
         self.outbox = DurableOutbox(self.client, self.spool, spec, ledger=ledger)
         # Transitions spooled by an earlier run of this actor count: a restarted actor continues, not repeats.
-        first_step = self.spool.next_seq() - 1
-        episode, ep_return, ep_len = 0, 0.0, 0
-        collected = t.total_env_steps
+        self.steps = self.spool.next_seq() - 1
+        episode = self._load_episode()
+        self.episodes = episode
+        ep_return, ep_len = 0.0, 0
         try:
-            try:
-                mixing = MixedActing.from_config(self.cfg, self.policy, t.seed + 2)
-            except ValueError as e:
-                raise SystemExit(f"actor: {e}") from e
-            mixer_state = self.run_dir / MIXER_STATE.format(actor_id=self.client.actor_id)
-            if mixing is not None and mixing.restore_state(mixer_state):
-                episode = mixing.mixer.episode + 1
-                print(f"actor: {self.cfg.mixing.mode} continues at episode {episode} with U from "
+            mixing = MixedActing.from_config(self.cfg, self.policy, self.seed + 2, example=(obs, action_dim))
+            mixer_state = self.run_dir / MIXER_STATE.format(actor_id=self.actor_id)
+            if mixing is not None and mixing.restore_state(mixer_state, self.cfg):
+                print(f"actor {self.actor_id}: {self.cfg.mixing.mode} continues with U from "
                       f"{mixing.mixer.baseline.n} baseline episodes", flush=True)
-            self._begin_episode(mixing, episode)
-            for step in range(first_step, t.total_env_steps):
-                if not actor_may_step(step, self._updates(), t.start_steps, t.throttle_slack):
-                    self._wait(
-                        lambda s=step: actor_may_step(s, self._updates(), t.start_steps, t.throttle_slack),
-                        "updates",
-                    )
-                if mixing is None and step < t.start_steps:
+            if self.steps:
+                print(f"actor {self.actor_id}: continuing after {self.steps} env steps and {episode} episodes",
+                      flush=True)
+            self._next_eval = self._eval_after(self._run_steps())
+            stopped = self.steps >= self.quota or (self.episode_limit is not None and episode >= self.episode_limit)
+            if not stopped:
+                self._begin_episode(mixing, episode)
+            while not stopped:
+                self._poll(0)
+                run_steps = self._run_steps()
+                if not actor_may_step(run_steps, self._updates(), t.start_steps, t.throttle_slack):
+                    self._wait(lambda: actor_may_step(self._run_steps(), self._updates(), t.start_steps,
+                                                      t.throttle_slack), "updates to catch up")
+                if mixing is None and self._run_steps() < t.start_steps:
                     action = self.env.action_space.sample()  # random warm-up: no key to split (~30 us a step)
                 else:
                     rng_key, key = jax.random.split(rng_key)
@@ -210,15 +225,15 @@ class Actor:
                         action = mixing.act(obs, key)
                     else:
                         if self.policy.params is None:
-                            self._wait(lambda: self.policy.params is not None, "first parameters")
-                        action = self.policy.act(self.policy.observe(obs), key, False)
+                            self._wait(lambda: self.policy is not None and self.policy.params is not None,
+                                       "the first parameters")
+                        action = self.policy.act(obs, key, False)
                 next_obs, reward, terminated, truncated, info = self.env.step(action)
                 if mixing is not None:
                     try:
                         mixing.record_reward(float(reward))
                     except ValueError as e:  # a negative reward: the mixers' guarantee does not hold
-                        self._flush()
-                        raise SystemExit(f"actor: {e}") from e
+                        raise ConfigError(f"mixing.mode={self.cfg.mixing.mode}: {e}") from e
                 ep_return += float(reward)
                 ep_len += 1
                 self.outbox.add(
@@ -234,67 +249,111 @@ class Actor:
                         "episode": episode,
                     }
                 )
+                self.steps += 1
                 obs = next_obs
                 if terminated or truncated:
                     self._flush()
+                    success = bool(info["success"]) if "success" in info else None
                     body = {"episode": episode, "return": ep_return, "length": ep_len,
                             # None where the env has no notion of success (e.g. HalfCheetah), not "failed".
-                            "success": bool(info["success"]) if "success" in info else None}
+                            "success": success}
+                    if success is not None:
+                        self._successes = (self._successes + [success])[-20:]
                     if "safety_counts" in info:
                         body["safety"] = {k: int(v) for k, v in info["safety_counts"].items()}
                     if mixing is not None:
                         body["mixing"] = mixing.end_episode()
                         mixing.save_state(mixer_state)
-                        self._log_mixing({**body["mixing"], "env_steps": step + 1, "length": ep_len,
-                                          "success": body["success"]})
+                        self._log_mixing({**body["mixing"], "env_steps": self.steps, "length": ep_len,
+                                          "success": success})
                     self.client.send("episode", body)
                     episode, ep_return, ep_len = episode + 1, 0.0, 0
-                    if t.max_episodes and episode >= t.max_episodes:
-                        collected = step + 1
-                        print(f"actor: train.max_episodes={t.max_episodes} reached after {collected} env steps; "
-                              "ending the run", flush=True)
+                    self.episodes = episode
+                    if self.episode_limit is not None and episode >= self.episode_limit:
+                        print(f"actor {self.actor_id}: its share of train.max_episodes={t.max_episodes} "
+                              f"({self.episode_limit}) reached after {self.steps} env steps; ending", flush=True)
                         break
                     obs, _ = self.env.reset()
-                    self._begin_episode(mixing, episode)
+                    if self.steps < self.quota:
+                        self._begin_episode(mixing, episode)
                 else:
                     self._unflushed += 1
                     if self._unflushed >= FLUSH_EVERY:
                         self._flush()
                 self._poll(0)
-                if self._periodic_eval(step + 1):
-                    collected = step + 1
-                    print(f"actor: evaluation success reached train.stop_at_success={t.stop_at_success:g} after "
-                          f"{collected} env steps; ending the run", flush=True)
+                self._progress()
+                if self._periodic_eval():
+                    print(f"actor {self.actor_id}: evaluation success reached train.stop_at_success="
+                          f"{t.stop_at_success:g} after {self._run_steps()} env steps of the run; ending",
+                          flush=True)
                     break
-            self._wait(lambda: len(self.spool) == 0, "every transition on the learner's disk")
-            self.client.send("done", {"env_steps": collected})
-            print("actor: collection finished; waiting for the final parameters", flush=True)
-            self._wait(lambda: bool((self.client.params_body or {}).get("final")), "final parameters")
-            result = {**evaluate(self.env, self.policy, t.eval_episodes, t.eval_seed),
-                      "env_steps": collected, "final": True}
-            (self.run_dir / "eval.json").write_text(json.dumps(result, indent=2))
-            seq = self.client.send("eval", result)
-            self._wait(lambda: self.client.acked_seq >= seq, "acknowledgement of the evaluation")
-            return 0
+                if self._status().get("stop"):
+                    print(f"actor {self.actor_id}: an evaluation reached train.stop_at_success="
+                          f"{t.stop_at_success:g}; ending after {self.steps} env steps", flush=True)
+                    break
+                stopped = self.steps >= self.quota
+            return self._finish()
         except KeyboardInterrupt:
             self._flush()
-            print(f"actor: interrupted after episode {episode}", flush=True)
+            print(f"actor {self.actor_id}: interrupted after {self.steps} env steps (episode {episode}); the spool "
+                  "keeps every transition the learner has not acknowledged", flush=True)
             return 130
         finally:
-            self.client.close()
-            if self.outbox is not None:
-                self.outbox.close()
-            self.spool.close()
-            self.env.close()
-            if self.eval_env is not None:
-                self.eval_env.close()
+            self._close()
+
+    def _finish(self) -> int:
+        """Hand everything over, report done, run the final evaluation on the final parameters, say so."""
+        t = self.cfg.train
+        assert self.policy is not None
+        self._wait(lambda: len(self.spool) == 0, "acknowledgement of every spooled transition")
+        self.client.send("done", {"env_steps": self.steps, "episodes": self.episodes})
+        print(f"actor {self.actor_id}: collection finished after {self.steps} env steps; waiting for the final "
+              "parameters (the learner sends them once every actor is done)", flush=True)
+        self._wait(lambda: bool((self.client.params_body or {}).get("final")), "the final parameters")
+        first_seed = t.eval_seed + self.index * t.eval_episodes  # actors evaluate on disjoint held-out seeds
+        result = {**evaluate(self.env, self.policy, t.eval_episodes, first_seed),
+                  "env_steps": self.steps, "final": True, "actor": self.actor_id}
+        path = self.run_dir / f"eval-{self.actor_id}.json"
+        path.write_text(json.dumps(result, indent=2))
+        seq = self.client.send("eval", result)
+        self._wait(lambda: self.client.acked_seq >= seq or self.actor_id in self._status().get("evaluated", []),
+                   "acknowledgement of the final evaluation")
+        success = "n/a" if result["success_rate"] is None else f"{100 * result['success_rate']:.1f}%"
+        print(f"actor {self.actor_id}: finished: {self.steps} env steps in {self.episodes} episodes; final "
+              f"evaluation of {result['episodes']} episodes: success {success}, return {result['return_mean']:.2f} "
+              f"(written to {path})", flush=True)
+        return 0
+
+    def _close(self) -> None:
+        self.client.close()
+        if self.outbox is not None:
+            self.outbox.close()
+        self.spool.close()
+        self.env.close()
+        if self.eval_env is not None:
+            self.eval_env.close()
+
+    def _progress(self) -> None:
+        """A status line every PROGRESS_EVERY_S seconds (the standalone actor's progress display)."""
+        now = time.monotonic()
+        if now < self._next_progress:
+            return
+        self._next_progress = now + PROGRESS_EVERY_S
+        status = self._status()
+        success = f"{100 * np.mean(self._successes):.0f}%" if self._successes else "-"
+        print(f"actor {self.actor_id}: {self.steps}/{self.quota} env steps (run {self._run_steps()}/"
+              f"{self.cfg.train.total_env_steps}), {self.episodes} episodes, success {success} (last "
+              f"{len(self._successes)}), learner updates {status.get('updates', 0)}, parameters "
+              f"v{self.policy.version if self.policy is not None else -1}", flush=True)
 
     def _begin_episode(self, mixing: MixedActing | None, episode: int) -> None:
-        """Start a training episode: snapshot the policy it runs (every `mixing.snapshot_every` episodes), then
-        let the mixer decide its warm-up status."""
+        """Start a training episode: count it, snapshot the policy it runs (every `mixing.snapshot_every`
+        episodes), then let the mixer decide its warm-up status."""
+        self._save_episode(episode + 1)
+        assert self.policy is not None
+        self.policy.reset()
         every = self.cfg.mixing.snapshot_every
         if every and episode % every == 0:
-            assert self.policy is not None
             params = self.policy.params
             if params is not None:
                 params = jax.tree.map(np.asarray, serialization.to_state_dict(params))
@@ -304,24 +363,38 @@ class Actor:
 
     def _log_mixing(self, record: dict[str, Any]) -> None:
         """One line per mixed training episode in `<run>/mixing-<actor id>.jsonl` (eps_k / switch step, L, U)."""
-        with open(self.run_dir / f"mixing-{self.client.actor_id}.jsonl", "a") as f:
+        with open(self.run_dir / f"mixing-{self.actor_id}.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
 
-    def _periodic_eval(self, env_steps: int) -> bool:
-        """Every `train.eval_every` env steps once the policy acts: evaluate the current parameters on the
-        held-out seeds and send the result (logged by the learner over env steps). True = stop the run."""
+    def _eval_after(self, run_steps: int) -> int:
+        """The run's env step of the next evaluation during training: the next multiple of `train.eval_every`
+        after both `run_steps` and the warm-up (the policy acts only after it)."""
+        every = self.cfg.train.eval_every
+        if every <= 0 or self.eval_env is None:
+            return -1
+        return (max(run_steps, self.cfg.train.start_steps) // every + 1) * every
+
+    def _periodic_eval(self) -> bool:
+        """Actor 0, every `train.eval_every` env steps of the run once the policy acts: evaluate the current
+        parameters on the held-out seeds and send the result (logged by the learner over env steps). True = stop
+        the run (`train.stop_at_success` reached)."""
         t = self.cfg.train
-        if self.eval_env is None or env_steps % t.eval_every or env_steps <= t.start_steps:
+        run_steps = self._run_steps()
+        if self._next_eval < 0 or run_steps < self._next_eval:
             return False
-        assert self.policy is not None and self.policy.params is not None  # the policy acts after start_steps
+        self._next_eval = self._eval_after(run_steps)
+        assert self.policy is not None and self.eval_env is not None
+        if self.policy.params is None:  # the learner is behind: skip rather than evaluate no policy
+            return False
         self._flush()
         result = {**evaluate(self.eval_env, self.policy, t.eval_every_episodes, t.eval_seed),
-                  "env_steps": env_steps, "final": False}
+                  "env_steps": run_steps, "final": False, "actor": self.actor_id}
         self.client.send("eval", result)
         success = result["success_rate"]
         return t.stop_at_success > 0 and success is not None and success >= t.stop_at_success
 
 
 def run_actor(cfg: Config, run_dir: Path, parent_pid: int | None = None) -> int:
-    run_dir.mkdir(parents=True, exist_ok=True)
+    """`serl actor`: one actor of the run in `run_dir` (which gets the run's config.yaml if it has none)."""
+    write_config(run_dir, cfg, replace=False)
     return Actor(cfg, run_dir, parent_pid=parent_pid).run()

@@ -1,21 +1,27 @@
-"""The `serl` command: `serl train` (learner + actor on one machine), `serl learner`, `serl actor`, `serl config`.
+"""The `serl` command: `serl train` (learner + actors on one machine), `serl learner`, `serl actor`, `serl config`.
 
 `serl keys` writes a CurveZMQ keypair for `transport.curve` (see docs/security.md). `serl record-demos` records
 scripted demonstrations in the format of docs/demos.md. `serl eval` evaluates a run's checkpoint (evaluation.py).
 
-Owns: argument parsing and per-process setup (XLA/BLAS thread counts are set here, before JAX is imported, so
-each process uses the cores it was given). Everything heavy is imported inside the subcommand that needs it.
+Owns: argument parsing, per-process setup (XLA/BLAS thread counts are set here, before JAX is imported, so each
+process uses the cores it was given; Ctrl-C handling) and the one place where errors become messages and exit
+codes: a `ConfigError` or `SerlError` from below prints one line and exits 2 (bad input) or 1; anything else is
+an internal error, printed as one line too; `--debug` shows the traceback. Everything heavy is imported inside
+the subcommand that needs it.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import sys
+import traceback
 from pathlib import Path
 
 from serl_stack.config import Config, ConfigError, dump, load
+from serl_stack.errors import RunDirError, SerlError
 
 
 def set_thread_env(threads: int) -> None:
@@ -42,33 +48,43 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="serl", description=__doc__.splitlines()[0])
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show the traceback of an error (default: one line)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train in sim: spawn a learner and an actor process talking ZeroMQ")
+    p = sub.add_parser("train", parents=[common],
+                       help="train in sim: spawn a learner and train.num_actors actor processes talking ZeroMQ")
     _add_config_args(p)
     p.add_argument("--run-dir", type=Path, default=None, help="where logs and checkpoints go (default: a new folder)")
     p.add_argument("--resume", action="store_true",
                    help="continue the interrupted run in --run-dir (its config.yaml unless --config is given)")
 
-    for name, what in (("learner", "run the learner process"), ("actor", "run the actor process")):
-        p = sub.add_parser(name, help=what)
+    for name, what in (("learner", "run the learner process"), ("actor", "run one actor process")):
+        p = sub.add_parser(name, parents=[common], help=what)
         _add_config_args(p)
         p.add_argument("--run-dir", type=Path, required=True, help="run folder for logs/checkpoints")
         p.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
-        if name == "learner":
+        if name == "actor":
+            p.add_argument("--actor-id", default=None,
+                           help="this actor's id (sets transport.actor_id; with train.num_actors > 1 it ends in "
+                           "-<i>, e.g. actor-1)")
+        else:
             p.add_argument("--resume", action="store_true",
                            help="continue the run in --run-dir: rebuild the replay from its log, restore the "
                            "latest checkpoint (needed when the folder already holds a run)")
 
-    p = sub.add_parser("config", help="print the resolved config as YAML")
+    p = sub.add_parser("config", parents=[common],
+                       help="check a config (ranges, the env, the baseline, demos, keys) and print it as YAML")
     _add_config_args(p)
 
-    p = sub.add_parser("keys", help="write a CurveZMQ keypair (NAME.key public, NAME.key_secret secret, mode 0600)")
+    p = sub.add_parser("keys", parents=[common],
+                       help="write a CurveZMQ keypair (NAME.key public, NAME.key_secret secret, mode 0600)")
     p.add_argument("--out", type=Path, required=True, help="folder for the two files (created if missing)")
     p.add_argument("--name", required=True, help="file name stem, e.g. learner or actor-0")
     p.add_argument("--actor-id", default=None, help="bind the key to this actor id (default: the file name stem)")
 
-    p = sub.add_parser("record-demos", help="record scripted demonstrations (successful episodes only; docs/demos.md)")
+    p = sub.add_parser("record-demos", parents=[common],
+                       help="record scripted demonstrations (successful episodes only; docs/demos.md)")
     _add_config_args(p)
     p.add_argument("--out", type=Path, required=True, help="new demo folder (must not already hold demos)")
     p.add_argument("--episodes", type=int, required=True,
@@ -77,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop once this many successful episodes are kept (default: run all --episodes)")
     p.add_argument("--noise", type=float, default=0.1, help="std of Gaussian noise on the scripted action (0.1)")
     p.add_argument("--seed", type=int, default=None, help="first reset seed and noise seed (default: train.seed)")
-    p = sub.add_parser("eval", help="evaluate a run's checkpoint with deterministic episodes, optionally as an MP4")
+    p = sub.add_parser("eval", parents=[common],
+                       help="evaluate a run's checkpoint with deterministic episodes, optionally as an MP4")
     p.add_argument("--run-dir", type=Path, required=True, help="the run folder (its config.yaml and checkpoints/)")
     p.add_argument("--step", type=int, default=None, help="checkpoint step to load (default: the latest)")
     p.add_argument("--episodes", type=int, default=10, help="deterministic episodes to run (10)")
@@ -90,19 +107,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _eval(args: argparse.Namespace) -> int:
     """`serl eval`: one line of JSON on stdout (for scripts), a readable summary on stderr."""
-    from serl_stack.evaluation import EvalError, read_run_config
+    from serl_stack.errors import EvalError
+    from serl_stack.rundir import read_run_config
+
+    if args.episodes < 1:
+        raise EvalError(f"--episodes: got {args.episodes}, expected >= 1")
+    cfg = read_run_config(args.run_dir)  # before JAX is imported: its thread count comes from the run
+    set_thread_env(cfg.train.actor_threads)
+    from serl_stack.evaluation import run_eval, summary, to_json
 
     try:
-        if args.episodes < 1:
-            raise EvalError(f"--episodes: got {args.episodes}, expected >= 1")
-        cfg = read_run_config(args.run_dir)  # before JAX is imported: its thread count comes from the run
-        set_thread_env(cfg.train.actor_threads)
-        from serl_stack.evaluation import run_eval, summary, to_json
-
         result = run_eval(args.run_dir, args.step, args.episodes, args.first_seed, args.video, args.fps)
-    except EvalError as e:
-        print(f"serl eval: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("serl eval: interrupted (a video being written is incomplete)", file=sys.stderr)
         return 130
@@ -148,7 +163,8 @@ def _record_demos(cfg: Config, args: argparse.Namespace) -> int:
                 while not done:
                     action = policy(obs)
                     obs, reward, terminated, truncated, info = env.step(action)
-                    builder.add(action, reward, obs, terminated, truncated)
+                    # What the robot did (the safety filter may change a command), as the demo format says.
+                    builder.add(info.get("executed_action", action), reward, obs, terminated, truncated)
                     done = terminated or truncated
                 if info.get("success", False):
                     save_episode(args.out, builder.build(success=True), env_id=cfg.env.id, config=to_dict(cfg))
@@ -198,37 +214,42 @@ def _keys(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command in ("train", "learner", "actor", "eval", "record-demos"):
-        # Ctrl-C must always stop a run cleanly (checkpoint, then exit). A process started in the background by a
-        # non-interactive shell inherits SIGINT as *ignored*, and Python then leaves it ignored; take it back.
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+def _run(args: argparse.Namespace) -> int:
+    """The subcommand itself; errors propagate to `main`."""
     if args.command == "keys":
         return _keys(args)
     if args.command == "eval":  # the config is the run's own (read by evaluation.py), not --config
         return _eval(args)
     if args.command == "train" and args.resume:
         if args.run_dir is None:
-            print("serl train: --resume needs --run-dir (the run to continue)", file=sys.stderr)
-            return 2
-        if args.config is None and (args.run_dir / "config.yaml").exists():
+            raise RunDirError("--resume needs --run-dir (the run to continue)")
+        if not (args.run_dir / "config.yaml").is_file():
+            from serl_stack.rundir import check_new_or_resumed
+
+            check_new_or_resumed(args.run_dir, resume=True)  # names what is missing
+            raise RunDirError(f"--run-dir: {args.run_dir / 'config.yaml'} not found; expected the config of the run "
+                              "to continue")
+        if args.config is None:
             args.config = args.run_dir / "config.yaml"
-    try:
-        cfg = load(args.config, args.overrides)
-    except ConfigError as e:
-        print(f"serl: config error: {e}", file=sys.stderr)
-        return 2
+    cfg = load(args.config, args.overrides)  # validated: a bad range fails here, before anything starts
+    if args.command == "actor" and args.actor_id is not None:
+        cfg = dataclasses.replace(cfg, transport=dataclasses.replace(cfg.transport, actor_id=args.actor_id))
+    if args.command == "record-demos":
+        return _record_demos(cfg, args)
+    from serl_stack.preflight import preflight
+
+    preflight(cfg, args.command)
     if args.command == "config":
         print(dump(cfg), end="")
         return 0
-    if args.command == "record-demos":
-        return _record_demos(cfg, args)
     if args.command == "train":
         from serl_stack.orchestrate import train
 
-        return train(cfg, args.run_dir, args.resume)
+        return train(cfg, args.run_dir, args.resume, debug=args.debug)
     if args.command == "learner":
+        from serl_stack.rundir import check_new_or_resumed
+
+        check_new_or_resumed(args.run_dir, args.resume)  # before JAX loads: a typo in --run-dir fails at once
         set_thread_env(cfg.train.learner_threads)
         from serl_stack.learner import run_learner
 
@@ -237,6 +258,41 @@ def main(argv: list[str] | None = None) -> int:
     from serl_stack.actor import run_actor
 
     return run_actor(cfg, args.run_dir, args.parent_pid)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command in ("train", "record-demos"):
+        # A process started in the background by a non-interactive shell inherits SIGINT as *ignored*, and Python
+        # then leaves it ignored; take it back so Ctrl-C always stops a run cleanly.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if args.command in ("learner", "actor", "eval"):
+        from serl_stack import interrupt
+
+        # Ctrl-C stops the loop at a safe point (checkpoint saved, spool flushed), never inside a callback.
+        interrupt.install()
+    where = f"serl {args.command}"
+    try:
+        return _run(args)
+    except ConfigError as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"{where}: config error: {e}", file=sys.stderr)
+        return 2
+    except SerlError as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"{where}: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"{where}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug, not bad input: one line unless --debug asks for the traceback
+        if args.debug:
+            raise
+        print(f"{where}: internal error: {type(e).__name__}: {e} (run with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

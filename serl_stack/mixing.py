@@ -1,98 +1,86 @@
 """Conservative baseline mixing in the actor process: which policy acts at each step of a training episode.
 
-Owns: `check_mixing` (what mixing needs from a config, checked before anything starts), `MixedActing` (the
-per-step glue between a mixer from safety/stepmix.py, which only decides, the baseline policy, the learned policy
-and the critic's value bound at the current state), keeping the mixer's state across actor restarts, and the
-snapshots of "the policy an episode ran" (`save_snapshot` / `load_snapshot`) that benchmarks/conservative.py
-measures offline. The baseline is the task's scripted controller (`envs.scripted.make_scripted`), a
-checkpointed policy (`mixing.baseline_run`, e.g. behaviour cloning) or any `obs -> action` callable. JAX is
-imported only where a policy acts, so this module imports without it (the `serl train` parent process checks
-configs with it).
+Owns: `check_mixing` (what mixing needs besides the config's own ranges: a baseline that exists for this task,
+checked before anything starts), `MixedActing` (the per-step glue between a mixer from safety/stepmix.py, which
+only decides, the baseline policy, the learned policy and the critic's value bound at the current state),
+keeping the mixer's state across actor restarts, and the snapshots of "the policy an episode ran"
+(`save_snapshot` / `load_snapshot`) that benchmarks/conservative.py measures offline. The on-disk forms are
+safety/mixer_state.py's (msgpack of explicit fields, never pickle). The baseline is any `inference.Policy`: the
+task's scripted controller (`envs.scripted.make_scripted`) or a checkpointed policy (`mixing.baseline_run`, e.g.
+behaviour cloning), acting deterministically. JAX is imported only where a policy acts, so this module imports
+without it (the `serl train` parent process checks configs with it).
 """
 
 from __future__ import annotations
 
-import copy
-import os
-import pickle
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from serl_stack.config import Config
+from serl_stack.config import Config, ConfigError
+from serl_stack.errors import RunDirError
+from serl_stack.safety import mixer_state
+from serl_stack.safety.estimates import ValueBound
 from serl_stack.safety.stepmix import LEARNED, EpsMix, StepMix, make_mixer
 
 if TYPE_CHECKING:
     import jax
 
-    from serl_stack.actor import PolicyRunner
+    from serl_stack.inference import Policy, PolicyRunner
 
-BaselinePolicy = Callable[[Mapping[str, Any]], np.ndarray]
 SNAPSHOT_DIR = "mixing-snapshots"
-MIXER_STATE = "mixer-{actor_id}.pkl"
+MIXER_STATE = "mixer-{actor_id}.msgpack"
 """The mixer's state (U's baseline episodes, kappa's calibration runs, the episode count), rewritten after every
 episode so a restarted actor continues with it instead of repeating the baseline warm-up."""
 
 
 def check_mixing(cfg: Config) -> None:
-    """ValueError naming the field when `cfg` cannot run with `cfg.mixing` (nothing to check when it is off)."""
-    make_mixer(cfg.mixing, discount=cfg.agent.discount, rng=np.random.default_rng(0))  # validates mixing.*
-    if cfg.mixing.snapshot_every < 0:
-        raise ValueError(f"mixing.snapshot_every: got {cfg.mixing.snapshot_every}, expected >= 0 (0 = never)")
+    """`ConfigError` naming the field when `cfg.mixing` has no baseline to mix with (nothing to check when off).
+    The fields' ranges and the rule that mixing needs rewards >= 0 are `config.validate`'s."""
     if cfg.mixing.mode == "off":
         return
-    if cfg.env.dense_reward:
-        raise ValueError(f"mixing.mode={cfg.mixing.mode} needs rewards >= 0, but env.dense_reward: true adds "
-                         "potential shaping that can be negative; expected env.dense_reward: false")
     from serl_stack.envs.scripted import SCRIPTED  # MuJoCo, but no JAX
 
     if cfg.mixing.baseline_run:
         baseline_run_config(cfg)
     elif cfg.env.id not in SCRIPTED:
-        raise ValueError(f"mixing.mode={cfg.mixing.mode} needs a baseline policy: env.id {cfg.env.id!r} has no "
-                         f"scripted one (expected one of {sorted(SCRIPTED)}); set mixing.baseline_run to a run "
-                         "folder whose checkpoint should act as the baseline")
+        raise ConfigError(f"mixing.mode={cfg.mixing.mode} needs a baseline policy: env.id {cfg.env.id!r} has no "
+                          f"scripted one (expected one of {sorted(SCRIPTED)}); set mixing.baseline_run to a run "
+                          "folder whose checkpoint should act as the baseline")
 
 
 def baseline_run_config(cfg: Config) -> Config:
     """The config of the run `mixing.baseline_run` names, checked to fit this run (same task, a checkpoint)."""
-    from serl_stack.evaluation import EvalError, checkpoint_steps, read_run_config
+    from serl_stack.rundir import checkpoint_steps, read_run_config
 
     run = Path(cfg.mixing.baseline_run).expanduser()
     try:
         run_cfg = read_run_config(run)
-    except EvalError as e:
-        raise ValueError(f"mixing.baseline_run: {str(e).removeprefix('--run-dir: ')}") from e
+    except RunDirError as e:
+        raise ConfigError(f"mixing.baseline_run: {str(e).removeprefix('--run-dir: ')}") from e
     if run_cfg.env.id != cfg.env.id:
-        raise ValueError(f"mixing.baseline_run: {run} was trained on env.id {run_cfg.env.id!r}, expected this "
-                         f"run's {cfg.env.id!r}")
+        raise ConfigError(f"mixing.baseline_run: {run} was trained on env.id {run_cfg.env.id!r}, expected this "
+                          f"run's {cfg.env.id!r}")
     if not checkpoint_steps(run):
-        raise ValueError(f"mixing.baseline_run: {run} has no checkpoint; expected a finished or interrupted "
-                         "`serl train` run folder")
+        raise ConfigError(f"mixing.baseline_run: {run} has no checkpoint; expected a finished or interrupted "
+                          "`serl train` run folder")
     return run_cfg
 
 
-def make_baseline(cfg: Config) -> BaselinePolicy:
-    """The baseline `cfg.mixing` names: the scripted controller, or a checkpointed policy acting
-    deterministically (its own config's observation keys and network; JAX is imported only then)."""
+def make_baseline(cfg: Config, example: tuple[Mapping[str, Any], int]) -> Policy:
+    """The baseline `cfg.mixing` names: the scripted controller, or a checkpointed policy (its own config's
+    observation keys and network, restored through the inference boundary; `example` = an observation of this
+    run's env and its action size, which shape it)."""
     if not cfg.mixing.baseline_run:
         from serl_stack.envs.scripted import make_scripted
 
         return make_scripted(cfg.env)
-    import jax
-
-    from serl_stack.evaluation import load_policy
+    from serl_stack.inference import load_policy
 
     baseline_run_config(cfg)
-    _, runner, _ = load_policy(Path(cfg.mixing.baseline_run).expanduser())
-    key = jax.random.PRNGKey(0)  # unused by a deterministic policy
-
-    def act(obs: Mapping[str, Any]) -> np.ndarray:
-        return runner.act(runner.observe(obs), key, True)
-
-    return act
+    return load_policy(Path(cfg.mixing.baseline_run).expanduser(), example=example)[1]
 
 
 def state_vector(agent_obs: Any) -> np.ndarray:
@@ -106,28 +94,31 @@ class MixedActing:
     `record_reward(r)`, then `end_episode()` for the log record (eps_k or the switch step, L, U, kappa, return).
 
     The learned policy acts through `runner` (its current parameters, sampled unless `deterministic`); L comes
-    from the critic that the learner broadcasts with them. Until the first parameters arrive every episode is a
-    baseline warm-up episode (`mixer.learned_available`), so the actor never waits on the learner to act.
+    from the critic that the learner broadcasts with them. The baseline acts deterministically. Until the first
+    parameters arrive every episode is a baseline warm-up episode (`mixer.learned_available`), so the actor never
+    waits on the learner to act. The observation is converted for the agent once per step.
     """
 
     def __init__(
-        self, mixer: EpsMix | StepMix, baseline: BaselinePolicy, runner: PolicyRunner, deterministic: bool = False
+        self, mixer: EpsMix | StepMix, baseline: Policy, runner: PolicyRunner, deterministic: bool = False
     ) -> None:
         self.mixer, self.baseline, self.runner, self.deterministic = mixer, baseline, runner, deterministic
         self.choices: list[str] = []
 
     @classmethod
-    def from_config(cls, cfg: Config, runner: PolicyRunner, seed: int) -> MixedActing | None:
+    def from_config(cls, cfg: Config, runner: PolicyRunner, seed: int,
+                    example: tuple[Mapping[str, Any], int]) -> MixedActing | None:
         """The mixer `cfg.mixing.mode` names with its baseline (`make_baseline`); None when mixing is off."""
-        check_mixing(cfg)
         mixer = make_mixer(cfg.mixing, discount=cfg.agent.discount, rng=np.random.default_rng(seed))
         if mixer is None:
             return None
-        return cls(mixer, make_baseline(cfg), runner)
+        check_mixing(cfg)
+        return cls(mixer, make_baseline(cfg, example), runner)
 
     def begin_episode(self) -> None:
         self.mixer.learned_available = self.runner.params is not None
         self.mixer.begin_episode()
+        self.baseline.reset()
         self.choices = []
 
     def act(self, obs: Mapping[str, Any], key: jax.Array) -> np.ndarray:
@@ -137,12 +128,12 @@ class MixedActing:
         bound = None
         if self.mixer.needs_bound:
             key, value_key = jax.random.split(key)
-            bound = self.runner.value_bound(x, value_key)
+            bound = ValueBound.from_q_values(self.runner.q_values(x, value_key))
         choice = self.mixer.choose(state_vector(x), bound)
         self.choices.append(choice)
         if choice == LEARNED:
-            return self.runner.act(x, key, self.deterministic)
-        return np.asarray(self.baseline(obs), np.float32)
+            return self.runner.act_on(x, key, self.deterministic)
+        return np.asarray(self.baseline.act(obs, key, True), np.float32)
 
     def record_reward(self, reward: float) -> None:
         self.mixer.record_reward(reward)
@@ -156,23 +147,14 @@ class MixedActing:
 
     def save_state(self, path: Path) -> None:
         """Write the mixer atomically (a crash mid-write leaves the previous state)."""
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            pickle.dump(self.mixer, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        mixer_state.save_mixer(path, self.mixer)
 
-    def restore_state(self, path: Path) -> bool:
-        """Continue with a mixer saved by an earlier run of this actor; False when there is none."""
+    def restore_state(self, path: Path, cfg: Config) -> bool:
+        """Continue with a mixer saved by an earlier run of this actor (its coin stream included); False when
+        there is none. A file of another mode or schema is a `mixer_state.MixerStateError` naming it."""
         if not path.is_file():
             return False
-        with open(path, "rb") as f:
-            mixer = pickle.load(f)  # our own file in our own run folder
-        if type(mixer) is not type(self.mixer):
-            raise ValueError(f"{path}: holds a {type(mixer).__name__} mixer, but mixing.mode asks for "
-                             f"{type(self.mixer).__name__}; start a new run folder or restore the mode")
-        self.mixer = mixer  # EpsMix's generator included: its coin stream continues
+        self.mixer = mixer_state.load_mixer(path, cfg.mixing, cfg.agent.discount)
         return True
 
 
@@ -181,27 +163,19 @@ class MixedActing:
 
 def save_snapshot(run_dir: Path, episode: int, params: Any, mixer: EpsMix | StepMix | None) -> Path:
     """Store the policy training episode `episode` is about to run: the parameters (a numpy pytree, None before
-    the first ones: the warm-up policy) and a copy of the mixer as it stands before `begin_episode`."""
+    the first ones: the warm-up policy) and the mixer as it stands before `begin_episode`."""
     folder = run_dir / SNAPSHOT_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"episode-{episode:06d}.pkl"
-    body = {"episode": episode, "params": params, "mixer": copy.deepcopy(mixer)}
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as f:
-        pickle.dump(body, f)
-    os.replace(tmp, path)
+    path = folder / f"episode-{episode:06d}.msgpack"
+    mixer_state.save_snapshot(path, episode, params, mixer)
     return path
 
 
 def load_snapshot(path: Path) -> dict[str, Any]:
     """`{"episode", "params", "mixer"}` as `save_snapshot` wrote them."""
-    with open(path, "rb") as f:
-        body = pickle.load(f)
-    if not isinstance(body, dict) or not {"episode", "params", "mixer"} <= set(body):
-        raise ValueError(f"{path}: not a mixing snapshot (expected the keys episode, params, mixer)")
-    return body
+    return mixer_state.load_snapshot(path)
 
 
 def snapshots(run_dir: Path) -> list[Path]:
     """A run's snapshots in episode order."""
-    return sorted((run_dir / SNAPSHOT_DIR).glob("episode-*.pkl"))
+    return sorted((run_dir / SNAPSHOT_DIR).glob("episode-*.msgpack"))

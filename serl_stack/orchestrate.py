@@ -1,8 +1,9 @@
-"""`serl train`: run a learner and an actor as two spawned OS processes on this machine and show progress.
+"""`serl train`: run a learner and `train.num_actors` actors as spawned OS processes on this machine.
 
-Owns: the run folder (resolved config, per-process logs), picking free loopback ports, spawning both processes
+Owns: the run folder (resolved config, per-process logs), picking free loopback ports, spawning the processes
 as fresh interpreters (never forked: JAX is not fork-safe), the progress display fed by the learner's status
-broadcast, Ctrl-C handling (both children stop; none is left behind), and the closing summary.
+broadcast, Ctrl-C handling (every child stops; none is left behind), and the closing summary. Everything that
+can be checked is checked before the first process starts (`preflight`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -23,8 +25,8 @@ import zmq
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from serl_stack.config import Config, dump
-from serl_stack.mixing import check_mixing
+from serl_stack.config import Config
+from serl_stack.rundir import check_new_or_resumed, write_config
 from serl_stack.transport.auth import curve_client_from_config
 from serl_stack.transport.learner_server import TOPIC_STATUS, endpoint
 from serl_stack.transport.protocol import ProtocolError, open_envelope
@@ -52,16 +54,23 @@ def prepare_run(cfg: Config, run_dir: Path | None) -> tuple[Config, Path]:
     cfg = dataclasses.replace(cfg, transport=transport)
     if run_dir is None:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        run_dir = Path(cfg.train.run_dir) / f"{stamp}-{cfg.env.id}-s{cfg.train.seed}"
+        # `module:EnvId` and `ALE/Pong-v5` ids: keep the folder name one plain path component.
+        env_name = re.sub(r"[^A-Za-z0-9._-]+", "_", cfg.env.id)
+        run_dir = Path(cfg.train.run_dir) / f"{stamp}-{env_name}-s{cfg.train.seed}"
     run_dir = run_dir.absolute()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(dump(cfg))
+    write_config(run_dir, cfg)
     return cfg, run_dir
 
 
-def spawn(role: str, run_dir: Path, extra: tuple[str, ...] = ()) -> subprocess.Popen:
-    """Start `serl <role>` as a new interpreter; its output is appended to `<run_dir>/<role>.log`."""
-    log = open(run_dir / f"{role}.log", "ab")  # noqa: SIM115 - the child owns it for its lifetime
+def actor_ids(cfg: Config) -> list[str]:
+    """The ids of the run's actors: `actor-0` .. `actor-<n-1>` (with one actor, `transport.actor_id`)."""
+    n = cfg.train.num_actors
+    return [cfg.transport.actor_id] if n == 1 else [f"actor-{i}" for i in range(n)]
+
+
+def spawn(role: str, name: str, run_dir: Path, extra: tuple[str, ...] = ()) -> subprocess.Popen:
+    """Start `serl <role>` as a new interpreter; its output is appended to `<run_dir>/<name>.log`."""
+    log = open(run_dir / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it for its lifetime
     cmd = [sys.executable, "-m", "serl_stack.cli", role, "--config", str(run_dir / "config.yaml"),
            "--run-dir", str(run_dir), "--parent-pid", str(os.getpid()), *extra]
     # A new session: a terminal Ctrl-C reaches only us, and we stop the children in order.
@@ -110,29 +119,23 @@ def _fmt(status: dict[str, Any], link: str) -> str:
     )
 
 
-def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> int:
-    """Run a whole sim training: returns 0 when both processes finished and the evaluation was written.
+def train(cfg: Config, run_dir: Path | None = None, resume: bool = False, debug: bool = False) -> int:
+    """Run a whole sim training: returns 0 when every process finished and the evaluation was written.
 
     With `resume`, an interrupted run in `run_dir` continues: the learner rebuilds its replay buffer from the
-    transition log and restores the latest checkpoint, the actor continues from its spool.
+    transition log and restores the latest checkpoint, each actor continues from its spool. Raises
+    `ConfigError` / `RunDirError` before anything starts when the config or the run folder cannot work.
     """
-    console = Console(soft_wrap=True)  # paths stay on one line in logs, where the width defaults to 80
-    if run_dir is not None and not resume:
-        # Not from learner.py: the parent process stays free of JAX (it only watches and forwards Ctrl-C).
-        from serl_stack.rundir import previous_run
+    from serl_stack.preflight import preflight  # MuJoCo, but no JAX: the parent only watches and forwards Ctrl-C
 
-        previous = previous_run(run_dir.absolute())
-        if previous:
-            console.print(f"[red]{run_dir} already holds a run ({', '.join(previous)}); add --resume to continue "
-                          "it, or choose a new --run-dir")
-            return 2
-    try:
-        check_mixing(cfg)  # before any process starts: a mixing setting that cannot work is a config error
-    except ValueError as e:
-        console.print(f"[red]{e}")
-        return 2
+    console = Console(soft_wrap=True)  # paths stay on one line in logs, where the width defaults to 80
+    if run_dir is not None:
+        check_new_or_resumed(run_dir.absolute(), resume)
+    preflight(cfg, "train")
     cfg, run_dir = prepare_run(cfg, run_dir)
-    console.print(f"[bold]serl train[/bold]  {cfg.env.id}  seed {cfg.train.seed}  run folder: {run_dir}")
+    ids = actor_ids(cfg)
+    console.print(f"[bold]serl train[/bold]  {cfg.env.id}  seed {cfg.train.seed}  {len(ids)} actor(s)  "
+                  f"run folder: {run_dir}")
     sub = zmq.Context.instance().socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
     sub.setsockopt(zmq.SUBSCRIBE, TOPIC_STATUS)
@@ -140,7 +143,10 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> int
     if security is not None:
         security.configure(sub)
     sub.connect(endpoint(cfg.transport.host, cfg.transport.params_port))
-    procs = {"learner": spawn("learner", run_dir, ("--resume",) if resume else ()), "actor": spawn("actor", run_dir)}
+    debug_flag = ("--debug",) if debug else ()
+    procs = {"learner": spawn("learner", "learner", run_dir, ("--resume",) * resume + debug_flag)}
+    for actor_id in ids:
+        procs[actor_id] = spawn("actor", actor_id, run_dir, ("--actor-id", actor_id, *debug_flag))
     status: dict[str, Any] = {}
     code = 0
     progress = Progress(
@@ -171,7 +177,7 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> int
                     code = 1
                     break
     except KeyboardInterrupt:
-        console.print("[yellow]Ctrl-C: stopping the learner and the actor (the learner saves a checkpoint)[/yellow]")
+        console.print("[yellow]Ctrl-C: stopping the learner and the actors (the learner saves a checkpoint)[/yellow]")
         code = 130
     finally:
         stop(procs)
@@ -200,4 +206,5 @@ def _summary(console: Console, cfg: Config, run_dir: Path) -> None:
         console.print("[yellow]No final evaluation was written (the run did not finish).[/yellow]")
     console.print(f"TensorBoard logs: {run_dir / 'tb'}   (tensorboard --logdir {run_dir / 'tb'})")
     console.print(f"Checkpoints:      {run_dir / 'checkpoints'}")
-    console.print(f"Process logs:     {run_dir / 'learner.log'}, {run_dir / 'actor.log'}")
+    logs = ", ".join(str(run_dir / f"{name}.log") for name in ["learner", *actor_ids(cfg)])
+    console.print(f"Process logs:     {logs}")

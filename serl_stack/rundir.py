@@ -1,13 +1,22 @@
-"""The layout of a run folder, for code that must not import the learner (the `serl train` parent process).
+"""The layout of a run, for every process that reads or writes one (no JAX, no learner).
 
-Owns: telling whether a folder already holds a run (a transition log or checkpoints), so starting over in it can be
-refused unless the user asks to resume.
+Owns: the names of what a run folder holds (`config.yaml`, `transitions/`, `checkpoints/`, per-actor files),
+telling whether a folder already holds a run (starting over in it is refused unless the user resumes it), reading
+the config a run was trained with, writing it, listing a run's finished checkpoints; and which of the run's
+`train.num_actors` actors an actor id is (`actor_index`) and its share of the run's env steps (`share`), which the
+actors and the learner must agree on.
 """
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
+from serl_stack.config import Config, ConfigError, dump, load
+from serl_stack.errors import RunDirError
+
+CONFIG_FILE = "config.yaml"
 TRANSITIONS = "transitions"
 CHECKPOINTS = "checkpoints"
 
@@ -15,3 +24,70 @@ CHECKPOINTS = "checkpoints"
 def previous_run(run_dir: Path) -> list[str]:
     """What of an earlier run `run_dir` holds (its transition log, its checkpoints); empty for a new folder."""
     return [p.name for p in (run_dir / TRANSITIONS, run_dir / CHECKPOINTS) if p.is_dir() and any(p.iterdir())]
+
+
+def check_new_or_resumed(run_dir: Path, resume: bool) -> None:
+    """`RunDirError` when `run_dir` holds a run and `resume` is off (it would be trained over), or when `resume`
+    is on and there is nothing to continue (a typo in --run-dir must not silently start a new run)."""
+    previous = previous_run(run_dir)
+    if previous and not resume:
+        raise RunDirError(f"--run-dir: {run_dir} already holds a run ({', '.join(previous)}); add --resume to "
+                          "continue it, or choose a new --run-dir")
+    if resume and not previous:
+        what = "does not exist" if not run_dir.exists() else "holds no run (no transition log, no checkpoint)"
+        raise RunDirError(f"--run-dir: {run_dir} {what}; --resume continues an interrupted run, expected the folder "
+                          "of one")
+
+
+def read_run_config(run_dir: Path) -> Config:
+    """The config a run was trained with (`<run_dir>/config.yaml`, written by every process of the run)."""
+    if not run_dir.is_dir():
+        raise RunDirError(f"--run-dir: {run_dir} is not a folder; expected a run folder (`serl train` or "
+                          "`serl learner` output)")
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        raise RunDirError(f"--run-dir: {path} not found; expected the {CONFIG_FILE} that `serl train`, "
+                          "`serl learner` and `serl actor` write into their run folder")
+    try:
+        return load(path)
+    except ConfigError as e:
+        raise RunDirError(f"--run-dir: {e}") from e
+
+
+def write_config(run_dir: Path, cfg: Config, replace: bool = True) -> Path:
+    """Write `cfg` as `<run_dir>/config.yaml` atomically (with `replace=False`, only where none exists yet)."""
+    path = run_dir / CONFIG_FILE
+    if path.exists() and not replace:
+        return path
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{CONFIG_FILE}.{os.getpid()}.tmp")
+    tmp.write_text(dump(cfg))
+    os.replace(tmp, path)
+    return path
+
+
+def checkpoint_steps(run_dir: Path) -> list[int]:
+    """Steps of the finished checkpoints under `<run_dir>/checkpoints`, ascending (orbax's temporary folders of
+    an interrupted save have non-numeric names and are left out). Reads only; creates nothing."""
+    directory = run_dir / CHECKPOINTS
+    if not directory.is_dir():
+        return []
+    return sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def share(total: int, num_actors: int, index: int) -> int:
+    """Actor `index`'s part of `total` (env steps or episodes): the parts differ by at most one and sum to
+    `total`."""
+    return total // num_actors + (1 if index < total % num_actors else 0)
+
+
+def actor_index(actor_id: str, num_actors: int) -> int:
+    """Which of the run's `num_actors` actors `actor_id` is: 0 for a single actor (any id), else the number
+    after the id's last `-` (`actor-1`, `franka-left-1`), which must be below `num_actors`."""
+    if num_actors == 1:
+        return 0
+    m = re.fullmatch(r".*-(\d+)", actor_id)
+    if m is None or int(m.group(1)) >= num_actors:
+        raise ConfigError(f"transport.actor_id: got {actor_id!r}, expected an id ending in -<i> with i in "
+                          f"0..{num_actors - 1} (train.num_actors={num_actors}), e.g. actor-{num_actors - 1}")
+    return int(m.group(1))

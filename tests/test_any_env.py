@@ -160,7 +160,7 @@ class _StraightToGoal:
 
 def test_evaluation_reads_the_mapped_success() -> None:
     """Downstream code reads only info["success"]: the success rate comes from the env's own key through it."""
-    from serl_stack.actor import evaluate
+    from serl_stack.inference import evaluate
 
     env = make_env(_toy(max_episode_steps=4))  # too short for some starts: a rate strictly between 0 and 1
     result = evaluate(env, _StraightToGoal(), episodes=10, first_seed=0)

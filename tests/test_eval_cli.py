@@ -2,7 +2,8 @@
 
 The run folder is built the way the learner builds it, without a training run: real env transitions go into an
 `Updater`, the agent is created and updated a few times (so its weights and observation normalization differ
-from a fresh template's), then saved with `Checkpointer` under `<run>/checkpoints` with the run's config.yaml.
+from a fresh template's), then saved with `Checkpointer` under `<run>/checkpoints` (the whole agent, and the
+actor-only `policy` item the inference side restores) with the run's config.yaml.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def _write_run(run: Path, cfg: Config, updates: int = 3, transitions: int = 40) 
         updater.step()
     checkpoints = Checkpointer(run / CHECKPOINTS)
     checkpoints.save(updater.updates, updater.agent, {**updater.checkpoint_meta(), "env_steps": transitions,
-                                                      "params_version": 7})
+                                                      "params_version": 7}, policy=updater.agent.actor_params)
     checkpoints.close()
     return updater.agent, initial
 
@@ -90,9 +91,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object, object]
 def test_restored_policy_acts_exactly_like_the_saved_agent(run: tuple[Path, object, object]) -> None:
     import jax
 
-    from serl_stack.actor import PolicyRunner
     from serl_stack.envs import make_env
-    from serl_stack.evaluation import load_policy
+    from serl_stack.inference import PolicyRunner, load_policy
 
     run_dir, agent, initial = run
     cfg, policy, info = load_policy(run_dir)
@@ -112,15 +112,15 @@ def test_restored_policy_acts_exactly_like_the_saved_agent(run: tuple[Path, obje
     # actor's inference function given the in-memory parameters, and through the learner agent's own method.
     env = make_env(cfg.env)
     obs, _ = env.reset(seed=5)
-    in_memory = PolicyRunner(obs, int(np.prod(env.action_space.shape)), cfg)
+    in_memory = PolicyRunner(obs, int(np.prod(env.action_space.shape)), cfg.agent)
     in_memory.load(0, saved)
     key = jax.random.PRNGKey(0)
     for seed in range(4):
         obs, _ = env.reset(seed=100 + seed)
         for _ in range(3):
             vec = policy.observe(obs)
-            got = policy.act(vec, key, True)
-            assert np.array_equal(got, in_memory.act(vec, key, True))
+            got = policy.act(obs, key, True)
+            assert np.array_equal(got, in_memory.act_on(vec, key, True))
             assert np.array_equal(got, np.asarray(agent.eval_actions(vec)))  # type: ignore[attr-defined]
             obs = env.step(got)[0]
     env.close()
@@ -169,7 +169,7 @@ def test_serl_eval_writes_a_video_of_every_frame(run: tuple[Path, object, object
 
 def test_evaluate_hooks_count_frames_and_do_not_change_the_result(run: tuple[Path, object, object]) -> None:
     from serl_stack.envs import make_env
-    from serl_stack.evaluation import evaluate, load_policy
+    from serl_stack.inference import evaluate, load_policy
 
     cfg, policy, _ = load_policy(run[0])
     env = make_env(cfg.env, render_mode="rgb_array")
@@ -227,9 +227,10 @@ def test_checkpoint_that_does_not_fit_the_config_is_named(run: tuple[Path, objec
     (edited / "config.yaml").write_text(dump(wider))
     proc = _serl("eval", "--run-dir", str(edited), "--episodes", "1")
     assert proc.returncode == 2, proc.stderr
-    assert f"checkpoint 3 in {edited / 'checkpoints'} does not fit the agent of {edited / 'config.yaml'}" in proc.stderr
+    assert f"checkpoint 3 in {edited / 'checkpoints'} does not fit the policy of {edited / 'config.yaml'}" \
+        in proc.stderr
     assert "agent.hidden_dims=[48, 48]" in proc.stderr
-    assert re.search(r"actor\.params\.MLP_0\.Dense_0\.kernel: the checkpoint has \((\d+), 32\), the config gives "
+    assert re.search(r"actor\.MLP_0\.Dense_0\.kernel: the checkpoint has \((\d+), 32\), the config gives "
                      r"\(\1, 48\)", proc.stderr), proc.stderr
     assert "Traceback" not in proc.stderr and proc.stdout == ""
 
@@ -238,7 +239,7 @@ def test_checkpoint_that_does_not_fit_the_config_is_named(run: tuple[Path, objec
 def test_pixel_run_restores_its_encoder(tmp_path: Path) -> None:
     """A pixel agent's checkpoint: the conv encoder comes back with the actor and acts from camera images."""
     from serl_stack.envs import make_env
-    from serl_stack.evaluation import load_policy
+    from serl_stack.inference import load_policy
 
     pixels = SETTINGS + ["env.cameras=[front]", "env.image_size=32", "agent.image_keys=[images/front]",
                          "agent.obs_keys=[state/tcp_pose]"]
@@ -249,7 +250,7 @@ def test_pixel_run_restores_its_encoder(tmp_path: Path) -> None:
     obs, _ = env.reset(seed=9)
     for _ in range(3):
         x = policy.observe(obs)
-        action = policy.act(x, None, True)
+        action = policy.act(obs, None, True)
         assert np.array_equal(action, np.asarray(agent.eval_actions(x)))  # type: ignore[attr-defined]
         obs = env.step(action)[0]
     env.close()

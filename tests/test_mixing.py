@@ -9,18 +9,18 @@ restart; snapshots store the policy an episode ran, frozen against later changes
 from __future__ import annotations
 
 import dataclasses
-import pickle
 from pathlib import Path
 
 import jax
+import msgpack
 import numpy as np
 import pytest
 from flax import serialization
 
-from serl_stack.actor import PolicyRunner
 from serl_stack.agents.sac import SACAgent
-from serl_stack.config import AgentConfig, Config, EnvConfig, MixingConfig, dump
+from serl_stack.config import AgentConfig, Config, ConfigError, EnvConfig, MixingConfig, dump
 from serl_stack.envs import make_env
+from serl_stack.inference import PolicyRunner
 from serl_stack.mixing import (
     MIXER_STATE,
     MixedActing,
@@ -30,6 +30,8 @@ from serl_stack.mixing import (
     snapshots,
     state_vector,
 )
+from serl_stack.safety.estimates import ValueBound
+from serl_stack.safety.mixer_state import MixerStateError
 from serl_stack.safety.stepmix import EpsMix, StepMix, make_mixer
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*infinity.*:UserWarning")
@@ -46,15 +48,22 @@ def _cfg(mode: str = "stepmix", **mixing: object) -> Config:
 
 
 class Still:
-    """A baseline that never moves (so pick-cube's sparse reward stays 0) and counts its calls."""
+    """A baseline `Policy` that never moves (so pick-cube's sparse reward stays 0) and counts its actions."""
 
     def __init__(self, action_dim: int) -> None:
         self.calls = 0
+        self.resets = 0
         self.action = np.zeros(action_dim, np.float32)
 
-    def __call__(self, obs: object) -> np.ndarray:
+    def act(self, obs: object, key: object, deterministic: bool = False) -> np.ndarray:
         self.calls += 1
         return self.action
+
+    def sample_actions(self, obs: object, k: int, key: object) -> np.ndarray:
+        return np.repeat(self.action[None, None], k, axis=0)
+
+    def reset(self) -> None:
+        self.resets += 1
 
 
 @pytest.fixture(scope="module")
@@ -64,9 +73,17 @@ def env():
     e.close()
 
 
-def _runner(env, cfg: Config) -> tuple[PolicyRunner, SACAgent]:
+def _example(env) -> tuple[dict, int]:
     obs, _ = env.reset(seed=0)
-    runner = PolicyRunner(obs, env.action_space.shape[0], cfg)
+    return obs, env.action_space.shape[0]
+
+
+def _runner(env, cfg: Config) -> tuple[PolicyRunner, SACAgent]:
+    """The actor's runner for `cfg` (with the critic when mixing is on, as the actor builds it) and an agent whose
+    parameters it can be given."""
+    obs, _ = env.reset(seed=0)
+    samples = cfg.mixing.value_samples if cfg.mixing.mode != "off" else 0
+    runner = PolicyRunner(obs, env.action_space.shape[0], cfg.agent, critic_samples=samples)
     agent = SACAgent.create(0, runner.observe(obs).shape[-1], env.action_space.shape[0], cfg.agent)
     return runner, agent
 
@@ -113,28 +130,35 @@ def test_check_mixing_accepts_off_and_a_sparse_scripted_task() -> None:
     check_mixing(_cfg("stepmix", snapshot_every=10))
 
 
+def test_check_mixing_names_a_task_without_a_baseline() -> None:
+    with pytest.raises(ConfigError, match="env.id 'Pendulum-v1' has no scripted one"):
+        check_mixing(dataclasses.replace(_cfg("stepmix"), env=EnvConfig(id="Pendulum-v1", dense_reward=False)))
+
+
 @pytest.mark.parametrize(
     ("cfg", "match"),
     [
         (dataclasses.replace(_cfg("epsmix"), env=EnvConfig(id=PICK, dense_reward=True)), "env.dense_reward"),
-        (dataclasses.replace(_cfg("stepmix"), env=EnvConfig(id="Pendulum-v1", dense_reward=False)), "env.id"),
         (_cfg("epsmix", alpha=1.5), "mixing.alpha"),
         (_cfg("stepmix", baseline_episodes=1), "mixing.baseline_episodes"),
         (_cfg("stepmix", snapshot_every=-1), "mixing.snapshot_every"),
     ],
 )
-def test_check_mixing_names_the_field(cfg: Config, match: str) -> None:
-    with pytest.raises(ValueError, match=match):
-        check_mixing(cfg)
+def test_the_config_validation_names_mixing_fields(cfg: Config, match: str) -> None:
+    """Ranges and the rewards >= 0 rule are the config's own checks (config.validate), not check_mixing's."""
+    from serl_stack.config import validate
+
+    with pytest.raises(ConfigError, match=match):
+        validate(cfg)
 
 
 def test_from_config_is_none_when_off_and_uses_the_scripted_baseline(env) -> None:
     off = _cfg("off")
     runner, _ = _runner(env, off)
-    assert MixedActing.from_config(off, runner, seed=0) is None
+    assert MixedActing.from_config(off, runner, seed=0, example=_example(env)) is None
     cfg = _cfg("epsmix")
     runner, _ = _runner(env, cfg)
-    acting = MixedActing.from_config(cfg, runner, seed=0)
+    acting = MixedActing.from_config(cfg, runner, seed=0, example=_example(env))
     assert isinstance(acting.mixer, EpsMix) and acting.mixer.cfg.baseline_episodes == 2
     # The task's scripted controller: it succeeds at pick-cube, so warm-up episodes earn reward.
     long_env = make_env(dataclasses.replace(cfg.env, max_episode_steps=100))
@@ -162,7 +186,7 @@ def test_baseline_acts_until_the_first_parameters_arrive(env) -> None:
     for seed in range(4):
         record = _episode(env, acting, seed)
         assert record["warmup"] == 1.0 and record["learned_steps"] == 0.0 and record["switch_step"] == -1.0
-    assert baseline.calls == 4 * cfg.env.max_episode_steps
+    assert baseline.calls == 4 * cfg.env.max_episode_steps and baseline.resets == 4
     assert acting.mixer.baseline.n == 4  # every warm-up episode fed U
 
 
@@ -179,12 +203,12 @@ def test_stepmix_switches_to_the_runners_policy_when_the_bound_holds(env) -> Non
     obs, _ = env.reset(seed=7)
     acting.begin_episode()
     action = acting.act(obs, jax.random.PRNGKey(0))
-    np.testing.assert_allclose(action, runner.act(runner.observe(obs), jax.random.PRNGKey(5), True), atol=1e-6)
+    np.testing.assert_allclose(action, runner.act(obs, jax.random.PRNGKey(5), True), atol=1e-6)
     assert acting.mixer.switch_step == 0 and baseline.calls == calls
     fields = acting.mixer.log_fields()
     # L is the broadcast critic's bound at s1, with the value half of the step's key.
     _, value_key = jax.random.split(jax.random.PRNGKey(0))
-    expected = runner.value_bound(runner.observe(obs), value_key).lower(1.0)
+    expected = ValueBound.from_q_values(runner.q_values(runner.observe(obs), value_key)).lower(1.0)
     assert fields["kappa"] == 1.0
     assert fields["upper"] == 0.0 and fields["lower"] == pytest.approx(expected, abs=1e-6)
     env.step(action)
@@ -206,10 +230,11 @@ def test_epsmix_with_a_worthless_baseline_runs_the_learned_policy_all_episode(en
 
 
 def test_value_bound_needs_a_critic(env) -> None:
-    runner, _ = _runner(env, _cfg("off"))
+    runner, agent = _runner(env, _cfg("off"))
+    runner.load(1, serialization.to_state_dict(agent.actor_params))
     obs, _ = env.reset(seed=0)
-    with pytest.raises(RuntimeError, match="mixing.mode is off"):
-        runner.value_bound(runner.observe(obs), jax.random.PRNGKey(0))
+    with pytest.raises(RuntimeError, match="built without critic_samples"):
+        runner.q_values(runner.observe(obs), jax.random.PRNGKey(0))
 
 
 # ------------------------------------------------------------------------------------------ persistence
@@ -226,15 +251,16 @@ def test_mixer_state_survives_a_restart(env, tmp_path: Path) -> None:
     assert not path.with_suffix(".tmp").exists()
 
     restarted = _acting(cfg, Still(7), runner)
-    assert restarted.restore_state(path)
+    assert restarted.restore_state(path, dataclasses.replace(cfg, agent=dataclasses.replace(cfg.agent,
+                                                                                             discount=0.96)))
     assert restarted.mixer.episode == 2 and restarted.mixer.baseline.n == 3
     # The coin stream continues where it was, not from the seed again.
     assert restarted.mixer.rng.bit_generator.state == first.mixer.rng.bit_generator.state
-    assert not restarted.restore_state(tmp_path / "missing.pkl")
+    assert not restarted.restore_state(tmp_path / "missing.msgpack", cfg)
 
     stepmix = _acting(_cfg("stepmix"), Still(7), runner)
-    with pytest.raises(ValueError, match="EpsMix mixer, but mixing.mode asks for StepMix"):
-        stepmix.restore_state(path)
+    with pytest.raises(MixerStateError, match="holds an epsmix mixer, but mixing.mode asks for stepmix"):
+        stepmix.restore_state(path, _cfg("stepmix"))
 
 
 def test_snapshots_freeze_the_policy_an_episode_ran(env, tmp_path: Path) -> None:
@@ -253,9 +279,9 @@ def test_snapshots_freeze_the_policy_an_episode_ran(env, tmp_path: Path) -> None
     jax.tree.map(np.testing.assert_array_equal, body["params"], params)
     assert load_snapshot(first) == {"episode": 0, "params": None, "mixer": None}
 
-    bogus = tmp_path / "bogus.pkl"
-    bogus.write_bytes(pickle.dumps({"episode": 1}))
-    with pytest.raises(ValueError, match="not a mixing snapshot"):
+    bogus = tmp_path / "bogus.msgpack"
+    bogus.write_bytes(msgpack.packb({"episode": 1}))
+    with pytest.raises(MixerStateError, match="bogus.msgpack"):
         load_snapshot(bogus)
 
 
@@ -268,7 +294,7 @@ def test_a_checkpointed_policy_can_be_the_baseline(env, tmp_path: Path) -> None:
     name before anything runs."""
     from test_eval_cli import _write_run
 
-    from serl_stack.evaluation import load_policy
+    from serl_stack.inference import load_policy
     from serl_stack.mixing import make_baseline
 
     baseline_cfg = dataclasses.replace(_cfg("off"), agent=AgentConfig(hidden_dims=(16, 16), batch_size=16),
@@ -278,23 +304,24 @@ def test_a_checkpointed_policy_can_be_the_baseline(env, tmp_path: Path) -> None:
     cfg = dataclasses.replace(_cfg("epsmix"), mixing=dataclasses.replace(_cfg("epsmix").mixing,
                                                                           baseline_run=str(run)))
     check_mixing(cfg)
-    baseline = make_baseline(cfg)
+    baseline = make_baseline(cfg, _example(env))
     _, runner, _ = load_policy(run)
     obs, _ = env.reset(seed=11)
     for _ in range(3):
-        action = baseline(obs)
-        np.testing.assert_array_equal(action, runner.act(runner.observe(obs), jax.random.PRNGKey(9), True))
+        action = baseline.act(obs, jax.random.PRNGKey(1), True)
+        np.testing.assert_array_equal(action, runner.act(obs, jax.random.PRNGKey(9), True))
         obs, *_ = env.step(action)
     runner_cfg = _cfg("epsmix")
     policy_runner, _ = _runner(env, runner_cfg)
-    acting = MixedActing.from_config(cfg, policy_runner, seed=0)
+    acting = MixedActing.from_config(cfg, policy_runner, seed=0, example=_example(env))
     obs, _ = env.reset(seed=11)
     acting.begin_episode()
-    np.testing.assert_array_equal(acting.act(obs, jax.random.PRNGKey(0)), baseline(obs))  # warm-up: baseline
+    # Warm-up: the baseline acts, deterministically.
+    np.testing.assert_array_equal(acting.act(obs, jax.random.PRNGKey(0)), baseline.act(obs, None, True))
 
     def refused(path: Path) -> str:
         bad = dataclasses.replace(cfg, mixing=dataclasses.replace(cfg.mixing, baseline_run=str(path)))
-        with pytest.raises(ValueError, match="mixing.baseline_run") as e:
+        with pytest.raises(ConfigError, match="mixing.baseline_run") as e:
             check_mixing(bad)
         return str(e.value)
 

@@ -30,6 +30,7 @@ from serl_stack.transport.protocol import envelope, make_spec, open_envelope, pa
 
 ROOT = Path(__file__).resolve().parents[1]
 PER_CATEGORY = 1000
+FUZZER = "fuzzer-1"
 
 
 def _frames(rng: np.random.Generator, spec: dict, obs: dict) -> dict[str, list[bytes]]:
@@ -37,25 +38,25 @@ def _frames(rng: np.random.Generator, spec: dict, obs: dict) -> dict[str, list[b
     good_t = {"observation": obs, "next_observation": obs, "action": np.zeros(7, np.float32),
               "executed_action": np.zeros(7, np.float32), "reward": 0.0, "terminated": False,
               "truncated": False, "episode": 0}
-    valid = envelope("transitions", "fuzzer", {"items": [[1, pack(good_t)]]}, 1)
+    valid = envelope("transitions", FUZZER, {"items": [[1, pack(good_t)]]}, 1)
     wrong_types = [
-        {"v": "1", "type": "transitions", "from": "fuzzer", "seq": 1, "body": {}},
-        {"v": 1, "type": 5, "from": "fuzzer", "seq": 1, "body": {}},
+        {"v": "1", "type": "transitions", "from": FUZZER, "seq": 1, "body": {}},
+        {"v": 1, "type": 5, "from": FUZZER, "seq": 1, "body": {}},
         {"v": 1, "type": "transitions", "from": ["x"], "seq": 1, "body": {}},
-        {"v": 1, "type": "transitions", "from": "fuzzer", "seq": "one", "body": {}},
-        {"v": 1, "type": "transitions", "from": "fuzzer", "seq": 1},
+        {"v": 1, "type": "transitions", "from": FUZZER, "seq": "one", "body": {}},
+        {"v": 1, "type": "transitions", "from": FUZZER, "seq": 1},
         [1, "transitions"], "just a string", 42, None,
     ]
 
     def bad_array(i: int) -> bytes:
         shapes = [[-1], [2**40, 2**40], [2**62], [1] * 9, ["a"], [3, -7]]
         header = msgpack.packb(["<f4", shapes[i % len(shapes)]])
-        return msgpack.packb({"v": 1, "type": "transitions", "from": "fuzzer", "seq": i + 1,
+        return msgpack.packb({"v": 1, "type": "transitions", "from": FUZZER, "seq": i + 1,
                               "body": {"x": msgpack.ExtType(1, header + b"\0" * (i % 16))}})
 
     def nan_item(i: int) -> bytes:
         t = dict(good_t, observation={**obs, "state": {**obs["state"], "tcp_pose": np.full(7, np.nan, np.float32)}})
-        return envelope("transitions", "fuzzer", {"items": [[i + 1, pack(t)]]}, i + 2)
+        return envelope("transitions", FUZZER, {"items": [[i + 1, pack(t)]]}, i + 2)
 
     return {
         "random bytes": [rng.bytes(int(rng.integers(0, 300))) for _ in range(PER_CATEGORY)],
@@ -63,7 +64,7 @@ def _frames(rng: np.random.Generator, spec: dict, obs: dict) -> dict[str, list[b
         "wrong types": [msgpack.packb(wrong_types[i % len(wrong_types)]) for i in range(PER_CATEGORY)],
         "huge or negative shapes": [bad_array(i) for i in range(PER_CATEGORY)],
         "NaN payloads": [nan_item(i) for i in range(PER_CATEGORY)],
-        "wrong versions": [pack({"v": int(v), "type": "transitions", "from": "fuzzer", "seq": 1, "body": {}})
+        "wrong versions": [pack({"v": int(v), "type": "transitions", "from": FUZZER, "seq": 1, "body": {}})
                            for v in rng.choice([0, 2, 3, 99, -1, 2**31], PER_CATEGORY)],
         "spoofed actor ids": [envelope("transitions", "actor-0", {"items": [[10**6 + i, pack(good_t)]]}, i + 1)
                               for i in range(PER_CATEGORY)],
@@ -84,12 +85,13 @@ def test_fuzzing_a_running_learner(tmp_path: Path) -> None:
     allowed.mkdir()
     learner_pub, learner_sec = generate_keypair(keys, "learner")
     actor_pub, actor_sec = generate_keypair(keys, "actor-0", actor_id="actor-0")
-    fuzz_pub, fuzz_sec = generate_keypair(keys, "fuzzer", actor_id="fuzzer")
+    fuzz_pub, fuzz_sec = generate_keypair(keys, "fuzzer-1", actor_id="fuzzer-1")
     shutil.copy(actor_pub, allowed / actor_pub.name)
     shutil.copy(fuzz_pub, allowed / fuzz_pub.name)
     tport, pport = free_port("127.0.0.1"), free_port("127.0.0.1")
     cfg = apply_overrides(load(None), [
-        "train.total_env_steps=1200", "train.start_steps=300", "train.eval_episodes=2",
+        # Two actors: the honest one collects its 1200 steps, the (authenticated) fuzzer collects none.
+        "train.num_actors=2", "train.total_env_steps=2400", "train.start_steps=300", "train.eval_episodes=2",
         "agent.hidden_dims=[64, 64]", "agent.batch_size=64", f"transport.transitions_port={tport}",
         f"transport.params_port={pport}", "transport.ledger=true", "transport.curve=true",
         f"transport.learner_secret_key={learner_sec}", f"transport.allowed_actors_dir={allowed}",
@@ -99,6 +101,7 @@ def test_fuzzing_a_running_learner(tmp_path: Path) -> None:
     (run / "config.yaml").write_text(dump(cfg))
     learner = _start("learner", run / "config.yaml", run)
     actor = _start("actor", run / "config.yaml", run)
+    actor_log = run / "actor.log"  # the honest actor: transport.actor_id is actor-0
 
     env = make_env(cfg.env)
     obs, _ = env.reset(seed=0)
@@ -115,7 +118,7 @@ def test_fuzzing_a_running_learner(tmp_path: Path) -> None:
     sub.connect(endpoint("127.0.0.1", pport))
     status: dict = {}
     try:
-        dealer.send(envelope("hello", "fuzzer", {"spec": spec}, 0))  # so NaN items reach the schema check
+        dealer.send(envelope("hello", FUZZER, {"spec": spec}, 0))  # so NaN items reach the schema check
         time.sleep(1.0)
         for category, batch in frames.items():
             for frame in batch:
@@ -123,6 +126,12 @@ def test_fuzzing_a_running_learner(tmp_path: Path) -> None:
                 while dealer.poll(0):
                     dealer.recv()  # replies (acks, refusals) are drained, not needed
             assert learner.poll() is None, f"learner died during '{category}':\n" + (run / "learner.log").read_text()
+        # The fuzzer is one of the run's two actors: it reports done (no steps) and a final evaluation, so the
+        # run ends when the honest actor's part does.
+        dealer.send(envelope("done", FUZZER, {"env_steps": 0}, 10**7))
+        dealer.send(envelope("eval", FUZZER, {"episodes": 1, "first_seed": 0, "success_rate": 0.0, "return_mean": 0.0,
+                                             "return_std": 0.0, "length_mean": 1.0, "params_version": 0,
+                                             "env_steps": 0, "final": True}, 10**7 + 1))
         deadline = time.monotonic() + 400
         while actor.poll() is None or learner.poll() is None:
             assert time.monotonic() < deadline, "the run did not finish"
@@ -135,7 +144,7 @@ def test_fuzzing_a_running_learner(tmp_path: Path) -> None:
         dealer.close()
         sub.close()
     assert learner.returncode == 0, (run / "learner.log").read_text()[-3000:]
-    assert actor.returncode == 0, (run / "actor.log").read_text()[-3000:]
+    assert actor.returncode == 0, actor_log.read_text()[-3000:]
 
     rejected = status["rejected"]
     print("rejections by reason:", rejected, "quarantined:", status["quarantined"])
@@ -155,4 +164,4 @@ def test_fuzzing_a_running_learner(tmp_path: Path) -> None:
     logged = {(seq, hashlib.sha256(p).hexdigest()) for _, actor_id, seq, p in log.replay() if actor_id == "actor-0"}
     ledger = {(int(a), b) for a, b in (line.split() for line in (run / "ledger-actor-0.txt").read_text().splitlines())}
     assert logged == ledger and len(ledger) == 1200
-    assert not [r for r in log.replay() if r[1] == "fuzzer"], "a fuzzer frame was stored as a transition"
+    assert not [r for r in log.replay() if r[1] == FUZZER], "a fuzzer frame was stored as a transition"

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from serl_stack.errors import TransportError
 from serl_stack.transport.actor_client import ActorClient
 from serl_stack.transport.inbox import DurableInbox
 from serl_stack.transport.learner_server import LearnerServer
@@ -122,7 +123,7 @@ def _rebind(port: int, pport: int, timeout_s: float = 10.0) -> LearnerServer:
     while True:
         try:
             return LearnerServer("127.0.0.1", port, pport, MAX)
-        except OSError:
+        except TransportError:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)

@@ -2,9 +2,10 @@
 
 Owns: `make_policy_fn`, a factory of two pure functions — one that builds a parameter pytree of the right
 structure (the target for `flax.serialization.from_state_dict` when parameters arrive over the wire) and one
-jitted policy call — and `make_value_fn`, the same for the critic ensemble's view of the policy's value (what
-conservative mixing needs in the actor process). It imports only the network definitions: no optimizer, no
-learner, so the actor process starts fast and cannot accidentally train.
+jitted policy call — `make_sample_fn` (K actions at one observation, encoded once) and `make_value_fn`, the same
+for the critic ensemble's view of the policy's value (what conservative mixing needs in the actor process). It
+imports only the network definitions: no optimizer, no learner, so the actor process starts fast and cannot
+accidentally train. `serl_stack.inference.PolicyRunner` wraps these for env observations.
 """
 
 from __future__ import annotations
@@ -68,6 +69,27 @@ def make_policy_fn(
         return action
 
     return init_params_fn, policy_fn
+
+
+def make_sample_fn(
+    obs_dim: int, action_dim: int, cfg: AgentConfig, image_shapes: Mapping[str, tuple[int, ...]] | None = None
+) -> Callable[[Params, Any, jax.Array, int], jax.Array]:
+    """`sample_fn(params, obs, key, k) -> (k, A)`: k independent stochastic actions at ONE observation `obs`
+    (unbatched), for `make_policy_fn`'s parameters. The observation is normalized and encoded once; only the
+    Gaussian draw is repeated (what reranking K proposals needs). Jitted, with `k` static."""
+    actor = make_actor(action_dim, cfg.hidden_dims)
+    encoder = make_encoder(cfg) if image_shapes else None
+    encoder_apply = encoder.apply if encoder is not None else None
+
+    @partial(jax.jit, static_argnames="k")
+    def sample_fn(params: Params, obs: Any, key: jax.Array, k: int) -> jax.Array:
+        x = features(encoder_apply, params.get("encoder"), jax.tree.map(lambda a: a[None], obs), params["obs_norm"])
+        mean, log_std = actor.apply({"params": params["actor"]}, x)
+        shape = (k, action_dim)
+        actions, _ = tanh_gaussian_sample(jnp.broadcast_to(mean, shape), jnp.broadcast_to(log_std, shape), key)
+        return actions
+
+    return sample_fn
 
 
 def make_value_fn(

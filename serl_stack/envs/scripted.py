@@ -5,7 +5,9 @@ state machine for FrankaPickCube-v0, `PegInsertScripted`, an align-then-descend 
 FrankaPegInsert-v0, and `make_scripted`, which picks the scripted policy for a config's `env.id` from the
 `SCRIPTED` table (so callers never test env names). A policy here is a callable `policy(obs) -> action` on the
 DESIGN.md observation dict, returning an action of the env's action shape (7-D; 6-D where the task keeps the
-gripper closed).
+gripper closed), with its action noise if it has any; each also follows the inference module's `Policy` protocol
+(`act(obs, key, deterministic)` — the noise-free action when deterministic —, `sample_actions(obs, k, key)`,
+`reset()`), so it can be a conservative-mixing baseline or a steering base policy like any learned policy.
 """
 
 from __future__ import annotations
@@ -23,10 +25,50 @@ from serl_stack.envs.panda import PANDA, ArmSpec, dh_fk
 
 
 class ScriptedPolicy(Protocol):
-    """What the scripted policies share: an action float32 in [-1, 1] of the env's action shape for one
-    observation."""
+    """What the scripted policies share: called on one observation, an action float32 in [-1, 1] of the env's
+    action shape (noise included); and the `serl_stack.inference.Policy` methods."""
 
     def __call__(self, obs: Mapping[str, Any]) -> np.ndarray: ...
+
+    def act(self, obs: Mapping[str, Any], key: Any = None, deterministic: bool = False) -> np.ndarray: ...
+
+    def sample_actions(self, obs: Mapping[str, Any], k: int, key: Any = None) -> np.ndarray: ...
+
+    def reset(self) -> None: ...
+
+
+class _ScriptedActing:
+    """The `Policy` protocol for a scripted controller: subclasses write `_act(obs, rng)`, which adds their
+    action noise only when `rng` is given, and keep `noise` and `rng`. Stateless: `reset()` has nothing to do."""
+
+    noise: float
+    rng: np.random.Generator | None
+    chunk = 1
+
+    def _act(self, obs: Mapping[str, Any], rng: np.random.Generator | None) -> np.ndarray:
+        raise NotImplementedError
+
+    def _noise_rng(self) -> np.random.Generator | None:
+        return self.rng if self.noise > 0 else None
+
+    def __call__(self, obs: Mapping[str, Any]) -> np.ndarray:
+        return self._act(obs, self._noise_rng())
+
+    def act(self, obs: Mapping[str, Any], key: Any = None, deterministic: bool = False) -> np.ndarray:
+        """The controller's action; with `deterministic`, without its noise. The noise comes from the policy's
+        own generator (`key` is not used: the scripted controllers need no JAX)."""
+        return self._act(obs, None if deterministic else self._noise_rng())
+
+    def sample_actions(self, obs: Mapping[str, Any], k: int, key: Any = None) -> np.ndarray:
+        """(k, 1, A): k noisy actions drawn from a generator seeded by `key`'s bits (k copies without noise)."""
+        if self.noise <= 0:
+            action = self._act(obs, None)
+            return np.repeat(action[None, None], k, axis=0)
+        rng = self.rng if key is None else np.random.default_rng([int(v) for v in np.asarray(key).reshape(-1)])
+        return np.stack([self._act(obs, rng) for _ in range(k)])[:, None, :]
+
+    def reset(self) -> None:
+        """A new episode: the scripted controllers read everything off each observation."""
 
 
 def _check_noise(noise: float, rng: np.random.Generator | None) -> None:
@@ -37,7 +79,7 @@ def _check_noise(noise: float, rng: np.random.Generator | None) -> None:
         raise ValueError("rng: got None, expected a numpy Generator when noise > 0 (no hidden randomness)")
 
 
-class ReachScripted:
+class ReachScripted(_ScriptedActing):
     """Full speed toward the goal: `a[:3] = clip((goal - tcp) / action_scale_pos (+ noise), -1, 1)`.
 
     Rotation and gripper are 0 (orientation held, gripper unchanged). With `noise > 0`, Gaussian noise of that
@@ -57,19 +99,18 @@ class ReachScripted:
         """The policy for an env built from `cfg` (its `action_scale_pos`)."""
         return cls(cfg.action_scale_pos, noise, rng)
 
-    def __call__(self, obs: Mapping[str, Any]) -> np.ndarray:
+    def _act(self, obs: Mapping[str, Any], rng: np.random.Generator | None) -> np.ndarray:
         goal = np.asarray(obs["task"]["goal_pos"], np.float64)
         tcp = np.asarray(obs["state"]["tcp_pose"], np.float64)[:3]
         delta = (goal - tcp) / self.action_scale_pos
-        if self.noise > 0:
-            assert self.rng is not None  # checked in __init__
-            delta = delta + self.rng.normal(0.0, self.noise, 3)
+        if rng is not None:
+            delta = delta + rng.normal(0.0, self.noise, 3)
         action = np.zeros(7, np.float32)
         action[:3] = np.clip(delta, -1.0, 1.0)
         return action
 
 
-class PickCubeScripted:
+class PickCubeScripted(_ScriptedActing):
     """Top-down grasp for FrankaPickCube-v0: a state machine read off each observation alone.
 
     It keeps no memory between calls, so the phase is recomputed every step from the cube's position in the TCP
@@ -130,7 +171,7 @@ class PickCubeScripted:
         mujoco.mju_quat2Mat(self._mat, quat)
         return float(np.arctan2(self._mat[3], self._mat[0]))
 
-    def __call__(self, obs: Mapping[str, Any]) -> np.ndarray:
+    def _act(self, obs: Mapping[str, Any], rng: np.random.Generator | None) -> np.ndarray:
         tcp = np.asarray(obs["state"]["tcp_pose"], np.float64)
         pos, quat = tcp[:3], tcp[3:] / np.linalg.norm(tcp[3:])
         width = float(np.asarray(obs["state"]["gripper_pos"]).reshape(-1)[0])
@@ -163,15 +204,14 @@ class PickCubeScripted:
         action = np.zeros(7)
         action[:3] = (target - pos) / self.action_scale_pos
         action[3:6] = rot_err / self.action_scale_rot
-        if self.noise > 0:
-            assert self.rng is not None  # checked in __init__
-            action[:6] += self.rng.normal(0.0, self.noise, 6)
+        if rng is not None:
+            action[:6] += rng.normal(0.0, self.noise, 6)
         action[:6] = np.clip(action[:6], -1.0, 1.0)
         action[6] = grip
         return action.astype(np.float32)
 
 
-class PegInsertScripted:
+class PegInsertScripted(_ScriptedActing):
     """Bring the peg's tip above the hole, line it up, then lower it straight in, the peg's axis held vertical.
 
     Stateless (a function of the observation alone, so it can take over mid-episode). Off-axis distances are per
@@ -221,7 +261,7 @@ class PegInsertScripted:
         p = cfg.peg_insert
         return cls(0.375 * p.clearance, p.hole_depth, cfg.action_scale_pos, cfg.action_scale_rot, noise, rng)
 
-    def __call__(self, obs: Mapping[str, Any]) -> np.ndarray:
+    def _act(self, obs: Mapping[str, Any], rng: np.random.Generator | None) -> np.ndarray:
         hole = np.asarray(obs["task"]["hole_pos"], np.float64)
         peg = np.asarray(obs["task"]["peg_pose"], np.float64)
         tip, (w, x, y, z) = peg[:3], peg[3:]
@@ -251,9 +291,8 @@ class PegInsertScripted:
         sin, cos = float(np.linalg.norm(cross)), float(axis @ down)
         if sin > 1e-9:
             action[3:6] = cross / sin * np.arctan2(sin, cos) / self.action_scale_rot
-        if self.noise > 0:
-            assert self.rng is not None  # checked in __init__
-            action += self.rng.normal(0.0, self.noise, 6)
+        if rng is not None:
+            action += rng.normal(0.0, self.noise, 6)
         return np.clip(action, -1.0, 1.0).astype(np.float32)
 
 

@@ -40,6 +40,7 @@ class DurableInbox:
         status: Callable[[], dict[str, Any]] = dict,
         max_item_bytes: int = 64 * 1024 * 1024,
         on_welcome: Callable[[bytes], None] | None = None,
+        admit: Callable[[str], str | None] | None = None,
     ) -> None:
         self.server = server
         self.log = log
@@ -49,6 +50,9 @@ class DurableInbox:
         self.max_item_bytes = max_item_bytes
         self.on_welcome = on_welcome
         """Called with the routing id of each welcomed actor (the learner sends it the current parameters)."""
+        self.admit = admit
+        """Called with each actor id that says hello: None admits it, a string is the reason to refuse it (e.g. a
+        run that already has all the actors it was configured for)."""
         self.specs: dict[str, Spec] = {}
         self.quarantined = 0
         self.refused = 0
@@ -64,6 +68,9 @@ class DurableInbox:
             spec = check_spec(msg.body.get("spec") if isinstance(msg.body, dict) else None)
         except ProtocolError as e:
             self._refuse(msg, str(e))
+            return
+        if self.admit is not None and (reason := self.admit(msg.sender)) is not None:
+            self._refuse(msg, reason)
             return
         if self.expected_spec is None:
             self.expected_spec = spec

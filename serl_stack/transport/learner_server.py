@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
+from serl_stack.errors import TransportError
 from serl_stack.transport.protocol import ProtocolError, envelope, open_envelope
 
 if TYPE_CHECKING:
@@ -79,9 +80,9 @@ class LearnerServer:
             self.params_port = _bind(self._pub, host, params_port)
         except zmq.ZMQError as e:
             self.close()
-            raise OSError(
-                f"cannot bind the learner on {host} (transitions_port={transitions_port}, "
-                f"params_port={params_port}): {e}; pick free ports or set them to 0"
+            raise TransportError(
+                f"transport.transitions_port/params_port: cannot bind the learner on {host} (transitions_port="
+                f"{transitions_port}, params_port={params_port}): {e}; pick free ports, or 0 to let the OS choose"
             ) from e
         self._poller = zmq.Poller()
         self._poller.register(self._router, zmq.POLLIN)
@@ -132,7 +133,8 @@ class LearnerServer:
         """Broadcast to every subscriber of `topic`."""
         self._pub.send_multipart([topic, envelope(msg_type, "learner", body, seq)])
 
-    def close(self) -> None:
+    def close(self, linger_ms: int = 0) -> None:
+        """Close both sockets; `linger_ms` > 0 first gives queued replies (the last acks) that long to leave."""
         for sock in (getattr(self, "_router", None), getattr(self, "_pub", None)):
             if sock is not None:
-                sock.close(linger=0)
+                sock.close(linger=linger_ms)

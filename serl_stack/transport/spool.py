@@ -2,8 +2,10 @@
 
 Owns: the segment files `segment-NNNNNN.spool` of one spool directory, the index of unacknowledged messages, the
 acknowledged watermark and the next sequence number (which survives restarts, also when everything is
-acknowledged). Frames are the transition log's (`log.py`), so a crash mid-put loses at most that one record and
-never corrupts the others. Space is reclaimed by deleting a segment once all its messages are acknowledged.
+acknowledged), and the cap on its size on disk (`max_bytes`: a put beyond it raises `SpoolFullError`, so a
+learner that stays away cannot fill the robot PC's disk). Frames are the transition log's (`log.py`), so a
+crash mid-put loses at most that one record and never corrupts the others. Space is reclaimed by deleting a
+segment once all its messages are acknowledged.
 Format and recovery rules: docs/transport-storage.md.
 """
 
@@ -15,6 +17,7 @@ import re
 from collections.abc import Iterator
 from typing import NamedTuple
 
+from serl_stack.errors import SpoolFullError
 from serl_stack.transport.log import (
     CorruptLogError,
     FrameReader,
@@ -52,15 +55,24 @@ class ActorSpool:
     """On-disk queue of unacknowledged (seq, payload) messages, seq = 1, 2, 3, ... in put order."""
 
     def __init__(
-        self, directory: str | os.PathLike[str], fsync: bool = True, segment_bytes: int = DEFAULT_SEGMENT_BYTES
+        self,
+        directory: str | os.PathLike[str],
+        fsync: bool = True,
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        max_bytes: int | None = None,
     ) -> None:
         """`fsync=True`: each `put` is on disk (fsync) before it returns. `fsync=False`: a `put` reaches the OS
-        before it returns (it survives a crash of the actor, not of the machine) and `flush()` fsyncs a batch."""
+        before it returns (it survives a crash of the actor, not of the machine) and `flush()` fsyncs a batch.
+        `max_bytes`: the largest the spool's files may grow (None: no cap)."""
         if segment_bytes < 1024:
             raise ValueError(f"segment_bytes is {segment_bytes}; expected at least 1024")
+        if max_bytes is not None and max_bytes < 1024:
+            raise ValueError(f"max_bytes is {max_bytes}; expected at least 1024 or None")
         self.directory = os.fspath(directory)
         self.fsync = fsync
         self.segment_bytes = segment_bytes
+        self.max_bytes = max_bytes
+        self._sizes: dict[int, int] = {}  # segment -> bytes in its file
         self.fsync_count = 0
         self.recovered: list[str] = []
         """What opening had to repair (a torn tail cut off), one line each."""
@@ -104,6 +116,7 @@ class ActorSpool:
                 self._high = max(self._high, frame.seq)
             if (torn := truncate_torn_tail(reader)) is not None:
                 self.recovered.append(torn)
+            self._sizes[segment] = os.path.getsize(path)
         if segments:
             self._segment = segments[-1]
             self._fd = os.open(self._path(self._segment), os.O_WRONLY | os.O_APPEND)
@@ -131,6 +144,13 @@ class ActorSpool:
             raise ValueError(f"seq is {seq}; expected next_seq() = {self._high + 1}")
         head, body = encode_frame(KIND_PUT, seq, check_payload(payload))
         size = len(head) + len(body)
+        if self.max_bytes is not None and self.disk_bytes + size > self.max_bytes:
+            raise SpoolFullError(
+                f"{self.directory}: the spool holds {self.disk_bytes} bytes of transitions the learner has not "
+                f"acknowledged ({len(self._index)} messages) and the next one would pass transport.spool_max_bytes="
+                f"{self.max_bytes}; stopping rather than filling this disk. Nothing is lost: get the learner "
+                "running (or the link up) and restart this actor, which resends the spool"
+            )
         if self._pos + size > self.segment_bytes and self._segment_max[self._segment] > 0:
             self._roll()
         self._append([head, body])
@@ -140,6 +160,11 @@ class ActorSpool:
         self._high = seq
         if self.fsync:
             self._sync()
+
+    @property
+    def disk_bytes(self) -> int:
+        """Bytes of the spool's segment files on disk (what `max_bytes` caps)."""
+        return sum(self._sizes.values())
 
     def flush(self) -> None:
         """fsync what was put so far (the batched form of `fsync=True`)."""
@@ -179,6 +204,7 @@ class ActorSpool:
                 os.close(fd)
             os.remove(self._path(segment))
             del self._segment_max[segment]
+            self._sizes.pop(segment, None)
         if self.fsync:
             sync_dir(self.directory)
             self.fsync_count += 1
@@ -194,6 +220,7 @@ class ActorSpool:
         parts = [encode_frame(KIND_HIGH, self._high, b"")[0], encode_frame(KIND_ACK, self._acked, b"")[0]]
         write_all(self._fd, parts)
         self._pos = sum(map(len, parts))
+        self._sizes[self._segment] = self._pos
         self._segment_max[self._segment] = 0
         self._sync()
         sync_dir(self.directory)
@@ -204,6 +231,7 @@ class ActorSpool:
             raise RuntimeError(f"{self.directory}: an earlier write failed ({self._broken}); reopen the spool")
         try:
             write_all(self._fd, parts)
+            self._sizes[self._segment] = self._sizes.get(self._segment, 0) + sum(map(len, parts))
         except OSError:  # e.g. disk full while the learner is away: drop the partial frame, stay usable
             try:
                 os.ftruncate(self._fd, self._pos)

@@ -1,0 +1,304 @@
+"""The inference boundary: turning observations into actions, without the learner's machinery.
+
+Owns: the `Policy` protocol every acting policy follows (the SAC policy here, the scripted baselines in
+envs/scripted.py, and later behaviour cloning, steering and remote policies), `PolicyRunner` (the SAC policy over
+env observations, adopting the parameters the learner broadcasts, with the critic's view of its value when the
+learner sends the critic too), deterministic evaluation (`evaluate`), and restoring a policy from a run's
+checkpoint (`load_policy`: the learner's actor-only `policy` item, restored into the policy's own template).
+
+The actor process, `serl eval`, the conservative mixers and the coming ROS 2 bridge node import this module and
+never the learner's: no `updater`, `learner`, `agents.sac`, `agents.losses`, `data.replay`, `data.demos` or optax
+(a test runs an actor and `serl eval` in fresh interpreters and checks `sys.modules`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import jax
+import numpy as np
+from flax import serialization
+
+from serl_stack import interrupt
+from serl_stack.config import AgentConfig, Config
+from serl_stack.data.obs import IMAGE_PREFIX, agent_obs, flatten_keys, image_keys_of, vector_dim, vector_keys
+from serl_stack.errors import EvalError
+from serl_stack.rundir import CHECKPOINTS, CONFIG_FILE, checkpoint_steps, read_run_config
+
+if TYPE_CHECKING:
+    import gymnasium as gym
+
+FrameFn = Callable[[np.ndarray], None]
+EpisodeFn = Callable[[int, dict[str, Any]], None]
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """What acts in an env, on its dict observation (DESIGN.md's observation contract).
+
+    - `act(obs, key, deterministic) -> (A,)` float32 in [-1, 1]: one action; `deterministic` asks for the
+      policy's mode (evaluation, a baseline), else a sample drawn with `key` (a JAX PRNG key; policies that draw
+      from their own generator may ignore it).
+    - `sample_actions(obs, k, key) -> (k, H, A)`: k proposals for reranking, H = the action-chunk length (1 for
+      single-step policies); the chosen chunk is executed step by step.
+    - `reset()`: a new episode begins (policies with memory, e.g. action chunks, clear it).
+    """
+
+    def act(self, obs: Mapping[str, Any], key: Any, deterministic: bool = False) -> np.ndarray: ...
+
+    def sample_actions(self, obs: Mapping[str, Any], k: int, key: Any) -> np.ndarray: ...
+
+    def reset(self) -> None: ...
+
+
+class PolicyRunner:
+    """The SAC policy over env observations with the newest parameters it was given (`load`).
+
+    `critic_samples > 0` makes it also hold the critic ensemble (the learner then broadcasts `value_params`) and
+    answer `q_values`: the E critics' Q-values of that many actions sampled at one state (conservative mixing's
+    bound on the policy's value). Observations are flattened once per step: `observe(obs)` gives the agent's
+    input, which `act_on`, `q_values` and `sample_on` take, so a caller that needs several of them converts once.
+    """
+
+    chunk = 1
+    """Action-chunk length H of `sample_actions` (SAC acts one step at a time)."""
+
+    def __init__(self, example_obs: Mapping[str, Any], action_dim: int, agent: AgentConfig,
+                 critic_samples: int = 0) -> None:
+        from serl_stack.agents.policy import make_policy_fn, make_sample_fn, make_value_fn
+
+        flat = flatten_keys(example_obs)
+        self.keys = vector_keys(flat, agent.obs_keys)
+        self.image_keys = image_keys_of(flat, agent.image_keys)
+        image_shapes = {k[len(IMAGE_PREFIX):]: tuple(np.shape(flat[k])) for k in self.image_keys} or None
+        obs_dim = vector_dim(flat, self.keys)
+        self.action_dim = int(action_dim)
+        init_params, self._policy = make_policy_fn(obs_dim, action_dim, agent, image_shapes)
+        self._sample = make_sample_fn(obs_dim, action_dim, agent, image_shapes)
+        self._q_values = None
+        if critic_samples > 0:  # the learner then broadcasts the critic too
+            init_params, self._q_values = make_value_fn(obs_dim, action_dim, agent, critic_samples, image_shapes)
+        self.template: Any = init_params(jax.random.PRNGKey(0))
+        """A parameter pytree of the right structure: what broadcast or checkpointed parameters restore into."""
+        self.params: Any = None
+        self.version = -1
+
+    # ------------------------------------------------------------------------------------------ parameters
+
+    def load(self, version: int, state_dict: Any) -> None:
+        """Adopt parameters (a nested dict of arrays, as broadcast or checkpointed) if newer than what we have."""
+        if version <= self.version:
+            return
+        self.params = serialization.from_state_dict(self.template, state_dict)
+        self.version = version
+
+    def _params(self) -> Any:
+        if self.params is None:
+            raise RuntimeError("PolicyRunner: no parameters yet; load() the learner's broadcast or a checkpoint first")
+        return self.params
+
+    # ------------------------------------------------------------------------------------------ acting
+
+    def observe(self, obs: Mapping[str, Any]) -> Any:
+        """The agent's input for one env observation (the same conversion the learner applies to its batches)."""
+        return agent_obs(flatten_keys(obs), self.keys, self.image_keys)
+
+    def act_on(self, x: Any, key: jax.Array | None, deterministic: bool = False) -> np.ndarray:
+        """`act` on an observation already converted by `observe`."""
+        return np.asarray(self._policy(self._params(), x, key, deterministic))
+
+    def act(self, obs: Mapping[str, Any], key: jax.Array | None, deterministic: bool = False) -> np.ndarray:
+        return self.act_on(self.observe(obs), key, deterministic)
+
+    def sample_on(self, x: Any, k: int, key: jax.Array) -> np.ndarray:
+        """`sample_actions` on an observation already converted by `observe`."""
+        return np.asarray(self._sample(self._params(), x, key, int(k)))[:, None, :]
+
+    def sample_actions(self, obs: Mapping[str, Any], k: int, key: jax.Array) -> np.ndarray:
+        return self.sample_on(self.observe(obs), k, key)
+
+    def reset(self) -> None:
+        """SAC keeps no memory between steps."""
+
+    def q_values(self, x: Any, key: jax.Array) -> np.ndarray:
+        """(E, M) Q-values of M = `critic_samples` actions sampled at the converted observation `x`."""
+        if self._q_values is None:
+            raise RuntimeError("PolicyRunner.q_values: built without critic_samples, so it holds no critic")
+        return np.asarray(self._q_values(self._params(), x, key))
+
+
+# ----------------------------------------------------------------------------------------------- evaluating
+
+
+def evaluate(
+    env: gym.Env,
+    policy: Policy,
+    episodes: int,
+    first_seed: int,
+    on_frame: FrameFn | None = None,
+    on_episode: EpisodeFn | None = None,
+) -> dict[str, Any]:
+    """Deterministic episodes on seeds `first_seed, first_seed+1, ...`; success from `info["success"]`.
+
+    `on_frame(env.render())` is called after every reset and after every step (so an episode of `n` steps gives
+    `n + 1` frames); the env must then have been made with `render_mode="rgb_array"`. `on_episode(i, stats)`
+    gets each finished episode's `{"return", "length", "success"}` (success None when the env reports none).
+    `success_rate` is None when no episode's last `info` has a `"success"` key (e.g. Pendulum): such a task has
+    no notion of success, and 0 would read as "always failed". Ctrl-C stops it between steps.
+    """
+    if episodes < 1:
+        raise EvalError(f"episodes: got {episodes}, expected >= 1")
+    returns, successes, lengths = [], [], []
+    reports_success = False
+    key = jax.random.PRNGKey(0)  # unused by a deterministic policy, required by the protocol
+
+    def frame() -> None:
+        if on_frame is None:
+            return
+        image = env.render()
+        if image is None:
+            raise EvalError(f"env.render_mode: got {env.render_mode!r}, expected 'rgb_array' to record frames")
+        on_frame(np.asarray(image))
+
+    for i in range(episodes):
+        obs, _ = env.reset(seed=first_seed + i)
+        policy.reset()
+        frame()
+        ret, length, done, info = 0.0, 0, False, {}
+        while not done:
+            interrupt.check()
+            obs, reward, terminated, truncated, info = env.step(policy.act(obs, key, True))
+            frame()
+            ret += float(reward)
+            length += 1
+            done = terminated or truncated
+        returns.append(ret)
+        successes.append(bool(info.get("success", False)))
+        reports_success = reports_success or "success" in info
+        lengths.append(length)
+        if on_episode is not None:
+            on_episode(i, {"return": ret, "length": length,
+                           "success": bool(info["success"]) if "success" in info else None})
+    return {
+        "episodes": episodes,
+        "first_seed": first_seed,
+        "success_rate": float(np.mean(successes)) if reports_success else None,
+        "return_mean": float(np.mean(returns)),
+        "return_std": float(np.std(returns)),
+        "length_mean": float(np.mean(lengths)),
+        "params_version": getattr(policy, "version", None),
+    }
+
+
+# ------------------------------------------------------------------------------------------ from a checkpoint
+
+
+def _check_step(run_dir: Path, step: int | None) -> int:
+    """The checkpoint step to load: `step` if the run has it, else the latest one."""
+    steps = checkpoint_steps(run_dir)
+    if not steps:
+        raise EvalError(f"--run-dir: no checkpoint in {run_dir / CHECKPOINTS}; run `serl train` first (the "
+                        "learner writes checkpoints every train.checkpoint_every updates and at the end)")
+    if step is None:
+        return steps[-1]
+    if step not in steps:
+        raise EvalError(f"--step: got {step}, expected one of the checkpoints in {run_dir / CHECKPOINTS}: "
+                        f"{', '.join(map(str, steps))}")
+    return step
+
+
+def example_observation(cfg: Config) -> tuple[dict[str, Any], int]:
+    """One reset observation of `cfg.env` and its action size (what a policy's template is shaped by)."""
+    from serl_stack.envs import make_env
+
+    env = make_env(cfg.env)
+    try:
+        obs, _ = env.reset(seed=cfg.train.seed)
+        return obs, int(np.prod(env.action_space.shape))
+    finally:
+        env.close()
+
+
+def load_policy(
+    run_dir: Path, step: int | None = None, example: tuple[Mapping[str, Any], int] | None = None
+) -> tuple[Config, PolicyRunner, dict[str, Any]]:
+    """The policy of checkpoint `step` (default: the latest) of the run in `run_dir`.
+
+    Restores only the checkpoint's actor-only `policy` item (what the learner broadcast: actor, observation
+    normalization, encoder) into a fresh `PolicyRunner` of the run's config; `example` = (an observation, the
+    action size) shapes it, else the run's env is built once for them. Returns `(cfg, policy, info)`: the
+    run's config, the policy, and `{"run_dir", "checkpoint_step", "checkpoint_dir", "updates", "env_steps",
+    "params_version"}`. Raises `EvalError` naming the problem for a missing run, config or checkpoint, or a
+    checkpoint that does not fit the config's agent.
+    """
+    from serl_stack.checkpoint import POLICY_ITEM, Checkpointer
+
+    cfg = read_run_config(run_dir)
+    step = _check_step(run_dir, step)
+    try:
+        obs, action_dim = example if example is not None else example_observation(cfg)
+        policy = PolicyRunner(obs, action_dim, cfg.agent)
+    except KeyError as e:  # agent.obs_keys / image_keys name what the env does not have
+        raise EvalError(f"{run_dir / CONFIG_FILE}: {e.args[0]}") from e
+    except ValueError as e:  # an env id this install does not register, sizes the networks refuse, ...
+        raise EvalError(f"{run_dir / CONFIG_FILE}: {e}") from e
+    checkpoints = Checkpointer(run_dir / CHECKPOINTS, max_to_keep=cfg.train.keep_checkpoints)
+    try:
+        if POLICY_ITEM not in checkpoints.items(step):
+            raise EvalError(f"checkpoint {step} in {run_dir / CHECKPOINTS} has no '{POLICY_ITEM}' item (it was written "
+                            "before the learner saved the actor's parameters separately); resume the run with "
+                            "`serl train --resume` for one more checkpoint, or train it again")
+        misfit = (
+            f"checkpoint {step} in {run_dir / CHECKPOINTS} does not fit the policy of {run_dir / CONFIG_FILE} "
+            f"(env {cfg.env.id}, agent.hidden_dims={list(cfg.agent.hidden_dims)}, observation keys "
+            f"{list(policy.keys + policy.image_keys)}); was config.yaml edited after training?"
+        )
+        differences = _shape_differences(checkpoints.stored_shapes(step, POLICY_ITEM), policy.template)
+        if differences:
+            raise EvalError(f"{misfit} " + "; ".join(differences))
+        try:
+            params, meta = checkpoints.restore_policy(policy.template, step)
+        except (ValueError, KeyError, TypeError) as e:  # what the shape check cannot see (e.g. dtypes)
+            raise EvalError(f"{misfit} orbax: {_orbax_reason(e)}") from e
+    finally:
+        checkpoints.close()
+    policy.load(max(int(meta.get("params_version", step)), 0), serialization.to_state_dict(params))
+    info = {
+        "run_dir": str(run_dir),
+        "checkpoint_step": step,
+        "checkpoint_dir": str(run_dir / CHECKPOINTS / str(step)),
+        "updates": int(meta.get("updates", step)),
+        "env_steps": meta.get("env_steps"),
+        "params_version": policy.version,
+    }
+    return cfg, policy, info
+
+
+def _shape_differences(stored: Mapping[str, tuple[int, ...]], template: Any, limit: int = 4) -> list[str]:
+    """How the arrays stored in a checkpoint item differ from `template`'s (missing, extra, other shape).
+
+    Checked before restoring because a failed orbax restore names no array and leaves its reader threads
+    failing noisily on a closed event loop.
+    """
+    from serl_stack.checkpoint import leaf_shapes
+
+    wanted = leaf_shapes(template)
+    out = [f"{k}: the checkpoint has {stored[k]}, the config gives {wanted[k]}"
+           for k in sorted(stored.keys() & wanted.keys()) if stored[k] != wanted[k]]
+    out += [f"{k}: in the config's policy, not in the checkpoint" for k in sorted(wanted.keys() - stored.keys())]
+    out += [f"{k}: in the checkpoint, not in the config's policy" for k in sorted(stored.keys() - wanted.keys())]
+    return out[:limit] + ([f"... {len(out) - limit} more"] if len(out) > limit else [])
+
+
+def _orbax_reason(error: Exception, max_lines: int = 8) -> str:
+    """The part of an orbax restore error a user can act on: which shape or subtree differs. Its advice to
+    disable strict shape checks would load a different network, so it is cut, and long tree diffs are shortened."""
+    text = str(error).split(" Truncating/padding is disabled")[0].strip()
+    lines = [line for line in text.splitlines() if line.strip()]
+    more = f"\n... ({len(lines) - max_lines} more lines)" if len(lines) > max_lines else ""
+    return "\n".join(lines[:max_lines]) + more
+
+
+__all__ = ["EvalError", "Policy", "PolicyRunner", "evaluate", "example_observation", "load_policy"]
