@@ -3,14 +3,24 @@
 Owns: the dataclasses (one per component, every number that matters is a named field with a one-line
 docstring), loading them from YAML, and overriding any field by its dotted path from the command line.
 Unknown keys and values of the wrong type are errors that name the key, the value seen and the type expected.
+
+Also the one place that says which values are valid: each field declares its range in its own metadata
+(`ranged(...)`), constraints between fields are the named `RULES`, and `validate` / `check_section` check both,
+raising a one-line `ConfigError` ("agent.tau: got 5.0, expected a value in (0, 1]"). Every path from user input
+(`load`, `from_dict`, `apply_overrides`) validates, so a bad value stops a command before anything starts;
+components built straight from a section call `check_section` instead of re-implementing the checks.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import numbers
+import re
 import types
 import typing
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -24,6 +34,114 @@ class ConfigError(ValueError):
     """A configuration file or override that does not match the schema."""
 
 
+SERL_TASK_IDS = ("FrankaReach-v0", "FrankaPickCube-v0", "FrankaPegInsert-v0")
+"""The sim tasks serl_stack registers (envs/__init__.py): they take an `EnvConfig` and have `env.dense_reward`."""
+PHYSICS_TIMESTEP = 0.002
+"""MuJoCo step (s) of the sim (envs/panda.py writes it into the model; tests/test_config.py checks they agree)."""
+PHYSICS_HZ = 1.0 / PHYSICS_TIMESTEP
+"""The physics rate (Hz): the fastest policy rate `env.control_hz` may ask for (one physics step per action)."""
+
+# --------------------------------------------------------------------------------------------------- ranges
+
+RANGE = "serl_range"
+"""The `dataclasses.field` metadata key under which a field's `Range` is declared."""
+
+_NAMED_BOUNDS = {math.pi: "pi", math.pi / 2: "pi/2"}
+
+
+def _num(x: float) -> str:
+    if x in _NAMED_BOUNDS:
+        return _NAMED_BOUNDS[x]
+    if isinstance(x, int) or (math.isfinite(x) and x == int(x) and abs(x) < 1e15):
+        return str(int(x))
+    return f"{x:g}"
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a config field accepts, declared once in the field's metadata by `ranged`. For a tuple field the
+    bounds, `finite` and `choices` apply to every item and `min_len`/`max_len` to the tuple."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    finite: bool = True
+    """Refuse inf as well as NaN (NaN is always refused)."""
+    choices: tuple[Any, ...] = ()
+    """The only values allowed (instead of bounds)."""
+    min_len: int | None = None
+    max_len: int | None = None
+    note: str = ""
+    """Unit or meaning appended to the expected text, e.g. "(0 = never)"."""
+
+    def accepts(self, v: Any) -> bool:
+        """Whether one value (a scalar, or one item of a tuple field) is in range."""
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
+            return False
+        if self.choices:
+            return v in self.choices
+        if v != v or (self.finite and v in (math.inf, -math.inf)):  # v != v: NaN
+            return False
+        return ((self.ge is None or v >= self.ge) and (self.gt is None or v > self.gt)
+                and (self.le is None or v <= self.le) and (self.lt is None or v < self.lt))
+
+    def expected(self, floating: bool = True) -> str:
+        """What `accepts` accepts, in words; `floating` says the field holds floats (so inf needs a mention)."""
+        if self.choices:
+            text = "one of " + ", ".join(map(str, self.choices))
+        else:
+            low = ("[", self.ge) if self.ge is not None else ("(", self.gt) if self.gt is not None else None
+            high = ("]", self.le) if self.le is not None else (")", self.lt) if self.lt is not None else None
+            finite = "finite " if self.finite and floating and not (low and high) else ""
+            if low and high:
+                text = f"a value in {low[0]}{_num(low[1])}, {_num(high[1])}{high[0]}"
+            elif low:
+                text = f"a {finite}value {'>=' if low[0] == '[' else '>'} {_num(low[1])}"
+            elif high:
+                text = f"a {finite}value {'<=' if high[0] == ']' else '<'} {_num(high[1])}"
+            else:
+                text = "a finite value" if self.finite else "a number"
+        return f"{text} {self.note}" if self.note else text
+
+    def length_ok(self, n: int) -> bool:
+        return (self.min_len is None or n >= self.min_len) and (self.max_len is None or n <= self.max_len)
+
+    def expected_length(self) -> str:
+        if self.min_len == self.max_len:
+            return f"{self.min_len} items"
+        if self.max_len is None:
+            return f"at least {self.min_len} item{'s' if self.min_len != 1 else ''}"
+        return f"{self.min_len or 0} to {self.max_len} items"
+
+
+def ranged(
+    default: Any,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    finite: bool = True,
+    choices: tuple[Any, ...] = (),
+    min_len: int | None = None,
+    max_len: int | None = None,
+    length: int | None = None,
+    note: str = "",
+) -> Any:
+    """A dataclass field with default `default` whose accepted values are declared here, once: `validate` and
+    `check_section` check them, tests/test_config_ranges.py tries a value just outside each. For a tuple field
+    the bounds apply to each item and `length` (or `min_len`/`max_len`) to the number of items. Floats must be
+    finite unless `finite=False`."""
+    if length is not None:
+        min_len = max_len = length
+    spec = Range(ge, gt, le, lt, finite, tuple(choices), min_len, max_len, note)
+    values = default if isinstance(default, tuple) else (default,)
+    assert all(map(spec.accepts, values)) and (not isinstance(default, tuple) or spec.length_ok(len(default))), (
+        f"default {default!r} outside its own range {spec}")
+    return field(default=default, metadata={RANGE: spec})
+
+
 # --------------------------------------------------------------------------------------------------- sections
 
 
@@ -31,21 +149,21 @@ class ConfigError(ValueError):
 class ControllerConfig:
     """Cartesian impedance / operational-space controller that tracks a target TCP pose in sim."""
 
-    kp_pos: float = 600.0
+    kp_pos: float = ranged(600.0, gt=0)
     """Translational stiffness (N/m-equivalent, applied through the task-space inertia), per axis."""
-    kp_rot: float = 300.0
+    kp_rot: float = ranged(300.0, gt=0)
     """Rotational stiffness per axis."""
-    damping_ratio: float = 1.0
+    damping_ratio: float = ranged(1.0, gt=0)
     """Damping as a fraction of critical damping (kd = 2 * ratio * sqrt(kp))."""
-    kp_null: float = 10.0
+    kp_null: float = ranged(10.0, ge=0)
     """Null-space stiffness pulling the joints toward the ready posture."""
-    max_pos_error: float = 0.1
+    max_pos_error: float = ranged(0.1, gt=0)
     """Clip on the translational pose error fed to the controller, metres (the real CRISP controller clips too)."""
-    max_rot_error: float = 0.5
+    max_rot_error: float = ranged(0.5, gt=0)
     """Clip on the rotational pose error fed to the controller, radians."""
-    joint_limit_margin: float = 0.15
+    joint_limit_margin: float = ranged(0.15, ge=0)
     """Width (rad) of the zone before each joint limit where a spring pushes the joint back out."""
-    joint_limit_stiffness: float = 400.0
+    joint_limit_stiffness: float = ranged(400.0, ge=0)
     """Stiffness (N m/rad) of that joint-limit spring (0 disables it); torques are still clipped to limits."""
 
 
@@ -56,23 +174,23 @@ class RandomizationConfig:
     The task's own object placement (cube pose, hole position) is randomized by the task's config section.
     """
 
-    table_height: float = 0.0
+    table_height: float = ranged(0.0, ge=0, note="(0 = off)")
     """Table top (and everything resting on it) shifted by uniform(-x, +x) metres in z."""
-    friction: float = 0.0
+    friction: float = ranged(0.0, ge=0, lt=1, note="(the scale 1 - x stays > 0)")
     """Sliding friction of every contact surface scaled by uniform(1 - x, 1 + x)."""
-    controller_gains: float = 0.0
+    controller_gains: float = ranged(0.0, ge=0, lt=1, note="(the scale 1 - x stays > 0)")
     """Controller stiffnesses (kp_pos, kp_rot) scaled by uniform(1 - x, 1 + x); damping follows the ratio."""
-    camera_pos: float = 0.0
+    camera_pos: float = ranged(0.0, ge=0, note="(0 = off)")
     """Each camera's position jittered by uniform(-x, +x) metres per axis."""
-    camera_rot: float = 0.0
+    camera_rot: float = ranged(0.0, ge=0, le=math.pi, note="rad")
     """Each camera's orientation jittered by a rotation of up to x radians about a random axis."""
-    obs_noise_pos: float = 0.0
+    obs_noise_pos: float = ranged(0.0, ge=0, note="(0 = off)")
     """Std (m) of Gaussian noise on observed positions: tcp_pose xyz and task positions (per step)."""
-    obs_noise_vel: float = 0.0
+    obs_noise_vel: float = ranged(0.0, ge=0, note="(0 = off)")
     """Std (m/s, rad/s) of Gaussian noise on the observed tcp_vel (per step)."""
-    obs_noise_force: float = 0.0
+    obs_noise_force: float = ranged(0.0, ge=0, note="(0 = off)")
     """Std (N) of Gaussian noise on the observed tcp_force; tcp_torque gets x/10 N m (per step)."""
-    action_latency: int = 0
+    action_latency: int = ranged(0, choices=(0, 1), note="(control steps)")
     """Control steps between the policy's action and its execution (0 or 1): with 1, each step executes the
     previous step's action, as on a real arm whose command arrives one cycle late."""
 
@@ -81,17 +199,17 @@ class RandomizationConfig:
 class PickCubeConfig:
     """FrankaPickCube-v0: lift a cube lying at a random pose on the table."""
 
-    cube_size: float = 0.04
+    cube_size: float = ranged(0.04, gt=0)
     """Edge length (m) of the cube."""
-    cube_mass: float = 0.05
+    cube_mass: float = ranged(0.05, gt=0)
     """Mass (kg) of the cube."""
-    cube_low: tuple[float, ...] = (0.40, -0.10)
+    cube_low: tuple[float, ...] = ranged((0.40, -0.10), length=2)
     """Lower corner (base frame x, y in m) of the area the cube's centre is placed in at reset."""
-    cube_high: tuple[float, ...] = (0.55, 0.10)
+    cube_high: tuple[float, ...] = ranged((0.55, 0.10), length=2)
     """Upper corner (x, y in m) of the cube placement area."""
-    cube_yaw: float = 0.785
+    cube_yaw: float = ranged(0.785, ge=0, le=math.pi, note="rad (the yaw is drawn from +-cube_yaw)")
     """The cube's yaw at reset is uniform(-x, +x) radians."""
-    lift_height: float = 0.05
+    lift_height: float = ranged(0.05, gt=0)
     """Success: the cube's centre at least this far (m) above its resting height."""
 
 
@@ -99,19 +217,19 @@ class PickCubeConfig:
 class PegInsertConfig:
     """FrankaPegInsert-v0: a peg held in the closed gripper goes into a hole in a fixture on the table."""
 
-    peg_radius: float = 0.008
+    peg_radius: float = ranged(0.008, gt=0)
     """Radius (m) of the cylindrical peg."""
-    peg_length: float = 0.06
+    peg_length: float = ranged(0.06, gt=0)
     """Length (m) of the peg."""
-    clearance: float = 0.002
+    clearance: float = ranged(0.002, gt=0)
     """Hole diameter minus peg diameter (m)."""
-    hole_depth: float = 0.03
+    hole_depth: float = ranged(0.03, gt=0)
     """Depth (m) of the hole."""
-    hole_low: tuple[float, ...] = (0.45, -0.08)
+    hole_low: tuple[float, ...] = ranged((0.45, -0.08), length=2)
     """Lower corner (base frame x, y in m) of the area the hole's axis is placed in at reset."""
-    hole_high: tuple[float, ...] = (0.55, 0.08)
+    hole_high: tuple[float, ...] = ranged((0.55, 0.08), length=2)
     """Upper corner (x, y in m) of the hole placement area."""
-    success_depth: float = 0.02
+    success_depth: float = ranged(0.02, gt=0)
     """Success: the peg's tip at least this far (m) below the hole's rim, inside the hole."""
 
 
@@ -120,21 +238,21 @@ class SafetyConfig:
     """The SafetyFilter's limits and the watchdog's timeouts (per task). The workspace box and orientation cone
     are `EnvConfig.workspace_low/high` and `EnvConfig.orientation_cone`."""
 
-    max_step_pos: float = 0.04
+    max_step_pos: float = ranged(0.04, gt=0)
     """Largest change (m) of the commanded TCP position between two control steps (above a full diagonal action,
     0.02 x sqrt(3) = 0.035 m, so it catches faults, not legal actions)."""
-    max_step_rot: float = 0.2
+    max_step_rot: float = ranged(0.2, gt=0)
     """Largest change (rad) of the commanded TCP orientation between two control steps (above a full diagonal
     rotation action, 0.1 x sqrt(3) = 0.17 rad)."""
-    gripper_min_interval_s: float = 0.5
+    gripper_min_interval_s: float = ranged(0.5, ge=0)
     """Shortest time (s) between two gripper toggles (open <-> close); faster requests are held."""
-    force_limit: float = 30.0
+    force_limit: float = ranged(30.0, gt=0)
     """Measured TCP force (N) above which the command backs off along the force direction."""
-    force_backoff: float = 0.005
+    force_backoff: float = ranged(0.005, ge=0)
     """How far (m) per control step the command moves along the measured force while it exceeds force_limit."""
-    watchdog_s: float = 0.5
+    watchdog_s: float = ranged(0.5, gt=0)
     """No valid command for this long (s) -> command "hold the current pose"."""
-    state_timeout_s: float = 0.5
+    state_timeout_s: float = ranged(0.5, gt=0)
     """Robot state older than this (s) -> stop stepping and raise (the state stream is stale)."""
 
 
@@ -145,28 +263,28 @@ class MixingConfig:
     mode: Literal["off", "epsmix", "stepmix"] = "off"
     """off | epsmix (learned policy for a whole episode with probability eps_k, else the baseline) | stepmix
     (start with the baseline, switch to the learned policy at the first step where the bound holds)."""
-    alpha: float = 0.2
+    alpha: float = ranged(0.2, gt=0, lt=1)
     """Allowed fraction of the baseline's value to lose: V^{pi_k}(s1) >= (1 - alpha) V^b(s1)."""
-    kappa: float = math.inf
+    kappa: float = ranged(math.inf, ge=0, finite=False, note="(inf: no trust until calibrated)")
     """L = ensemble mean - kappa * std, until kappa is calibrated online against the learned policy's realized
     returns (after `calibration_runs` runs; L is then also capped by those returns). inf (the default): no
     trust in an uncalibrated critic, so L = 0 until then; set a finite value only for a critic you have checked."""
-    calibration_runs: int = 10
+    calibration_runs: int = ranged(10, ge=2, note="(a spread is needed)")
     """Learned-policy runs (EpsMix: learned episodes; StepMix: episode tails after a switch) before kappa is
     calibrated against their realized returns."""
-    cap_runs: int = 20
+    cap_runs: int = ranged(20, ge=2)
     """L never exceeds the one-sided `confidence` lower bound of the realized returns of this many most recent
     learned-policy runs (a critic can be biased with no spread between its members)."""
-    value_samples: int = 10
+    value_samples: int = ranged(10, ge=1)
     """Actions sampled from the learned policy at a state to estimate its value from the critic ensemble."""
-    baseline_episodes: int = 100
+    baseline_episodes: int = ranged(100, ge=2, note="(U needs a spread)")
     """Baseline rollouts whose Monte-Carlo returns give the baseline's value estimate U."""
-    confidence: float = 0.95
+    confidence: float = ranged(0.95, gt=0, lt=1)
     """One-sided confidence of the upper estimate U of the baseline's value."""
     baseline_run: str = ""
     """The baseline policy: empty = the task's scripted controller; or a run folder (`serl train` output, e.g. a
     behaviour-cloned or earlier RL policy on the same task) whose latest checkpoint acts deterministically."""
-    snapshot_every: int = 0
+    snapshot_every: int = ranged(0, ge=0, note="(0 = never)")
     """Every this many training episodes the actor saves the policy that episode runs (frozen parameters and
     the mixer as it stood at the episode's start) to `<run>/mixing-snapshots/`, so its value can be measured
     offline (benchmarks/conservative.py); 0 = never."""
@@ -174,7 +292,9 @@ class MixingConfig:
 
 @dataclass(frozen=True)
 class EnvConfig:
-    """A MuJoCo Franka task on the DESIGN.md observation/action contract."""
+    """The env: a MuJoCo Franka task on the DESIGN.md observation/action contract, or any Gymnasium env. The
+    first four fields (id, kwargs, success_key, max_episode_steps) apply to every env; the others configure the
+    serl_stack tasks only, and a foreign env refuses a non-default value of them (docs/envs.md)."""
 
     id: str = "FrankaReach-v0"
     """Gymnasium id of the task: a serl_stack task, any registered id, or `module:EnvId` (Gymnasium imports
@@ -183,39 +303,42 @@ class EnvConfig:
     """Keyword arguments passed to `gymnasium.make` for an env that is not a serl_stack task (those take this
     config instead)."""
     success_key: str = "success"
-    """The `info` key whose truthy value at an episode's last step means success (None/absent: the env has no
-    notion of success)."""
-    control_hz: float = 10.0
+    """The `info` key the env reports success under; the adapter reports it as `info["success"]` (bool) at each
+    step that has it. An env that never reports it has no success rate (not 0). Must be "success" for the
+    serl_stack tasks."""
+    max_episode_steps: int = ranged(100, ge=1)
+    """Episode length before truncation. The serl_stack tasks truncate themselves; any other env gets a TimeLimit
+    of this many steps, replacing its registered limit (the default 100 shortens e.g. HalfCheetah-v5's 1000: set
+    it)."""
+    control_hz: float = ranged(10.0, gt=0, le=PHYSICS_HZ, note="Hz (the physics rate)")
     """Policy rate; the controller runs at the physics rate below it."""
-    max_episode_steps: int = 100
-    """Episode length before truncation."""
     dense_reward: bool = True
     """Add a dense distance-shaping term to the sparse success reward."""
-    action_scale_pos: float = 0.02
+    action_scale_pos: float = ranged(0.02, gt=0)
     """Metres per step for a unit translation action."""
-    action_scale_rot: float = 0.1
+    action_scale_rot: float = ranged(0.1, gt=0)
     """Radians per step for a unit rotation action."""
-    reset_joint_noise: float = 0.05
+    reset_joint_noise: float = ranged(0.05, ge=0)
     """Uniform joint perturbation (radians) around the ready pose at reset."""
-    workspace_low: tuple[float, ...] = (0.25, -0.25, 0.005)
+    workspace_low: tuple[float, ...] = ranged((0.25, -0.25, 0.005), length=3)
     """Lower corner (base frame, m) of the box the commanded TCP position is clipped to (stand-in for safety)."""
-    workspace_high: tuple[float, ...] = (0.65, 0.25, 0.55)
+    workspace_high: tuple[float, ...] = ranged((0.65, 0.25, 0.55), length=3)
     """Upper corner (base frame, m) of the box the commanded TCP position is clipped to."""
-    orientation_cone: float = 0.35
+    orientation_cone: float = ranged(0.35, gt=0, le=math.pi / 2, note="rad (the safety filter's limit)")
     """Largest rotation (rad, about any axis) of the commanded TCP frame away from the nominal downward one."""
-    reach_min: float = 0.35
+    reach_min: float = ranged(0.35, ge=0)
     """Commanded flange position at least this far (m) from the shoulder (elbow not folded into its limit)."""
-    reach_max: float = 0.7
+    reach_max: float = ranged(0.7, gt=0)
     """Commanded flange position at most this far (m) from the shoulder (arm not stretched to a singularity)."""
-    goal_low: tuple[float, ...] = (0.35, -0.15, 0.15)
+    goal_low: tuple[float, ...] = ranged((0.35, -0.15, 0.15), length=3)
     """Reach task: lower corner (base frame, m) of the box goals are sampled from uniformly."""
-    goal_high: tuple[float, ...] = (0.65, 0.15, 0.35)
+    goal_high: tuple[float, ...] = ranged((0.65, 0.15, 0.35), length=3)
     """Reach task: upper corner (base frame, m) of the goal box."""
-    success_radius: float = 0.02
+    success_radius: float = ranged(0.02, gt=0)
     """Reach task: the TCP within this distance (m) of the goal is a success."""
     cameras: tuple[str, ...] = ()
     """Cameras rendered into obs["images"] (sim: wrist, front); empty = no images."""
-    image_size: int = 128
+    image_size: int = ranged(128, ge=1, note="(pixels)")
     """Side (pixels) of the square RGB images the cameras render."""
     controller: ControllerConfig = field(default_factory=ControllerConfig)
     """Sim controller gains."""
@@ -233,29 +356,29 @@ class EnvConfig:
 class AgentConfig:
     """Soft actor-critic hyperparameters (defaults sized for a CPU learner)."""
 
-    hidden_dims: tuple[int, ...] = (256, 256)
+    hidden_dims: tuple[int, ...] = ranged((256, 256), ge=1, min_len=1)
     """Hidden layer widths of actor and critic MLPs."""
-    num_critics: int = 2
+    num_critics: int = ranged(2, ge=1)
     """Critic ensemble size (RLPD: 10)."""
-    critic_subset: int = 0
+    critic_subset: int = ranged(0, ge=0, note="(0 = all critics)")
     """Critics in the random subset whose min forms the TD target (RLPD: 2); 0 = all (clipped double-Q)."""
-    actor_lr: float = 3e-4
+    actor_lr: float = ranged(3e-4, gt=0)
     """Actor Adam learning rate."""
-    critic_lr: float = 3e-4
+    critic_lr: float = ranged(3e-4, gt=0)
     """Critic Adam learning rate."""
-    temp_lr: float = 3e-4
+    temp_lr: float = ranged(3e-4, gt=0)
     """Temperature Adam learning rate."""
-    discount: float = 0.9
+    discount: float = ranged(0.9, ge=0, le=1)
     """Discount factor gamma (0.9 suits the 10 Hz reach task's ~15-step horizon; use 0.99 for long tasks)."""
-    tau: float = 0.005
+    tau: float = ranged(0.005, gt=0, le=1)
     """Polyak averaging rate of the target critics."""
-    init_temperature: float = 0.01
+    init_temperature: float = ranged(0.01, gt=0)
     """Initial entropy temperature (SERL: 1e-2; a large one drowns small per-step rewards in entropy bonus)."""
-    target_entropy_scale: float = 1.0
+    target_entropy_scale: float = ranged(1.0)
     """Target entropy = -scale * |A| (SAC: 1.0; RLPD: 0.5)."""
-    batch_size: int = 256
+    batch_size: int = ranged(256, ge=1)
     """Minibatch size of one update."""
-    utd: int = 1
+    utd: int = ranged(1, ge=1)
     """Critic updates per env step (update-to-data ratio); scanned inside one jitted step."""
     obs_keys: tuple[str, ...] = ()
     """Observation key paths the agent sees, e.g. [state/tcp_pose, task/goal_pos] (empty: all state and task)."""
@@ -265,16 +388,16 @@ class AgentConfig:
     """LayerNorm in the critic MLPs (RLPD: true; keeps Q values bounded at high UTD)."""
     image_keys: tuple[str, ...] = ()
     """Image key paths the agent sees through its conv encoder, e.g. [images/front] (empty: state only)."""
-    encoder_channels: tuple[int, ...] = (32, 64)
+    encoder_channels: tuple[int, ...] = ranged((32, 64), ge=1, min_len=1)
     """Conv encoder: output channels of each conv layer."""
-    encoder_kernels: tuple[int, ...] = (4, 2)
+    encoder_kernels: tuple[int, ...] = ranged((4, 2), ge=1, min_len=1)
     """Conv encoder: kernel size of each layer (kernel = stride tiles the image; XLA's CPU convs run ~10x slower
     with overlapping 3x3 kernels)."""
-    encoder_strides: tuple[int, ...] = (4, 2)
+    encoder_strides: tuple[int, ...] = ranged((4, 2), ge=1, min_len=1)
     """Conv encoder: stride of each layer."""
-    encoder_features: int = 50
+    encoder_features: int = ranged(50, ge=1)
     """Conv encoder: size of each camera's feature vector (DrQ: 50)."""
-    drq_pad: int = 4
+    drq_pad: int = ranged(4, ge=0, note="(0 = off)")
     """DrQ random-shift augmentation: pad by this many pixels and crop back at a random offset (SERL: 4; 0 = off)."""
 
 
@@ -282,14 +405,14 @@ class AgentConfig:
 class ReplayConfig:
     """Replay buffer."""
 
-    capacity: int = 200_000
+    capacity: int = ranged(200_000, ge=1)
     """Transitions kept in the ring buffer."""
     on_device: bool = True
     """Mirror the buffer's agent vectors into device memory and sample inside the jitted update (no host round
     trip per update); false samples on the host and copies each batch to the device."""
     demo_dir: str = ""
     """Folder of demonstrations (docs/demos.md) mixed into every batch; empty = no demonstrations."""
-    demo_fraction: float = 0.5
+    demo_fraction: float = ranged(0.5, ge=0, le=1)
     """Share of every minibatch drawn from the demonstrations when `demo_dir` is set (RLPD/SERL: 0.5)."""
     action_source: Literal["executed", "policy"] = "executed"
     """Which action the replay buffer learns from: `executed` (what the robot did after the safety filter or a
@@ -302,13 +425,13 @@ class TransportConfig:
 
     host: str = "127.0.0.1"
     """Interface the learner binds and the actor connects to (loopback unless set)."""
-    transitions_port: int = 0
+    transitions_port: int = ranged(0, ge=0, le=65535, note="(0: `serl train` picks a free one)")
     """Port for actor -> learner transitions (0: `serl train` picks a free one; set it for separate machines)."""
-    params_port: int = 0
+    params_port: int = ranged(0, ge=0, le=65535, note="(0: `serl train` picks a free one)")
     """Port for learner -> actor parameters and status (0: `serl train` picks a free one)."""
-    params_every: int = 50
+    params_every: int = ranged(50, ge=1)
     """Broadcast policy parameters every this many learner updates."""
-    max_message_bytes: int = 64 * 1024 * 1024
+    max_message_bytes: int = ranged(64 << 20, ge=1 << 20, note="(1 MiB: a policy's parameters must fit)")
     """Largest message accepted from a peer."""
     curve: bool = False
     """Encrypt and authenticate the link with CurveZMQ (docs/security.md); needs the key paths below."""
@@ -322,13 +445,13 @@ class TransportConfig:
     """Actor, with curve: path of the learner's public certificate (the learner's `.key` file)."""
     actor_id: str = "actor-0"
     """This actor's id (with curve it must equal the actor_id bound to its key); the learner keys logs by it."""
-    heartbeat_s: float = 1.0
+    heartbeat_s: float = ranged(1.0, gt=0)
     """An idle actor pings the learner this often; the learner's status broadcast is its heartbeat back."""
-    learner_silent_warn_s: float = 10.0
+    learner_silent_warn_s: float = ranged(10.0, gt=0)
     """The actor warns (and keeps acting on its last parameters) when the learner is silent this long."""
     ledger: bool = False
     """Actor keeps `<run>/ledger-<actor id>.txt`: seq and SHA-256 of every transition it spools (audit trail)."""
-    spool_max_bytes: int = 4 << 30
+    spool_max_bytes: int = ranged(4 << 30, ge=1 << 20, note="(1 MiB)")
     """Largest size (bytes) of an actor's spool of unacknowledged transitions; at the cap the actor stops stepping
     with an error instead of filling the robot PC's disk while the learner is away (4 GiB: about 20 minutes of
     two-camera data at 10 Hz, weeks of state-only data)."""
@@ -338,42 +461,42 @@ class TransportConfig:
 class TrainConfig:
     """The training run: both processes' loop settings."""
 
-    seed: int = 0
+    seed: int = ranged(0, ge=0, lt=1 << 32, note="(a 32-bit seed)")
     """Seed for the agent, the env and the sampling."""
-    num_actors: int = 1
+    num_actors: int = ranged(1, ge=1)
     """Actor processes feeding the learner (ids `actor-0` .. `actor-<n-1>`, each with its own env seed, spool and
     mixer); `serl train` starts them all, on two machines start each with `serl actor --actor-id actor-<i>`."""
-    total_env_steps: int = 20_000
+    total_env_steps: int = ranged(20_000, ge=1)
     """Env steps the actors collect before the run stops, all actors together (actor i collects its share)."""
-    max_episodes: int = 0
+    max_episodes: int = ranged(0, ge=0, note="(0 = no limit)")
     """Training episodes after which the run stops, if it has not stopped at `total_env_steps`, all actors
     together (0 = no limit)."""
-    start_steps: int = 1_000
+    start_steps: int = ranged(1_000, ge=0)
     """Uniform random actions before the policy is used; learning starts after this many transitions."""
-    throttle_slack: int = 200
+    throttle_slack: int = ranged(200, ge=0)
     """The actor may run ahead of the learner by this many updates (env steps * utd <= updates + slack)."""
-    log_every: int = 500
+    log_every: int = ranged(500, ge=1)
     """Learner updates between TensorBoard scalar writes."""
-    checkpoint_every: int = 5_000
+    checkpoint_every: int = ranged(5_000, ge=1)
     """Learner updates between checkpoints (one is also written on Ctrl-C and at the end of the run)."""
-    keep_checkpoints: int = 3
+    keep_checkpoints: int = ranged(3, ge=1)
     """Checkpoints kept on disk; older ones are deleted (the transition log is kept whole)."""
-    eval_episodes: int = 50
+    eval_episodes: int = ranged(50, ge=1)
     """Deterministic episodes in the final evaluation."""
-    eval_every: int = 0
+    eval_every: int = ranged(0, ge=0, note="env steps (0 = only the final evaluation)")
     """Env steps between evaluations during training (0 = only the final one); logged as `eval/*` over env steps."""
-    eval_every_episodes: int = 20
+    eval_every_episodes: int = ranged(20, ge=1)
     """Deterministic episodes in each evaluation during training (same held-out seeds each time)."""
-    stop_at_success: float = 0.0
+    stop_at_success: float = ranged(0.0, ge=0, le=1, note="(a success rate; 0 = never)")
     """End the run early (final evaluation included) once an evaluation during training reaches this success
     rate (0 = never; needs `eval_every`)."""
-    eval_seed: int = 1_000_000
+    eval_seed: int = ranged(1_000_000, ge=0, lt=1 << 32, note="(a 32-bit seed)")
     """First seed of the held-out evaluation episodes (training never uses seeds this high)."""
     run_dir: str = "runs"
     """Parent folder of each run's logs and checkpoints."""
-    learner_threads: int = 0
+    learner_threads: int = ranged(0, ge=0, note="(0 = all cores)")
     """CPU threads for the learner's XLA backend and BLAS (0 = all cores)."""
-    actor_threads: int = 1
+    actor_threads: int = ranged(1, ge=0, note="(0 = all cores)")
     """CPU threads for the actor's XLA backend and BLAS (0 = all cores)."""
 
 
@@ -389,11 +512,245 @@ class Config:
     mixing: MixingConfig = field(default_factory=MixingConfig)
 
 
+# --------------------------------------------------------------------------------------------------- validation
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _section_paths(cls: type, prefix: str = "") -> dict[type, str]:
+    """Each section class below `cls` -> its dotted path (each class appears once in the tree)."""
+    paths = {cls: prefix}
+    for name, tp in typing.get_type_hints(cls).items():
+        if dataclasses.is_dataclass(tp):
+            sub = _section_paths(tp, _join(prefix, name))
+            assert not paths.keys() & sub.keys(), f"{tp.__name__} appears twice in {cls.__name__}"
+            paths.update(sub)
+    return paths
+
+
+SECTION_PATHS: dict[type, str] = _section_paths(Config)
+"""Section class -> its dotted path in `Config` (`ControllerConfig` -> "env.controller"); errors name fields by it."""
+
+
+@functools.cache
+def _leaf_fields(cls: type, prefix: str) -> tuple[tuple[str, Any, dataclasses.Field[Any]], ...]:
+    """(dotted path, type annotation, field) of every field below section class `cls` that is not itself a
+    section, depth first in declaration order (cached: components check their section at every construction)."""
+    hints = typing.get_type_hints(cls)
+    leaves: list[tuple[str, Any, dataclasses.Field[Any]]] = []
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            leaves += _leaf_fields(tp, _join(prefix, f.name))
+        else:
+            leaves.append((_join(prefix, f.name), tp, f))
+    return tuple(leaves)
+
+
+def ranged_fields(cls: type = Config, prefix: str | None = None) -> Iterator[tuple[str, Any, Range]]:
+    """(dotted path, type annotation, Range) of every field below section class `cls` (whose path is `prefix`, by
+    default its path in `Config`) that declares a range, depth first in declaration order."""
+    prefix = SECTION_PATHS[cls] if prefix is None else prefix
+    for path, tp, f in _leaf_fields(cls, prefix):
+        if RANGE in f.metadata:
+            yield path, tp, f.metadata[RANGE]
+
+
+def _range_error(path: str, tp: Any, spec: Range, value: Any) -> str | None:
+    """The one-line error for `value` of the field at `path`, or None when it is in range."""
+    if typing.get_origin(tp) is tuple:
+        if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
+            return f"{path}: got {value!r}, expected a list"
+        if not spec.length_ok(len(value)):
+            return f"{path}: got {tuple(value)!r}, expected {spec.expected_length()}"
+        floating = typing.get_args(tp)[0] is float
+        for i, item in enumerate(value):
+            if not spec.accepts(item):
+                return f"{path}[{i}]: got {item!r}, expected {spec.expected(floating)}"
+        return None
+    return None if spec.accepts(value) else f"{path}: got {value!r}, expected {spec.expected(tp is float)}"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A constraint between fields, checked once every field is inside its own declared range."""
+
+    name: str
+    """What must hold, in the fields' dotted names."""
+    scope: str
+    """The section the rule reads (its fields and those of the sections below it); "" = several sections."""
+    check: Callable[[Any, str], str | None]
+    """(the section at `scope`, `scope`) -> the one-line error naming the field, or None."""
+
+
+def _below(low: str, high: str, strict: bool, why: str = "") -> Callable[[Any, str], str | None]:
+    """Rule check: the tuple field `low` is below (`strict`) or at most `high`, item by item."""
+
+    def check(s: Any, p: str) -> str | None:
+        lo, hi = getattr(s, low), getattr(s, high)
+        if len(lo) == len(hi) and all((a < b) if strict else (a <= b) for a, b in zip(lo, hi, strict=True)):
+            return None
+        return (f"{_join(p, low)}: got {tuple(lo)!r}, expected {'<' if strict else '<='} {_join(p, high)} "
+                f"{tuple(hi)!r} on every axis{why}")
+
+    return check
+
+
+def _critic_subset(s: AgentConfig, p: str) -> str | None:
+    if s.critic_subset <= s.num_critics:
+        return None
+    return (f"{_join(p, 'critic_subset')}: got {s.critic_subset}, expected <= {_join(p, 'num_critics')} "
+            f"({s.num_critics}) (0 = all critics)")
+
+
+def _encoder_lengths(s: AgentConfig, p: str) -> str | None:
+    n = len(s.encoder_channels)
+    for name in ("encoder_kernels", "encoder_strides"):
+        if len(getattr(s, name)) != n:
+            return (f"{_join(p, name)}: got {tuple(getattr(s, name))!r}, expected one item per layer of "
+                    f"{_join(p, 'encoder_channels')} {tuple(s.encoder_channels)!r}")
+    return None
+
+
+def _reach(s: EnvConfig, p: str) -> str | None:
+    if s.reach_min < s.reach_max:
+        return None
+    return f"{_join(p, 'reach_min')}: got {s.reach_min!r}, expected < {_join(p, 'reach_max')} ({s.reach_max!r})"
+
+
+def _cameras(s: EnvConfig, p: str) -> str | None:
+    if len(set(s.cameras)) == len(s.cameras):
+        return None
+    return f"{_join(p, 'cameras')}: got {tuple(s.cameras)!r}, expected each camera at most once"
+
+
+def _success_depth(s: PegInsertConfig, p: str) -> str | None:
+    if s.success_depth < s.hole_depth:
+        return None
+    return (f"{_join(p, 'success_depth')}: got {s.success_depth!r}, expected < {_join(p, 'hole_depth')} "
+            f"({s.hole_depth!r}): the hole ends at the table")
+
+
+def _stop_needs_eval(s: TrainConfig, p: str) -> str | None:
+    if s.stop_at_success == 0 or s.eval_every > 0:
+        return None
+    return (f"{_join(p, 'stop_at_success')}: got {s.stop_at_success!r}, expected 0 while {_join(p, 'eval_every')} "
+            "is 0 (a run stops early only at an evaluation during training: set train.eval_every > 0)")
+
+
+def _actors_share(s: TrainConfig, p: str) -> str | None:
+    if s.total_env_steps >= s.num_actors:
+        return None
+    return (f"{_join(p, 'total_env_steps')}: got {s.total_env_steps}, expected >= {_join(p, 'num_actors')} "
+            f"({s.num_actors}): each actor collects a share")
+
+
+def _held_out_seeds(s: TrainConfig, p: str) -> str | None:
+    if s.seed < s.eval_seed:
+        return None
+    return (f"{_join(p, 'seed')}: got {s.seed}, expected < {_join(p, 'eval_seed')} ({s.eval_seed}): evaluation "
+            "seeds are held out from training")
+
+
+def _cap_runs(s: MixingConfig, p: str) -> str | None:
+    if s.cap_runs >= s.calibration_runs:
+        return None
+    return (f"{_join(p, 'cap_runs')}: got {s.cap_runs}, expected >= {_join(p, 'calibration_runs')} "
+            f"({s.calibration_runs})")
+
+
+def _ports(s: TransportConfig, p: str) -> str | None:
+    if s.params_port == 0 or s.params_port != s.transitions_port:
+        return None
+    return (f"{_join(p, 'params_port')}: got {s.params_port}, expected a port other than "
+            f"{_join(p, 'transitions_port')} ({s.transitions_port}) (or 0: `serl train` picks one)")
+
+
+def _mixing_rewards(c: Config, p: str) -> str | None:
+    # Only the serl_stack tasks have dense shaping to turn off; a foreign env's rewards are checked as they come.
+    if c.mixing.mode == "off" or not c.env.dense_reward or c.env.id not in SERL_TASK_IDS:
+        return None
+    return (f"mixing.mode: got {c.mixing.mode!r}, expected 'off' while env.dense_reward is true (mixing needs "
+            "rewards >= 0 and dense shaping can be negative: set env.dense_reward: false)")
+
+
+RULES: tuple[Rule, ...] = (
+    Rule("env.workspace_low < env.workspace_high", "env", _below("workspace_low", "workspace_high", strict=True)),
+    Rule("env.reach_min < env.reach_max", "env", _reach),
+    Rule("env.goal_low <= env.goal_high", "env", _below("goal_low", "goal_high", strict=False)),
+    Rule("env.cameras without repeats", "env", _cameras),
+    Rule("env.pick_cube.cube_low <= env.pick_cube.cube_high", "env.pick_cube",
+         _below("cube_low", "cube_high", strict=False)),
+    Rule("env.peg_insert.hole_low <= env.peg_insert.hole_high", "env.peg_insert",
+         _below("hole_low", "hole_high", strict=False)),
+    Rule("env.peg_insert.success_depth < env.peg_insert.hole_depth", "env.peg_insert", _success_depth),
+    Rule("agent.critic_subset <= agent.num_critics", "agent", _critic_subset),
+    Rule("agent.encoder_* of equal length", "agent", _encoder_lengths),
+    Rule("transport.params_port != transport.transitions_port", "transport", _ports),
+    Rule("train.stop_at_success > 0 needs train.eval_every > 0", "train", _stop_needs_eval),
+    Rule("train.total_env_steps >= train.num_actors", "train", _actors_share),
+    Rule("train.seed < train.eval_seed", "train", _held_out_seeds),
+    Rule("mixing.cap_runs >= mixing.calibration_runs", "mixing", _cap_runs),
+    Rule("mixing.mode != off needs env.dense_reward: false (serl_stack tasks)", "", _mixing_rewards),
+)
+"""Every cross-field rule, in the order they are checked (after all the per-field ranges)."""
+
+
+def check_section(section: Any) -> None:
+    """ConfigError (one line: the dotted field, the value seen, what is expected) for the first field of `section`
+    or of the sections below it outside its declared range (or its `Literal` choices), then for the first rule of
+    `RULES` within it that fails. `section` is any config dataclass; errors name fields by their path in `Config`
+    (`env.controller.kp_pos`).
+
+    For a component built straight from its section (an env from an `EnvConfig`, a buffer from a `ReplayConfig`):
+    it validates with the same declarations as `load` instead of re-implementing them."""
+    cls = type(section)
+    if cls not in SECTION_PATHS:
+        raise TypeError(f"check_section: got a {cls.__name__}, expected one of the config sections")
+    own = SECTION_PATHS[cls]
+
+    def below(path: str) -> Any:  # the object at dotted `path`, which is `own` or below it
+        obj = section
+        for part in filter(None, path[len(own):].split(".")):
+            obj = getattr(obj, part)
+        return obj
+
+    for path, tp, f in _leaf_fields(cls, own):
+        value = below(path)
+        if RANGE in f.metadata:
+            error = _range_error(path, tp, f.metadata[RANGE], value)
+        elif typing.get_origin(tp) is typing.Literal and (isinstance(value, bool) or value not in typing.get_args(tp)):
+            # `load` checks these while parsing; a section built in code (`MixingConfig(mode="eps")`) is checked here
+            error = f"{path}: got {value!r}, expected one of {', '.join(map(str, typing.get_args(tp)))}"
+        else:
+            error = None
+        if error:
+            raise ConfigError(error)
+    for rule in RULES:
+        if own and rule.scope != own and not rule.scope.startswith(own + "."):
+            continue  # reads fields outside this section
+        error = rule.check(below(rule.scope), rule.scope)
+        if error:
+            raise ConfigError(error)
+
+
+def validate(cfg: Config) -> Config:
+    """`cfg` itself when every field is inside its declared range and every rule of `RULES` holds, else a one-line
+    ConfigError naming the first offending field. `load`, `from_dict` and `apply_overrides` call it."""
+    check_section(cfg)
+    return cfg
+
+
 # --------------------------------------------------------------------------------------------------- loading
 
 
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def _coerce(value: Any, tp: Any, path: str) -> Any:
@@ -449,6 +806,8 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     if tp is float:
         if isinstance(value, str) and value.strip().lower().lstrip("+-.") in ("inf", "infinity"):
             return float(value.strip().replace(".", ""))  # `--set key=inf`; YAML itself spells it .inf
+        if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
+            return float(value)  # `1e-3`: YAML 1.1 reads a float without a dot in its mantissa as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: expected float, got {value!r}")
         return float(value)
@@ -471,13 +830,21 @@ def _build(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     return cls(**kwargs)
 
 
-def from_dict(data: dict[str, Any] | None, cls: type[T] = Config) -> T:  # type: ignore[assignment]
-    """Build `cls` from a nested mapping; missing fields keep their defaults."""
+def _unchecked(data: dict[str, Any] | None, cls: type[T]) -> T:
+    """`cls` built from a nested mapping, types checked, ranges and rules not (yet)."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"config root: expected a mapping, got {data!r}")
     return _build(cls, data)
+
+
+def from_dict(data: dict[str, Any] | None, cls: type[T] = Config) -> T:  # type: ignore[assignment]
+    """Build `cls` (a `Config` or one of its sections) from a nested mapping; missing fields keep their defaults.
+    The result is validated (`check_section`)."""
+    built = _unchecked(data, cls)
+    check_section(built)
+    return built
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -517,8 +884,12 @@ def _free_mapping(cls: Any, parts: list[str]) -> bool:
 
 
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
-    """Return `cfg` with each `dotted.key=value` override applied and type-checked. A key below a mapping field
-    (`env.kwargs.render_mode=rgb_array`) adds or replaces that entry."""
+    """Return `cfg` with each `dotted.key=value` override applied and type-checked, validated as a whole. A key
+    below a mapping field (`env.kwargs.render_mode=rgb_array`) adds or replaces that entry."""
+    return validate(_overridden(cfg, overrides))
+
+
+def _overridden(cfg: Config, overrides: list[str]) -> Config:
     data = to_dict(cfg)
     for text in overrides:
         key, value = parse_override(text)
@@ -531,11 +902,13 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
         if parts[-1] not in node and not _free_mapping(Config, parts[:-1]):
             raise ConfigError(f"unknown config key '{key}' in override {text!r}")
         node[parts[-1]] = value
-    return from_dict(data)
+    return _unchecked(data, Config)
 
 
 def load(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Load a YAML config (or the defaults when `path` is None) and apply dotted overrides."""
+    """Load a YAML config (or the defaults when `path` is None), apply dotted overrides, and validate the result
+    (`validate`): every path from user input to a `Config` checks every declared range and rule, once, at the
+    end, so an override may repair a value the file got wrong."""
     if path is None:
         cfg = Config()
     else:
@@ -547,10 +920,10 @@ def load(path: str | Path | None = None, overrides: list[str] | None = None) -> 
         except yaml.YAMLError as e:
             raise ConfigError(f"{p}: not valid YAML: {e}") from e
         try:
-            cfg = from_dict(data)
+            cfg = _unchecked(data, Config)
         except ConfigError as e:
             raise ConfigError(f"{p}: {e}") from e
-    return apply_overrides(cfg, overrides or [])
+    return validate(_overridden(cfg, overrides or []))
 
 
 def dump(cfg: Config) -> str:

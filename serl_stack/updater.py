@@ -19,9 +19,9 @@ import jax
 import numpy as np
 
 from serl_stack.agents.sharding import data_mesh, replicate, shard_agent
-from serl_stack.config import Config
+from serl_stack.config import Config, check_section
 from serl_stack.data.demos import DemoFormatError, MixedSampler, replay_from_demos
-from serl_stack.data.device_mix import DeviceMix, demo_rows
+from serl_stack.data.device_mix import DeviceMix
 from serl_stack.data.device_replay import REPLAY_KEYS, DeviceReplay
 from serl_stack.data.obs import IMAGE_PREFIX, image_keys_of, to_vector, vector_dim, vector_keys
 from serl_stack.data.replay import ReplayBuffer, to_agent_batch
@@ -40,9 +40,8 @@ class Updater:
 
     def __init__(self, cfg: Config, example_obs: Mapping[str, Any], example_action: Any) -> None:
         """`example_obs` is a flat observation (`flatten_keys` form), `example_action` one action."""
-        if cfg.train.keep_checkpoints < 1:
-            raise ValueError(f"train.keep_checkpoints: got {cfg.train.keep_checkpoints!r}, expected >= 1")
-        demo_rows(cfg.replay.demo_fraction, cfg.agent.batch_size)  # validates the fraction
+        for section in (cfg.agent, cfg.replay, cfg.train):  # the sections it uses, as `load` checks them
+            check_section(section)
         self.cfg = cfg
         self.keys = vector_keys(example_obs, cfg.agent.obs_keys)
         self.image_keys = image_keys_of(example_obs, cfg.agent.image_keys)

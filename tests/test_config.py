@@ -1,13 +1,36 @@
-"""Config loading: YAML files map onto the dataclasses; bad keys and wrong types fail naming the key."""
+"""Config loading: YAML files map onto the dataclasses; bad keys, wrong types, values outside a declared range and
+broken cross-field rules fail naming the key, and `check_section` gives components the same checks."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
 
 from serl_stack.cli import main
-from serl_stack.config import Config, ConfigError, apply_overrides, dump, from_dict, load
+from serl_stack.config import (
+    PHYSICS_HZ,
+    PHYSICS_TIMESTEP,
+    RULES,
+    AgentConfig,
+    Config,
+    ConfigError,
+    ControllerConfig,
+    EnvConfig,
+    MixingConfig,
+    PegInsertConfig,
+    RandomizationConfig,
+    ReplayConfig,
+    TrainConfig,
+    apply_overrides,
+    check_section,
+    dump,
+    from_dict,
+    load,
+    parse_override,
+    validate,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -102,3 +125,163 @@ def test_fixed_length_tuples_are_checked_item_by_item() -> None:
     assert _coerce([1, 2], tuple[float, int], "x") == (1.0, 2)
     with pytest.raises(ConfigError, match="expected 2 items"):
         _coerce([1.0], tuple[float, int], "x")
+
+
+# ------------------------------------------------------------------------------------------ ranges and rules
+# (every declared range, just outside, through `load` and the CLI: tests/test_config_ranges.py)
+
+RULE_CASES: dict[str, tuple[str, list[str], list[str]]] = {
+    # rule name: (the field its error names, overrides that break it, overrides that satisfy it)
+    "env.workspace_low < env.workspace_high": (
+        "env.workspace_low", ["env.workspace_low=[0.25, -0.25, 0.55]"], ["env.workspace_low=[0.25, -0.25, 0.54]"]),
+    "env.reach_min < env.reach_max": ("env.reach_min", ["env.reach_min=0.7"], ["env.reach_min=0.69"]),
+    "env.goal_low <= env.goal_high": (
+        "env.goal_low", ["env.goal_low=[0.35, -0.15, 0.36]"], ["env.goal_low=[0.35, -0.15, 0.35]"]),
+    "env.cameras without repeats": ("env.cameras", ["env.cameras=[front, front]"], ["env.cameras=[front, wrist]"]),
+    "env.pick_cube.cube_low <= env.pick_cube.cube_high": (
+        "env.pick_cube.cube_low", ["env.pick_cube.cube_low=[0.56, -0.1]"], ["env.pick_cube.cube_low=[0.55, 0.1]"]),
+    "env.peg_insert.hole_low <= env.peg_insert.hole_high": (
+        "env.peg_insert.hole_low", ["env.peg_insert.hole_low=[0.45, 0.09]"], ["env.peg_insert.hole_low=[0.55, 0.08]"]),
+    "env.peg_insert.success_depth < env.peg_insert.hole_depth": (
+        "env.peg_insert.success_depth", ["env.peg_insert.success_depth=0.03"], ["env.peg_insert.success_depth=0.029"]),
+    "agent.critic_subset <= agent.num_critics": (
+        "agent.critic_subset", ["agent.critic_subset=3"], ["agent.critic_subset=3", "agent.num_critics=3"]),
+    "agent.encoder_* of equal length": (
+        "agent.encoder_kernels", ["agent.encoder_kernels=[4]"],
+        ["agent.encoder_channels=[32]", "agent.encoder_kernels=[4]", "agent.encoder_strides=[4]"]),
+    "transport.params_port != transport.transitions_port": (
+        "transport.params_port", ["transport.transitions_port=5555", "transport.params_port=5555"],
+        ["transport.transitions_port=5555", "transport.params_port=5556"]),
+    "train.stop_at_success > 0 needs train.eval_every > 0": (
+        "train.stop_at_success", ["train.stop_at_success=0.9"], ["train.stop_at_success=0.9", "train.eval_every=500"]),
+    "train.total_env_steps >= train.num_actors": (
+        "train.total_env_steps", ["train.num_actors=4", "train.total_env_steps=3"],
+        ["train.num_actors=4", "train.total_env_steps=4"]),
+    "train.seed < train.eval_seed": ("train.seed", ["train.seed=1000000"], ["train.seed=999999"]),
+    "mixing.cap_runs >= mixing.calibration_runs": ("mixing.cap_runs", ["mixing.cap_runs=9"], ["mixing.cap_runs=10"]),
+    "mixing.mode != off needs env.dense_reward: false (serl_stack tasks)": (
+        "mixing.mode", ["mixing.mode=epsmix"], ["mixing.mode=epsmix", "env.dense_reward=false"]),
+}
+
+
+def test_a_foreign_env_may_mix_with_its_own_rewards() -> None:
+    """Only the serl_stack tasks have shaping to turn off: a foreign env keeps env.dense_reward at its default
+    (it refuses any other value) and may still mix; its rewards are checked as they arrive."""
+    cfg = load(None, ["env.id=Pendulum-v1", "mixing.mode=epsmix"])
+    assert cfg.env.dense_reward and cfg.mixing.mode == "epsmix"
+
+
+def test_every_rule_has_a_case() -> None:
+    assert sorted(RULE_CASES) == sorted(rule.name for rule in RULES)
+
+
+@pytest.mark.parametrize("name", sorted(RULE_CASES))
+def test_each_rule_fails_naming_its_field_and_passes_when_it_holds(name: str) -> None:
+    field, bad, good = RULE_CASES[name]
+    with pytest.raises(ConfigError) as e:
+        load(None, bad)
+    message = str(e.value)
+    assert message.startswith(f"{field}: got ") and "expected" in message and "\n" not in message, message
+    cfg = load(None, good)  # the same field set so that the rule holds: no error
+    for text in good:
+        key, value = parse_override(text)
+        node = cfg
+        for part in key.split("."):
+            node = getattr(node, part)
+        assert node == (tuple(value) if isinstance(value, list) else value)
+
+
+def test_a_range_error_reads_field_value_expected() -> None:
+    with pytest.raises(ConfigError, match=r"^agent\.tau: got 5\.0, expected a value in \(0, 1\]$"):
+        load(None, ["agent.tau=5"])
+    with pytest.raises(ConfigError, match=r"^env\.workspace_low: got \(0\.25, 0\.0\), expected 3 items$"):
+        load(None, ["env.workspace_low=[0.25, 0.0]"])
+    with pytest.raises(ConfigError, match=r"^env\.workspace_high\[1\]: got inf, expected a finite value$"):
+        load(None, ["env.workspace_high=[0.65, .inf, 0.55]"])
+    with pytest.raises(ConfigError, match=r"^env\.randomization\.action_latency: got 2, expected one of 0, 1"):
+        load(None, ["env.randomization.action_latency=2"])
+    with pytest.raises(ConfigError, match=r"^env\.control_hz: got 501\.0, expected a value in \(0, 500\]"):
+        load(None, ["env.control_hz=501"])
+    assert load(None, ["mixing.kappa=inf"]).mixing.kappa == math.inf  # kappa declares inf allowed
+
+
+def test_load_validates_once_after_the_overrides(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("agent:\n  tau: 5.0\n")
+    with pytest.raises(ConfigError, match=r"^agent\.tau: got 5\.0"):
+        load(f)
+    assert load(f, ["agent.tau=0.01"]).agent.tau == 0.01  # an override may repair the file
+    with pytest.raises(ConfigError, match=r"^agent\.critic_subset: got 3"):
+        from_dict({"agent": {"critic_subset": 3}})
+    with pytest.raises(ConfigError, match=r"^agent\.discount: got 1\.5"):
+        apply_overrides(Config(), ["agent.discount=1.5"])
+
+
+def test_validate_returns_the_config_itself() -> None:
+    cfg = Config()
+    assert validate(cfg) is cfg
+
+
+def test_check_section_names_fields_by_their_path_in_config() -> None:
+    with pytest.raises(ConfigError, match=r"^env\.controller\.kp_pos: got 0\.0, expected a finite value > 0$"):
+        check_section(ControllerConfig(kp_pos=0.0))
+    with pytest.raises(ConfigError, match=r"^env\.controller\.kp_pos: got -1\.0"):  # a section below the one given
+        check_section(EnvConfig(controller=ControllerConfig(kp_pos=-1.0)))
+    with pytest.raises(ConfigError, match=r"^agent\.critic_subset: got 3, expected <= agent\.num_critics \(2\)"):
+        check_section(AgentConfig(critic_subset=3))  # a rule within the section
+    with pytest.raises(ConfigError, match=r"^env\.peg_insert\.success_depth: got 0\.05"):
+        check_section(EnvConfig(peg_insert=PegInsertConfig(success_depth=0.05)))  # a rule of a section below
+    with pytest.raises(TypeError, match="config sections"):
+        check_section(object())
+
+
+def test_check_section_gives_the_same_error_as_load() -> None:
+    for section, override in (
+        (AgentConfig(tau=5.0), "agent.tau=5.0"),
+        (RandomizationConfig(friction=1.0), "env.randomization.friction=1.0"),
+        (ReplayConfig(capacity=0), "replay.capacity=0"),
+        (TrainConfig(stop_at_success=0.5), "train.stop_at_success=0.5"),
+    ):
+        with pytest.raises(ConfigError) as direct:
+            check_section(section)
+        with pytest.raises(ConfigError) as loaded:
+            load(None, [override])
+        assert str(direct.value) == str(loaded.value)
+
+
+def test_check_section_leaves_rules_across_sections_to_validate() -> None:
+    mixing = MixingConfig(mode="epsmix")
+    check_section(mixing)  # fine on its own: the dense-reward rule reads env.* as well
+    with pytest.raises(ConfigError, match=r"^mixing\.mode: got 'epsmix'"):
+        validate(Config(mixing=mixing))
+    validate(Config(env=EnvConfig(dense_reward=False), mixing=mixing))
+
+
+def test_from_dict_of_a_section_validates_it() -> None:
+    assert from_dict({"kp_pos": 5.0}, ControllerConfig).kp_pos == 5.0
+    with pytest.raises(ConfigError, match=r"^env\.controller\.kp_pos: got -5\.0"):
+        from_dict({"kp_pos": -5.0}, ControllerConfig)
+
+
+def test_a_float_written_with_an_exponent_reads_as_a_float() -> None:
+    # YAML 1.1 reads 1e-3 (no dot in the mantissa) as a string; the docstring of parse_override promises 1e-3.
+    assert load(None, ["agent.actor_lr=1e-3"]).agent.actor_lr == 1e-3
+    assert from_dict({"agent": {"critic_lr": "2E-4"}}).agent.critic_lr == 2e-4
+    with pytest.raises(ConfigError, match="expected int"):
+        load(None, ["agent.utd=1e3"])  # ints stay ints
+
+
+def test_control_hz_limit_is_the_models_physics_rate() -> None:
+    from serl_stack.envs.panda import TIMESTEP, load_model
+
+    assert load_model().opt.timestep == TIMESTEP == PHYSICS_TIMESTEP
+    assert PHYSICS_HZ == 1 / PHYSICS_TIMESTEP
+    load(None, [f"env.control_hz={PHYSICS_HZ}"])  # one physics step per action is the fastest
+
+
+def test_check_section_checks_choices_of_a_section_built_in_code() -> None:
+    # `load` refuses these while parsing; check_section catches the same mistake in a section made in code.
+    with pytest.raises(ConfigError, match=r"^mixing\.mode: got 'eps', expected one of off, epsmix, stepmix$"):
+        check_section(MixingConfig(mode="eps"))
+    with pytest.raises(ConfigError, match=r"^replay\.action_source: got False, expected one of executed, policy$"):
+        check_section(ReplayConfig(action_source=False))

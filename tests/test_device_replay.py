@@ -68,7 +68,7 @@ def test_insert_rejects_malformed_batches_by_name():
         replay.insert_batch(bad)
     with pytest.raises(ValueError, match=r"1 <= n <= capacity=8"):
         replay.insert_batch(tagged_batch(0, 9))
-    with pytest.raises(ValueError, match=r"replay.capacity: got 0, expected >= 1"):
+    with pytest.raises(ValueError, match=r"^capacity: got 0, expected >= 1"):
         DeviceReplay.create(capacity=0, obs_dim=OBS_DIM, action_dim=ACTION_DIM)
 
 

@@ -365,23 +365,31 @@ def test_wrong_shapes_name_the_argument() -> None:
 @pytest.mark.parametrize(
     ("cfg", "field", "seen"),
     [
-        (EnvConfig(workspace_low=(0.7, -0.25, 0.0)), "EnvConfig.workspace_low", "0.7"),
-        (EnvConfig(workspace_high=(0.65, math.inf, 0.5)), "EnvConfig.workspace_high", "inf"),
-        (EnvConfig(workspace_low=(0.25, 0.0)), "EnvConfig.workspace_low", "(2,)"),
-        (EnvConfig(orientation_cone=2.0), "EnvConfig.orientation_cone", "2.0"),
-        (EnvConfig(orientation_cone=0.0), "EnvConfig.orientation_cone", "0.0"),
-        (EnvConfig(safety=SafetyConfig(max_step_pos=0.0)), "EnvConfig.safety.max_step_pos", "0.0"),
-        (EnvConfig(safety=SafetyConfig(max_step_rot=math.nan)), "EnvConfig.safety.max_step_rot", "nan"),
-        (EnvConfig(safety=SafetyConfig(gripper_min_interval_s=-1.0)), "EnvConfig.safety.gripper_min_interval_s",
+        (EnvConfig(workspace_low=(0.7, -0.25, 0.0)), "env.workspace_low", "0.7"),
+        (EnvConfig(workspace_high=(0.65, math.inf, 0.5)), "env.workspace_high", "inf"),
+        (EnvConfig(workspace_low=(0.25, 0.0)), "env.workspace_low", "(0.25, 0.0)"),
+        (EnvConfig(orientation_cone=2.0), "env.orientation_cone", "2.0"),
+        (EnvConfig(orientation_cone=0.0), "env.orientation_cone", "0.0"),
+        (EnvConfig(safety=SafetyConfig(max_step_pos=0.0)), "env.safety.max_step_pos", "0.0"),
+        (EnvConfig(safety=SafetyConfig(max_step_rot=math.nan)), "env.safety.max_step_rot", "nan"),
+        (EnvConfig(safety=SafetyConfig(gripper_min_interval_s=-1.0)), "env.safety.gripper_min_interval_s",
          "-1.0"),
-        (EnvConfig(safety=SafetyConfig(force_limit=-5.0)), "EnvConfig.safety.force_limit", "-5.0"),
-        (EnvConfig(safety=SafetyConfig(force_backoff=math.inf)), "EnvConfig.safety.force_backoff", "inf"),
+        (EnvConfig(safety=SafetyConfig(force_limit=-5.0)), "env.safety.force_limit", "-5.0"),
+        (EnvConfig(safety=SafetyConfig(force_backoff=math.inf)), "env.safety.force_backoff", "inf"),
     ],
 )
 def test_bad_limits_name_the_config_field(cfg: EnvConfig, field: str, seen: str) -> None:
     with pytest.raises(ValueError) as e:
         SafetyFilter.from_config(cfg, DOWN)
     assert field in str(e.value) and seen in str(e.value)
+    # Built from plain arguments (as the robot bridge may), the filter still refuses the same limit.
+    s = cfg.safety
+    with pytest.raises(ValueError, match=field.rpartition(".")[2]) as plain:
+        SafetyFilter(cfg.workspace_low, cfg.workspace_high, DOWN, orientation_cone=cfg.orientation_cone,
+                     max_step_pos=s.max_step_pos, max_step_rot=s.max_step_rot,
+                     gripper_min_interval_s=s.gripper_min_interval_s, force_limit=s.force_limit,
+                     force_backoff=s.force_backoff)
+    assert seen.strip("()").split(",")[0] in str(plain.value) or "shape (2,)" in str(plain.value)
 
 
 def test_bad_nominal_quat_is_an_error() -> None:

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from serl_stack.agents.networks import default_init, normalize_obs
-from serl_stack.config import AgentConfig
+from serl_stack.config import AgentConfig, check_section
 
 AgentObs = jax.Array | Mapping[str, Any]
 
@@ -74,12 +74,7 @@ def make_encoder(cfg: AgentConfig) -> PixelEncoder | None:
     """The encoder `cfg` asks for (None for a state-only agent); the learner and the actor both build it here."""
     if not cfg.image_keys:
         return None
-    lengths = {len(cfg.encoder_channels), len(cfg.encoder_kernels), len(cfg.encoder_strides)}
-    if len(lengths) != 1 or not cfg.encoder_channels:
-        raise ValueError(
-            f"agent.encoder_channels/encoder_kernels/encoder_strides: got {list(cfg.encoder_channels)}, "
-            f"{list(cfg.encoder_kernels)}, {list(cfg.encoder_strides)}; expected lists of one equal, non-zero length"
-        )
+    check_section(cfg)  # the encoder lists' lengths are one of the config's rules
     return PixelEncoder(tuple(cfg.encoder_channels), tuple(cfg.encoder_kernels), tuple(cfg.encoder_strides),
                         cfg.encoder_features)
 

@@ -107,8 +107,7 @@ def make_value_fn(
       M = `value_samples` actions sampled from the policy. Jitted. `safety.estimates.ValueBound.from_q_values`
       turns them into the bound L that the mixers compare.
     """
-    if value_samples < 1:
-        raise ValueError(f"mixing.value_samples: got {value_samples!r}, expected >= 1")
+    assert value_samples >= 1, value_samples  # mixing.value_samples' declared range
     init_policy, _ = make_policy_fn(obs_dim, action_dim, cfg, image_shapes)
     actor, critic = make_actor(action_dim, cfg.hidden_dims), make_critic(cfg)
     encoder = make_encoder(cfg) if image_shapes else None

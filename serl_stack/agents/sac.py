@@ -37,7 +37,7 @@ from serl_stack.agents.networks import (
     tanh_gaussian_mode,
     tanh_gaussian_sample,
 )
-from serl_stack.config import AgentConfig
+from serl_stack.config import AgentConfig, check_section
 
 if TYPE_CHECKING:
     from serl_stack.data.device_replay import DeviceReplay
@@ -49,31 +49,12 @@ BATCH_KEYS = ("observations", "actions", "rewards", "next_observations", "masks"
 
 
 def _check_config(cfg: AgentConfig, obs_dim: int, action_dim: int) -> None:
-    checks: list[tuple[str, Any, bool, str]] = [
-        ("obs_dim", obs_dim, obs_dim >= 1, ">= 1"),
-        ("action_dim", action_dim, action_dim >= 1, ">= 1"),
-        (
-            "agent.hidden_dims",
-            cfg.hidden_dims,
-            len(cfg.hidden_dims) >= 1 and min(cfg.hidden_dims) >= 1,
-            "a non-empty list of positive widths",
-        ),
-        ("agent.num_critics", cfg.num_critics, cfg.num_critics >= 1, ">= 1"),
-        (
-            "agent.critic_subset",
-            cfg.critic_subset,
-            0 <= cfg.critic_subset <= cfg.num_critics,
-            f"in [0, agent.num_critics={cfg.num_critics}] (0 = all critics)",
-        ),
-        ("agent.utd", cfg.utd, cfg.utd >= 1, ">= 1"),
-        ("agent.batch_size", cfg.batch_size, cfg.batch_size >= 1, ">= 1"),
-        ("agent.discount", cfg.discount, 0.0 <= cfg.discount <= 1.0, "in [0, 1]"),
-        ("agent.tau", cfg.tau, 0.0 < cfg.tau <= 1.0, "in (0, 1]"),
-        ("agent.init_temperature", cfg.init_temperature, cfg.init_temperature > 0.0, "> 0"),
-    ]
-    for name, value, ok, expected in checks:
-        if not ok:
-            raise ValueError(f"{name}: got {value!r}, expected {expected}")
+    """The agent's own config through the one validation (`config.check_section`); the sizes that come from the
+    env, not the config, are checked here."""
+    for name, value in (("obs_dim", obs_dim), ("action_dim", action_dim)):
+        if value < 1:
+            raise ValueError(f"{name}: got {value!r}, expected >= 1")
+    check_section(cfg)
 
 
 def _train_state(apply_fn: Any, params: Any, tx: optax.GradientTransformation) -> TrainState:

@@ -15,9 +15,8 @@ from serl_stack.data.device_replay import DeviceReplay
 
 
 def demo_rows(demo_fraction: float, batch_size: int) -> int:
-    """Rows of a minibatch of `batch_size` that come from the demonstrations: round(fraction * batch)."""
-    if not 0.0 <= demo_fraction <= 1.0:
-        raise ValueError(f"replay.demo_fraction: got {demo_fraction!r}, expected a number in [0, 1]")
+    """Rows of a minibatch of `batch_size` that come from the demonstrations: round(fraction * batch). The
+    fraction is `replay.demo_fraction`, in [0, 1] as declared in config.py (checked when the config is loaded)."""
     return round(demo_fraction * batch_size)
 
 
@@ -37,8 +36,9 @@ class DeviceMix(struct.PyTreeNode):
                 f"demonstrations: observation/action sizes ({demos.obs_dim}, {demos.action_dim}), expected the "
                 f"online data's ({online.obs_dim}, {online.action_dim})"
             )
-        return cls(online=online, demos=demos, batch_size=int(batch_size),
-                   num_demo=demo_rows(demo_fraction, int(batch_size)))
+        num_demo = demo_rows(demo_fraction, int(batch_size))
+        assert 0 <= num_demo <= batch_size, f"demo_fraction {demo_fraction!r} outside [0, 1] (replay.demo_fraction)"
+        return cls(online=online, demos=demos, batch_size=int(batch_size), num_demo=num_demo)
 
     def sample(self, key: jax.Array, n: int) -> dict[str, jax.Array]:
         if n % self.batch_size:

@@ -49,7 +49,7 @@ class DeviceReplay(struct.PyTreeNode):
     @classmethod
     def create(cls, capacity: int, obs_dim: int, action_dim: int) -> DeviceReplay:
         """An empty buffer for `obs_dim`-D observations and `action_dim`-D actions."""
-        for name, value in (("replay.capacity", capacity), ("obs_dim", obs_dim), ("action_dim", action_dim)):
+        for name, value in (("capacity", capacity), ("obs_dim", obs_dim), ("action_dim", action_dim)):
             if int(value) < 1:
                 raise ValueError(f"{name}: got {value!r}, expected >= 1")
         data = {k: jnp.zeros((capacity, *s), jnp.float32) for k, s in _row_shapes(obs_dim, action_dim).items()}

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from serl_stack.config import ReplayConfig
+from serl_stack.config import ReplayConfig, check_section
 from serl_stack.data.obs import IMAGE_PREFIX, agent_obs, flatten_keys
 
 ObsSpec = dict[str, tuple[tuple[int, ...], np.dtype]]
@@ -43,8 +43,7 @@ class ReplayBuffer:
         cfg: ReplayConfig,
         action_dtype: Any = np.float32,
     ) -> None:
-        if cfg.capacity < 1:
-            raise ValueError(f"replay.capacity: got {cfg.capacity!r}, expected >= 1")
+        check_section(cfg)  # replay.* in its declared ranges (capacity >= 1)
         if not obs_spec:
             raise ValueError("obs_spec: got an empty spec, expected at least one observation key")
         self.capacity = int(cfg.capacity)

@@ -19,13 +19,11 @@ from typing import Any
 
 import gymnasium as gym
 
-from serl_stack.config import Config, ConfigError, EnvConfig
+from serl_stack.config import SERL_TASK_IDS, Config, ConfigError, EnvConfig
 from serl_stack.data.obs import flatten_keys, image_keys_of, vector_keys
 from serl_stack.envs.gym_adapter import GymAdapter
 
-REACH_ID = "FrankaReach-v0"
-PICK_CUBE_ID = "FrankaPickCube-v0"
-PEG_INSERT_ID = "FrankaPegInsert-v0"
+REACH_ID, PICK_CUBE_ID, PEG_INSERT_ID = SERL_TASK_IDS  # the names live in config.py (its rules need them)
 
 _TASKS = {
     REACH_ID: "serl_stack.envs.reach:FrankaReachEnv",

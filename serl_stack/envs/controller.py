@@ -24,7 +24,7 @@ import math
 import mujoco
 import numpy as np
 
-from serl_stack.config import ControllerConfig
+from serl_stack.config import ControllerConfig, check_section
 from serl_stack.envs.panda import ArmSpec
 
 
@@ -66,17 +66,12 @@ class OpSpaceController:
     """Cartesian impedance control of the `site` pose via the 7 arm joints (dofs 0..6 of the model)."""
 
     def __init__(self, model: mujoco.MjModel, spec: ArmSpec, config: ControllerConfig, site: str = "tcp") -> None:
-        for name in ("kp_pos", "kp_rot", "damping_ratio", "max_pos_error", "max_rot_error"):
-            if getattr(config, name) <= 0:
-                raise ValueError(f"ControllerConfig.{name}: expected > 0, got {getattr(config, name)}")
-        for name in ("kp_null", "joint_limit_margin", "joint_limit_stiffness"):
-            if getattr(config, name) < 0:
-                raise ValueError(f"ControllerConfig.{name}: expected >= 0, got {getattr(config, name)}")
+        check_section(config)  # the ranges declared in config.py; the bound below depends on the arm
         half_range = float(np.min(spec.q_max - spec.q_min)) / 2
         if config.joint_limit_margin >= half_range:
             raise ValueError(
-                f"ControllerConfig.joint_limit_margin: expected < {half_range:.3f} rad (half the narrowest joint "
-                f"range), got {config.joint_limit_margin}"
+                f"env.controller.joint_limit_margin: got {config.joint_limit_margin}, expected < {half_range:.3f} "
+                "rad (half the narrowest joint range)"
             )
         self.model = model
         self.cfg = config

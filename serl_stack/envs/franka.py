@@ -7,13 +7,16 @@ workspace box, orientation cone, step limits, NaN/inf hold, gripper toggle rate,
 before the controller, exactly as the real arm does, and reporting what it did (`info["executed_action"]`,
 `info["safety"]`, `info["safety_counts"]` at episode end); stepping the physics with the operational-space
 controller at the physics rate, the robot half of the observation (`state`), the F/T reading in the base frame,
-the camera images (`images`, only for the cameras `EnvConfig.cameras` names), time-limit truncation, the seeded
-reset to the ready pose, and when to apply `EnvConfig.randomization` (the draws themselves live in randomize.py):
+the camera images (`images`, only for the cameras `env.cameras` names), time-limit truncation, the seeded
+reset to the ready pose, and when to apply `env.randomization` (the draws themselves live in randomize.py):
 scene and gains at reset, observation noise on what the policy sees (never on what `_evaluate` scores), and a
 one-step action latency. A task subclasses `FrankaEnv`, may add world XML (`task_xml`: markers, objects), and
 fills in four hooks: `_task_space`, `_reset_task`, `_task_obs` and `_evaluate`; it places objects on
 `table_top_z`. A task whose gripper holds something from the start sets `gripper_closed_at_reset` and may map
 the filtered gripper command to its own actuator target (`_gripper_ctrl`).
+
+The `EnvConfig` is checked with `check_section` (config.py declares every range and rule); only what depends on
+the model (camera names, the offscreen buffer's size) or on a task (its own `_check_config`) is checked here.
 """
 
 from __future__ import annotations
@@ -25,9 +28,9 @@ import mujoco
 import numpy as np
 from gymnasium import spaces
 
-from serl_stack.config import EnvConfig
+from serl_stack.config import PHYSICS_TIMESTEP, EnvConfig, check_section
 from serl_stack.envs.controller import OpSpaceController, quat_canonical, quat_error, quat_from_rotvec, quat_mul
-from serl_stack.envs.panda import PANDA, TABLE_TOP_Z, TIMESTEP, ArmSpec, dh_fk, load_model
+from serl_stack.envs.panda import PANDA, TABLE_TOP_Z, ArmSpec, dh_fk, load_model
 from serl_stack.envs.randomize import DomainRandomizer, add_observation_noise, noise_enabled, noisy_observation_space
 from serl_stack.safety import FilterResult, SafetyFilter
 
@@ -40,35 +43,11 @@ GRIPPER_REACH = 0.06
 far times sin(tilt) below the TCP, so the workspace floor is raised by that much."""
 
 
-def _vec3(cfg: EnvConfig, name: str) -> np.ndarray:
-    value = np.asarray(getattr(cfg, name), dtype=np.float64)
-    if value.shape != (3,) or not np.all(np.isfinite(value)):
-        raise ValueError(f"EnvConfig.{name}: expected 3 finite numbers (x, y, z), got {getattr(cfg, name)!r}")
-    return value
-
-
-def config_box(cfg: EnvConfig, low: str, high: str) -> tuple[np.ndarray, np.ndarray]:
-    """The box (low corner, high corner) that the config fields `low` and `high` describe, validated."""
-    lo, hi = _vec3(cfg, low), _vec3(cfg, high)
-    if np.any(lo >= hi):
-        raise ValueError(f"EnvConfig.{low} must be below EnvConfig.{high} on every axis, got {lo} and {hi}")
-    return lo, hi
-
-
-def config_area(section: Any, prefix: str, low: str, high: str) -> tuple[np.ndarray, np.ndarray]:
-    """The (x, y) placement area (low corner, high corner) that the fields `low` and `high` of a task's config
-    `section` describe, validated: 2 finite numbers each, low <= high (a single point is allowed). `prefix` names
-    the section in errors, e.g. `EnvConfig.pick_cube`."""
-    corners = []
-    for name in (low, high):
-        value = np.asarray(getattr(section, name), dtype=np.float64)
-        if value.shape != (2,) or not np.all(np.isfinite(value)):
-            raise ValueError(f"{prefix}.{name}: expected 2 finite numbers (x, y), got {getattr(section, name)!r}")
-        corners.append(value)
-    lo, hi = corners
-    if np.any(lo > hi):
-        raise ValueError(f"{prefix}.{low} must not exceed {prefix}.{high} on either axis, got {lo} and {hi}")
-    return lo, hi
+def corners(section: Any, low: str, high: str) -> tuple[np.ndarray, np.ndarray]:
+    """The box or area (low corner, high corner) that the fields `low` and `high` of a config `section` describe,
+    as float64 arrays. Their lengths, finiteness and order are declared in serl_stack/config.py and checked by
+    `check_section` before this is called."""
+    return np.asarray(getattr(section, low), dtype=np.float64), np.asarray(getattr(section, high), dtype=np.float64)
 
 
 class FrankaEnv(gym.Env[ObsDict, np.ndarray]):
@@ -87,32 +66,14 @@ class FrankaEnv(gym.Env[ObsDict, np.ndarray]):
             raise ValueError(
                 f"render_mode: expected one of {self.metadata['render_modes']} or None, got {render_mode!r}"
             )
-        for name in ("control_hz", "action_scale_pos", "action_scale_rot"):
-            if not getattr(cfg, name) > 0:
-                raise ValueError(f"EnvConfig.{name}: expected > 0, got {getattr(cfg, name)!r}")
-        if cfg.max_episode_steps < 1:
-            raise ValueError(f"EnvConfig.max_episode_steps: expected >= 1, got {cfg.max_episode_steps}")
-        if cfg.reset_joint_noise < 0:
-            raise ValueError(f"EnvConfig.reset_joint_noise: expected >= 0, got {cfg.reset_joint_noise}")
-        if not 0 < cfg.orientation_cone <= np.pi / 2:
-            # The SafetyFilter's limit: within 90 degrees a step-limited slerp between two allowed orientations
-            # cannot leave the cone.
-            raise ValueError(
-                f"EnvConfig.orientation_cone: expected in (0, pi/2] rad (the safety filter's limit), "
-                f"got {cfg.orientation_cone}"
-            )
-        self.n_substeps = round(1.0 / (cfg.control_hz * TIMESTEP))
-        if self.n_substeps < 1:
-            raise ValueError(f"EnvConfig.control_hz: at most {1 / TIMESTEP:g} Hz (physics rate), got {cfg.control_hz}")
+        check_section(cfg)  # every range and rule of env.* (and its sections), as `load` checks them
+        # control_hz <= PHYSICS_HZ (declared in config.py, which the model's timestep equals): >= 1 substep.
+        self.n_substeps = round(1.0 / (cfg.control_hz * PHYSICS_TIMESTEP))
         self.cfg = cfg
         self.arm = spec
         self.render_mode = render_mode
         self.metadata = {**self.metadata, "render_fps": cfg.control_hz}
-        self.workspace_low, self.workspace_high = config_box(cfg, "workspace_low", "workspace_high")
-        if not 0 <= cfg.reach_min < cfg.reach_max:
-            raise ValueError(
-                f"EnvConfig.reach_min/reach_max: expected 0 <= min < max, got {cfg.reach_min}, {cfg.reach_max}"
-            )
+        self.workspace_low, self.workspace_high = corners(cfg, "workspace_low", "workspace_high")
 
         self.model = load_model(spec, self.task_xml)
         self.data = mujoco.MjData(self.model)
@@ -174,16 +135,16 @@ class FrankaEnv(gym.Env[ObsDict, np.ndarray]):
         cameras = cfg.cameras
         available = [self.model.camera(i).name for i in range(self.model.ncam)]
         if isinstance(cameras, str) or not all(isinstance(c, str) for c in cameras):
-            raise ValueError(f"EnvConfig.cameras: expected a list of camera names from {available}, got {cameras!r}")
+            raise ValueError(f"env.cameras: expected a list of camera names from {available}, got {cameras!r}")
         unknown = [c for c in cameras if c not in available]
         if unknown:
-            raise ValueError(f"EnvConfig.cameras: unknown camera(s) {unknown} in {cameras!r}; available: {available}")
-        if len(set(cameras)) != len(cameras):
-            raise ValueError(f"EnvConfig.cameras: each camera at most once, got {cameras!r}")
-        # The offscreen framebuffer (MJCF <visual><global offwidth/offheight>) bounds what a Renderer can draw.
+            raise ValueError(f"env.cameras: unknown camera(s) {unknown} in {cameras!r}; available: {available}")
+        # The offscreen framebuffer (MJCF <visual><global offwidth/offheight>) bounds what a Renderer can draw; it
+        # belongs to the model, so this bound is checked here rather than declared in config.py.
         largest = min(int(self.model.vis.global_.offwidth), int(self.model.vis.global_.offheight))
-        if cameras and not 1 <= cfg.image_size <= largest:
-            raise ValueError(f"EnvConfig.image_size: expected 1..{largest} pixels, got {cfg.image_size!r}")
+        if cameras and cfg.image_size > largest:
+            raise ValueError(f"env.image_size: expected 1..{largest} pixels (the model's offscreen buffer), "
+                             f"got {cfg.image_size!r}")
         return tuple(cameras)
 
     def _make_camera_renderer(self, size: int) -> mujoco.Renderer:

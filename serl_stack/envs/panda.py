@@ -19,6 +19,8 @@ from functools import lru_cache
 import mujoco
 import numpy as np
 
+from serl_stack.config import PHYSICS_TIMESTEP
+
 
 @dataclass(frozen=True)
 class Joint:
@@ -167,7 +169,7 @@ _LINK_CAPSULES: tuple[tuple[tuple[float, ...], ...], ...] = (
 _DAMPING = (1.0, 1.0, 1.0, 1.0, 0.5, 0.5, 0.5)
 _ARMATURE = (0.1, 0.1, 0.1, 0.1, 0.05, 0.05, 0.05)
 TABLE_TOP_Z = 0.0
-TIMESTEP = 0.002
+TIMESTEP = PHYSICS_TIMESTEP  # the one number lives in config.py (env.control_hz's range needs it)
 # Arm and fingers: contype 2 / conaffinity 1 -> they hit the world and objects (contype 1) but not each other.
 _ARM_COLLIDE = 'contype="2" conaffinity="1"'
 

@@ -20,9 +20,9 @@ import mujoco
 import numpy as np
 from gymnasium import spaces
 
-from serl_stack.config import EnvConfig, PegInsertConfig
+from serl_stack.config import EnvConfig, PegInsertConfig, check_section
 from serl_stack.envs.controller import quat_canonical
-from serl_stack.envs.franka import FrankaEnv, ObsDict, config_area
+from serl_stack.envs.franka import FrankaEnv, ObsDict, corners
 from serl_stack.envs.panda import PANDA, TABLE_TOP_Z, ArmSpec
 
 # Finger pads (panda.py): in the hand frame they span z = 0.0584 .. 0.1084 (their tips 5 mm beyond the TCP) and
@@ -101,29 +101,22 @@ def peg_insert_xml(cfg: PegInsertConfig) -> str:
 
 
 def _check_config(cfg: EnvConfig, spec: ArmSpec) -> tuple[np.ndarray, np.ndarray]:
-    """Validate `cfg.peg_insert`'s own fields; return the hole placement area (low, high) as (x, y) arrays."""
+    """The hole placement area (low, high) as (x, y) arrays, checked: the declared ranges and rules of env.*
+    (config.py; success_depth < hole_depth among them), then what depends on the arm and this task's geometry."""
+    check_section(cfg)
     p = cfg.peg_insert
-    for name in ("peg_radius", "peg_length", "clearance", "hole_depth", "success_depth"):
-        value = getattr(p, name)
-        if not (isinstance(value, (int, float)) and np.isfinite(value) and value > 0):
-            raise ValueError(f"EnvConfig.peg_insert.{name}: expected a finite number > 0 (m), got {value!r}")
-    if p.success_depth >= p.hole_depth:
-        # The hole goes through the fixture down to the table: the tip can go at most hole_depth below the rim.
-        raise ValueError(
-            f"EnvConfig.peg_insert.success_depth: expected < hole_depth ({p.hole_depth}), got {p.success_depth}"
-        )
     if not 2 * p.peg_radius < 2 * spec.finger_stroke:
         raise ValueError(
-            f"EnvConfig.peg_insert.peg_radius: the peg must fit between the open fingers, expected < "
-            f"{spec.finger_stroke} m, got {p.peg_radius}"
+            f"env.peg_insert.peg_radius: got {p.peg_radius}, expected < {spec.finger_stroke} m (the peg must fit "
+            "between the open fingers)"
         )
     min_length = GRIP_LENGTH + p.success_depth + FINGER_CLEARANCE
     if p.peg_length < min_length:
         raise ValueError(
-            f"EnvConfig.peg_insert.peg_length: expected >= {min_length:.4f} m ({GRIP_LENGTH} m gripped + "
-            f"success_depth + {FINGER_CLEARANCE} m so the fingers stay above the rim), got {p.peg_length}"
+            f"env.peg_insert.peg_length: got {p.peg_length}, expected >= {min_length:.4f} m ({GRIP_LENGTH} m gripped "
+            f"+ success_depth + {FINGER_CLEARANCE} m so the fingers stay above the rim)"
         )
-    return config_area(p, "EnvConfig.peg_insert", "hole_low", "hole_high")
+    return corners(p, "hole_low", "hole_high")
 
 
 class FrankaPegInsertEnv(FrankaEnv):
@@ -183,7 +176,7 @@ class FrankaPegInsertEnv(FrankaEnv):
                 got, _ = self.allowed_pose(want, self.nominal_quat)
                 if np.linalg.norm(got - want) > 1e-6:
                     raise ValueError(
-                        f"EnvConfig.peg_insert.hole_low/hole_high: the TCP must reach {want.round(4).tolist()} to "
+                        f"env.peg_insert.hole_low/hole_high: the TCP must reach {want.round(4).tolist()} to "
                         f"insert the peg there, but the workspace limits (workspace_low/high, reach_min/max) clip it "
                         f"to {got.round(4).tolist()}; expected a hole area inside the workspace"
                     )

@@ -28,9 +28,9 @@ import mujoco
 import numpy as np
 from gymnasium import spaces
 
-from serl_stack.config import EnvConfig, PickCubeConfig
+from serl_stack.config import EnvConfig, PickCubeConfig, check_section
 from serl_stack.envs.controller import quat_canonical, quat_from_rotvec
-from serl_stack.envs.franka import FrankaEnv, ObsDict, config_area
+from serl_stack.envs.franka import FrankaEnv, ObsDict, corners
 from serl_stack.envs.panda import PANDA, TABLE_TOP_Z, ArmSpec
 
 GRASP_BONUS = 1.0
@@ -64,29 +64,25 @@ def _cube_xml(cfg: PickCubeConfig) -> str:
 
 
 def _check_config(cfg: EnvConfig, spec: ArmSpec) -> tuple[np.ndarray, np.ndarray]:
-    """The placement area (low (2,), high (2,)) of `cfg.pick_cube`, after checking every field of it."""
+    """The placement area (low (2,), high (2,)) of `cfg.pick_cube`, checked: the declared ranges and rules of env.*
+    (config.py), then what this task adds, which depends on the arm and on the task using the workspace."""
+    check_section(cfg)
     pc = cfg.pick_cube
-    prefix = "EnvConfig.pick_cube"
-    for name in ("cube_size", "cube_mass", "lift_height"):
-        value = getattr(pc, name)
-        if not (np.isfinite(value) and value > 0):
-            raise ValueError(f"{prefix}.{name}: expected a finite value > 0, got {value!r}")
-    if not 0 <= pc.cube_yaw <= np.pi:
-        raise ValueError(f"{prefix}.cube_yaw: expected in [0, pi] rad (yaw drawn from +-cube_yaw), got {pc.cube_yaw!r}")
     width = 2 * spec.finger_stroke
     if pc.cube_size >= width:
         raise ValueError(
-            f"{prefix}.cube_size: expected < {width:g} m (the open gripper's width, 2 * finger_stroke), "
-            f"got {pc.cube_size!r}"
+            f"env.pick_cube.cube_size: got {pc.cube_size!r}, expected < {width:g} m (the open gripper's width, "
+            "2 * finger_stroke)"
         )
-    low, high = config_area(pc, prefix, "cube_low", "cube_high")
+    low, high = corners(pc, "cube_low", "cube_high")
     ws_low = np.asarray(cfg.workspace_low, dtype=np.float64)[:2]
     ws_high = np.asarray(cfg.workspace_high, dtype=np.float64)[:2]
     if np.any(low < ws_low) or np.any(high > ws_high):
         # The TCP cannot be commanded outside the workspace box, so a cube there could never be grasped.
         raise ValueError(
-            f"{prefix}.cube_low/cube_high: expected the placement area {low}..{high} inside the workspace box's "
-            f"(x, y) extent {ws_low}..{ws_high} (EnvConfig.workspace_low/workspace_high)"
+            f"env.pick_cube.cube_low/cube_high: got the placement area {low.tolist()}..{high.tolist()}, expected it "
+            f"inside the workspace box's (x, y) extent {ws_low.tolist()}..{ws_high.tolist()} "
+            "(env.workspace_low/workspace_high)"
         )
     return low, high
 
@@ -107,9 +103,9 @@ class FrankaPickCubeEnv(FrankaEnv):
         if TABLE_TOP_Z + cfg.randomization.table_height + pc.cube_size / 2 + pc.lift_height > top_z:
             # The grasped cube's centre sits about at the TCP, which cannot be commanded above the workspace top.
             raise ValueError(
-                f"EnvConfig.pick_cube.lift_height: expected the lifted cube's centre (table top + cube_size/2 + "
-                f"lift_height, table raised by up to randomization.table_height) <= workspace_high z {top_z:g} m, "
-                f"got lift_height {pc.lift_height!r}"
+                f"env.pick_cube.lift_height: got {pc.lift_height!r}, expected the lifted cube's centre (table top + "
+                f"cube_size/2 + lift_height, table raised by up to randomization.table_height) <= workspace_high z "
+                f"{top_z:g} m"
             )
         self.half_size = pc.cube_size / 2
         self._cube_qpos = int(self.model.jnt_qposadr[self.model.joint("cube_joint").id])

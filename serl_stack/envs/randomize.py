@@ -1,11 +1,11 @@
 """Domain randomization of the MuJoCo Franka scene for sim-to-real, and per-step observation noise.
 
-Owns: checking `RandomizationConfig`; remembering, once, the nominal model values it touches (every geom's
-sliding friction, the table geom's position, every camera's pose); drawing new values at each reset from the
-env's seeded generator, always starting again from the nominal ones so that draws never compound; adding
-Gaussian noise to a finished observation, and widening the declared observation space so it holds the noisy
-values. `FrankaEnv` decides when each happens and applies the controller's gain scale (drawn here) through
-`OpSpaceController.set_gain_scale`.
+Owns: checking `RandomizationConfig` against the model (its ranges are declared in config.py); remembering,
+once, the nominal model values it touches (every geom's sliding friction, the table geom's position, every
+camera's pose); drawing new values at each reset from the env's seeded generator, always starting again from the
+nominal ones so that draws never compound; adding Gaussian noise to a finished observation, and widening the
+declared observation space so it holds the noisy values. `FrankaEnv` decides when each happens and applies the
+controller's gain scale (drawn here) through `OpSpaceController.set_gain_scale`.
 
 A term that is 0 draws nothing, so with everything off the env's random stream, model and observations are
 exactly what they are without this module.
@@ -14,48 +14,32 @@ exactly what they are without this module.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import mujoco
 import numpy as np
 from gymnasium import spaces
 
-from serl_stack.config import RandomizationConfig
+from serl_stack.config import RandomizationConfig, check_section
 from serl_stack.envs.controller import quat_from_rotvec, quat_mul
 from serl_stack.envs.panda import TABLE_TOP_Z
 
 ObsDict = dict[str, dict[str, np.ndarray]]
 
-_FIELD = "EnvConfig.randomization"
 _POSITION_SUFFIXES = ("_pos", "_pose")
 """`task` keys whose first three entries are a position (the rest, if any, a quaternion that stays clean)."""
 
 
 def check_config(cfg: RandomizationConfig, max_table_height: float = math.inf) -> None:
-    """Raise ValueError naming the first field of `cfg` that is out of range.
-
-    `max_table_height` is how far the table may rise before it hits a part of the arm that cannot move up
-    (see `DomainRandomizer`); it is model-dependent, hence a parameter.
-    """
-    for f in fields(cfg):
-        if f.name == "action_latency":
-            continue
-        value = getattr(cfg, f.name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-            raise ValueError(f"{_FIELD}.{f.name}: expected a finite number >= 0 (0 = off), got {value!r}")
-    for name in ("friction", "controller_gains"):  # scale factors uniform(1 - x, 1 + x) must stay > 0
-        if getattr(cfg, name) >= 1:
-            raise ValueError(f"{_FIELD}.{name}: expected in [0, 1), got {getattr(cfg, name)!r}")
-    if cfg.camera_rot > math.pi:
-        raise ValueError(f"{_FIELD}.camera_rot: expected in [0, pi] rad, got {cfg.camera_rot!r}")
+    """Raise ValueError naming the first field of `cfg` that is out of range: the ranges declared in config.py,
+    then `max_table_height`, how far the table may rise before it hits a part of the arm that cannot move up (see
+    `DomainRandomizer`), which depends on the model and so is a parameter."""
+    check_section(cfg)
     if cfg.table_height > max_table_height:
         raise ValueError(
-            f"{_FIELD}.table_height: expected in [0, {max_table_height:.4g}] m (the robot base stays put, and a "
-            f"table raised further cuts into the arm's base link), got {cfg.table_height!r}"
+            f"env.randomization.table_height: got {cfg.table_height!r}, expected in [0, {max_table_height:.4g}] m "
+            "(the robot base stays put, and a table raised further cuts into the arm's base link)"
         )
-    latency = cfg.action_latency
-    if isinstance(latency, bool) or latency not in (0, 1):
-        raise ValueError(f"{_FIELD}.action_latency: expected 0 or 1 (control steps), got {latency!r}")
 
 
 def base_clearance(model: mujoco.MjModel, body: str = "link1", table_top_z: float = TABLE_TOP_Z) -> float:

@@ -17,8 +17,8 @@ import mujoco
 import numpy as np
 from gymnasium import spaces
 
-from serl_stack.config import EnvConfig
-from serl_stack.envs.franka import FrankaEnv, ObsDict, config_box
+from serl_stack.config import EnvConfig, check_section
+from serl_stack.envs.franka import FrankaEnv, ObsDict, corners
 from serl_stack.envs.panda import PANDA, ArmSpec
 
 _MAX_GOAL_DRAWS = 100
@@ -50,15 +50,15 @@ class FrankaReachEnv(FrankaEnv):
 
     def __init__(self, config: EnvConfig | None = None, render_mode: str | None = None, spec: ArmSpec = PANDA) -> None:
         cfg = config if config is not None else EnvConfig()
-        self.goal_low, self.goal_high = config_box(cfg, "goal_low", "goal_high")
-        if not cfg.success_radius > 0:
-            raise ValueError(f"EnvConfig.success_radius: expected > 0, got {cfg.success_radius}")
+        check_section(cfg)  # before the goal box is read (FrankaEnv checks again, for every task)
+        self.goal_low, self.goal_high = corners(cfg, "goal_low", "goal_high")
         super().__init__(cfg, render_mode, spec)
         if np.any(self.goal_low < self.workspace_low) or np.any(self.goal_high > self.workspace_high):
-            # A goal outside the clip box could never be reached.
+            # A goal outside the clip box could never be reached. A rule of this task (other tasks ignore the goal
+            # box), so it is checked here and not in config.py.
             raise ValueError(
-                f"EnvConfig.goal_low/goal_high {self.goal_low}..{self.goal_high} must lie inside "
-                f"workspace_low/workspace_high {self.workspace_low}..{self.workspace_high}"
+                f"env.goal_low/goal_high: got {self.goal_low.tolist()}..{self.goal_high.tolist()}, expected a box "
+                f"inside env.workspace_low/workspace_high {self.workspace_low.tolist()}..{self.workspace_high.tolist()}"
             )
         self.goal = (self.goal_low + self.goal_high) / 2
         self._prev_distance = 0.0

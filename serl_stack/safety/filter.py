@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from serl_stack.config import EnvConfig
+from serl_stack.config import EnvConfig, check_section
 
 FLAG_NAMES: tuple[str, ...] = (
     "box",
@@ -204,34 +204,34 @@ class SafetyFilter:
         force_limit: float,
         force_backoff: float,
     ) -> None:
-        low = _array(workspace_low, 3, "EnvConfig.workspace_low")
-        high = _array(workspace_high, 3, "EnvConfig.workspace_high")
-        for name, v in (("EnvConfig.workspace_low", low), ("EnvConfig.workspace_high", high)):
+        low = _array(workspace_low, 3, "workspace_low")
+        high = _array(workspace_high, 3, "workspace_high")
+        for name, v in (("workspace_low", low), ("workspace_high", high)):
             if not np.all(np.isfinite(v)):
                 raise ValueError(f"{name}: expected 3 finite numbers (x, y, z), got {v.tolist()}")
         if np.any(low >= high):
             raise ValueError(
-                f"EnvConfig.workspace_low must be below EnvConfig.workspace_high on every axis, "
+                f"workspace_low must be below workspace_high on every axis, "
                 f"got {low.tolist()} and {high.tolist()}"
             )
         nominal = _unit_quat(_array(nominal_quat, 4, "nominal_quat"))
         if nominal is None:
             raise ValueError(f"nominal_quat: expected a finite, non-zero quaternion (w, x, y, z), got {nominal_quat!r}")
-        cone = _finite(orientation_cone, "EnvConfig.orientation_cone", 0.0)
+        cone = _finite(orientation_cone, "orientation_cone", 0.0)
         # Within a cone of at most 90 degrees any two orientations are joined by a short slerp that stays inside
         # it (a cap of radius <= pi/4 on the unit-quaternion sphere is convex), so step limiting cannot leave it.
         if cone > math.pi / 2:
-            raise ValueError(f"EnvConfig.orientation_cone: expected at most pi/2 rad for the safety filter, got {cone}")
+            raise ValueError(f"orientation_cone: expected at most pi/2 rad for the safety filter, got {cone}")
         self.workspace_low, self.workspace_high = low, high
         self.nominal_quat = nominal
         self.orientation_cone = cone
-        self.max_step_pos = _finite(max_step_pos, "EnvConfig.safety.max_step_pos", 0.0)
-        self.max_step_rot = _finite(max_step_rot, "EnvConfig.safety.max_step_rot", 0.0)
+        self.max_step_pos = _finite(max_step_pos, "max_step_pos", 0.0)
+        self.max_step_rot = _finite(max_step_rot, "max_step_rot", 0.0)
         self.gripper_min_interval_s = _finite(
-            gripper_min_interval_s, "EnvConfig.safety.gripper_min_interval_s", 0.0, strict=False
+            gripper_min_interval_s, "gripper_min_interval_s", 0.0, strict=False
         )
-        self.force_limit = _finite(force_limit, "EnvConfig.safety.force_limit", 0.0)
-        self.force_backoff = _finite(force_backoff, "EnvConfig.safety.force_backoff", 0.0, strict=False)
+        self.force_limit = _finite(force_limit, "force_limit", 0.0)
+        self.force_backoff = _finite(force_backoff, "force_backoff", 0.0, strict=False)
         for a in (self.workspace_low, self.workspace_high, self.nominal_quat):
             a.setflags(write=False)
 
@@ -243,7 +243,10 @@ class SafetyFilter:
 
     @classmethod
     def from_config(cls, env_cfg: EnvConfig, nominal_quat: Any) -> SafetyFilter:
-        """The filter for an env config: its box, its cone around `nominal_quat` and `env_cfg.safety` limits."""
+        """The filter for an env config: its box, its cone around `nominal_quat` and `env_cfg.safety` limits. The
+        config is checked by its own declarations first (`config.check_section`), so a bad limit is named as the
+        config field; the constructor's checks below guard filters built from plain arguments (the robot bridge)."""
+        check_section(env_cfg)
         s = env_cfg.safety
         return cls(
             env_cfg.workspace_low,

@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from serl_stack.config import MixingConfig
+from serl_stack.config import MixingConfig, check_section
 from serl_stack.safety.estimates import (
     BaselineValue,
     KappaCalibrator,
@@ -328,20 +328,7 @@ def make_mixer(
 ) -> EpsMix | StepMix | None:
     """The mixer `cfg.mode` names (None for "off": the learned policy always acts). `discount` must be the
     critic's (agent.discount) so U and L measure the same value; `max_return` switches U to empirical Bernstein."""
-    if cfg.mode not in MODES:
-        raise ValueError(f"mixing.mode: got {cfg.mode!r}, expected one of {', '.join(MODES)}")
-    checks = [
-        ("mixing.alpha", cfg.alpha, 0.0 < cfg.alpha < 1.0, "in (0, 1)"),
-        ("mixing.kappa", cfg.kappa, cfg.kappa >= 0.0, ">= 0 (inf: no trust until calibrated)"),
-        ("mixing.value_samples", cfg.value_samples, cfg.value_samples >= 1, ">= 1"),
-        ("mixing.baseline_episodes", cfg.baseline_episodes, cfg.baseline_episodes >= 2, ">= 2 (U needs a spread)"),
-        ("mixing.confidence", cfg.confidence, 0.0 < cfg.confidence < 1.0, "in (0, 1)"),
-        ("mixing.calibration_runs", cfg.calibration_runs, cfg.calibration_runs >= 2, ">= 2 (a spread is needed)"),
-        ("mixing.cap_runs", cfg.cap_runs, cfg.cap_runs >= cfg.calibration_runs, ">= mixing.calibration_runs"),
-    ]
-    for name, value, ok, expected in checks:
-        if not ok:
-            raise ValueError(f"{name}: got {value!r}, expected {expected}")
+    check_section(cfg)  # the mixing fields' declared ranges and rules (config.py), for a config built in code too
     if cfg.mode == "off":
         return None
     baseline = BaselineValue(cfg.confidence, discount, max_return)
