@@ -80,7 +80,8 @@ class ReplayBuffer:
     # ----------------------------------------------------------------------------------------------- insert
 
     def _check_obs(self, obs: Mapping[str, Any], name: str) -> dict[str, np.ndarray]:
-        flat = flatten_keys(obs)
+        # The learner hands over observations it flattened once already; only a nested one is flattened here.
+        flat = flatten_keys(obs) if any(isinstance(v, Mapping) for v in obs.values()) else obs
         missing = sorted(set(self.obs_spec) - set(flat))
         extra = sorted(set(flat) - set(self.obs_spec))
         if missing or extra:
