@@ -163,8 +163,9 @@ def _record_demos(cfg: Config, args: argparse.Namespace) -> int:
                 while not done:
                     action = policy(obs)
                     obs, reward, terminated, truncated, info = env.step(action)
-                    # What the robot did (the safety filter may change a command), as the demo format says.
-                    builder.add(info.get("executed_action", action), reward, obs, terminated, truncated)
+                    # The command the scripted policy sent, before the safety filter: the label the learner uses by
+                    # default (replay.action_source: policy), so demonstrations and online data agree.
+                    builder.add(action, reward, obs, terminated, truncated)
                     done = terminated or truncated
                 if info.get("success", False):
                     save_episode(args.out, builder.build(success=True), env_id=cfg.env.id, config=to_dict(cfg))

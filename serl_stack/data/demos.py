@@ -47,7 +47,8 @@ class Episode:
     observations: dict[str, np.ndarray]
     """Flat key path (e.g. `state/tcp_pose`) -> (T+1, ...) array."""
     actions: np.ndarray
-    """(T, A) float32: the actions executed."""
+    """(T, A) float32: the actions commanded (before the safety filter; `serl record-demos` stores the scripted
+    policy's command, the label `replay.action_source: policy` learns from)."""
     rewards: np.ndarray
     """(T,) float32."""
     terminated: np.ndarray
