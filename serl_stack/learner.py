@@ -25,6 +25,7 @@ from tensorboardX import SummaryWriter
 from serl_stack import interrupt
 from serl_stack.checkpoint import Checkpointer
 from serl_stack.config import Config, ConfigError
+from serl_stack.data.demos import DemoFormatError
 from serl_stack.data.obs import flatten_keys
 from serl_stack.errors import ProcessGone
 from serl_stack.rundir import CHECKPOINTS, TRANSITIONS, actor_index, check_new_or_resumed, write_config
@@ -159,6 +160,8 @@ class Learner:
                 self.updater = Updater(self.cfg, obs, action)
             except KeyError as e:  # agent.obs_keys names a key the env does not have: a config error
                 raise ConfigError(str(e.args[0])) from e
+            except DemoFormatError as e:  # demonstrations of another observation or action shape
+                raise ConfigError(f"replay.demo_dir: {e}") from e
             u = self.updater
             if u.demos is not None:
                 print(f"learner: {len(u.demos)} demonstration transitions from {self.cfg.replay.demo_dir} make up "

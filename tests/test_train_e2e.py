@@ -85,7 +85,8 @@ def test_serl_train_runs_end_to_end(tmp_path: Path) -> None:
     evals = evaluations(run)
     stop = result["env_steps"]
     assert evals["env_steps"].tolist() == [*range(2000, stop + 1, 1000), stop], evals
-    assert evals["success_rate"][-2] >= 0.9 and np.all(evals["success_rate"][:-2] < 0.9), evals
+    # TensorBoard stores float32 (0.9 reads back as 0.89999998): compare to float32 precision.
+    assert evals["success_rate"][-2] >= 0.9 - 1e-6 and np.all(evals["success_rate"][:-2] < 0.9 - 1e-6), evals
     # TensorBoard stores float32: compare to float32 precision.
     assert evals["success_rate"][-1] == pytest.approx(result["success_rate"], abs=1e-6)
     assert evals["return_mean"][-1] == pytest.approx(result["return_mean"], rel=1e-6)
@@ -194,7 +195,8 @@ def test_ctrl_c_stops_both_processes_and_checkpoints(tmp_path: Path) -> None:
     # The folder now holds a run: starting over in it is refused, continuing it is one flag.
     env = {**os.environ, "MUJOCO_GL": "egl"}
     refused = subprocess.run(_serl("train", "--run-dir", str(run)), capture_output=True, text=True, cwd=ROOT, env=env)
-    assert refused.returncode == 2 and "--resume" in refused.stdout, refused.stdout + refused.stderr
+    assert refused.returncode == 2 and "already holds a run" in refused.stderr and "--resume" in refused.stderr, \
+        refused.stdout + refused.stderr
     saved = max(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())
     logged = _logged(run)
     total = logged + 300
