@@ -214,16 +214,21 @@ def _map(check: Check) -> Check:
     return check_map
 
 
+def _check_fields(value: Any, path: str, required: Any, allowed: Any, what: str) -> None:
+    """`value` is a map holding every `required` field and no field outside `allowed` (`what` names them)."""
+    if not isinstance(value, dict):
+        raise _fail(path, value, f"a map of {what}")
+    missing = [k for k in required if k not in value]
+    if missing:
+        raise MixerStateError(f"{path}: missing field {missing[0]!r}")
+    unexpected = sorted(set(value) - set(allowed))
+    if unexpected:
+        raise MixerStateError(f"{path}: unexpected field {unexpected[0]!r}, expected {what}")
+
+
 def _record(fields: dict[str, Check]) -> Check:
     def check_record(value: Any, path: str) -> dict[str, Any]:
-        if not isinstance(value, dict):
-            raise _fail(path, value, f"a map with the fields {', '.join(fields)}")
-        missing = [k for k in fields if k not in value]
-        if missing:
-            raise MixerStateError(f"{path}: missing field {missing[0]!r}")
-        unexpected = sorted(set(value) - set(fields))
-        if unexpected:
-            raise MixerStateError(f"{path}: unexpected field {unexpected[0]!r}, expected only {', '.join(fields)}")
+        _check_fields(value, path, fields, fields, f"only the fields {', '.join(fields)}")
         return {k: check(value[k], f"{path}.{k}") for k, check in fields.items()}
 
     return check_record
@@ -232,14 +237,7 @@ def _record(fields: dict[str, Check]) -> Check:
 def _config(value: Any, path: str) -> dict[str, Any]:
     """MixingConfig's fields: the ones a mixer depends on (SAVED_SETTINGS) are required, the others default."""
     known = {f.name: f for f in dataclasses.fields(MixingConfig)}
-    if not isinstance(value, dict):
-        raise _fail(path, value, "a map of MixingConfig fields")
-    missing = [k for k in SAVED_SETTINGS if k not in value]
-    if missing:
-        raise MixerStateError(f"{path}: missing field {missing[0]!r}")
-    unexpected = sorted(set(value) - set(known))
-    if unexpected:
-        raise MixerStateError(f"{path}: unexpected field {unexpected[0]!r}, expected MixingConfig fields")
+    _check_fields(value, path, SAVED_SETTINGS, known, "MixingConfig fields")
     by_type: dict[type, Check] = {float: _num, int: _int, str: _str, bool: _bool}
     return {k: by_type[type(known[k].default)](v, f"{path}.{k}") for k, v in value.items()}
 
