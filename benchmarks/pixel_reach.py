@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     wall = time.monotonic() - start
     if proc.returncode != 0 or not (run_dir / "eval.json").is_file():
         raise SystemExit(f"pixel_reach: `serl train` exited with {proc.returncode} (expected 0 and "
-                         f"{run_dir / 'eval.json'}); see {run_dir}/learner.log and actor.log")
+                         f"{run_dir / 'eval.json'}); see {run_dir}/learner.log and actor-0.log")
     result = json.loads((run_dir / "eval.json").read_text())
     table = episodes(run_dir)
     curve = rolling_success(table["success"], args.window)
