@@ -257,6 +257,66 @@ class SafetyConfig:
 
 
 @dataclass(frozen=True)
+class BridgeConfig:
+    """The ROS 2 bridge between the actor and a Franka (the real arm, or the MuJoCo-backed fake one), used when
+    `env.kind` is franka: the backend, the topic names (DESIGN.md "Bridge topics": franka_ros2 v2.x + CRISP's
+    cartesian impedance controller; every name below `namespace`), QoS, the reset and the RealSense cameras."""
+
+    backend: Literal["dds", "rclpy"] = "dds"
+    """dds: Cyclone DDS speaking the ROS 2 wire protocol without a ROS install (topics only) | rclpy: a ROS 2
+    install on the robot PC (also the franka_gripper and error-recovery actions)."""
+    namespace: str = ""
+    """Prefix of every topic and action name, e.g. /fr3 (empty: none)."""
+    domain_id: int = ranged(0, ge=0, le=232)
+    """ROS_DOMAIN_ID of the DDS domain (the fake Franka and the bridge must agree)."""
+    target_pose_topic: str = "/target_pose"
+    """geometry_msgs/PoseStamped the controller tracks (CRISP); the bridge must be its only publisher."""
+    current_pose_topic: str = "/current_pose"
+    """geometry_msgs/PoseStamped of the TCP (CRISP's pose broadcaster; or
+    /franka_robot_state_broadcaster/current_pose)."""
+    joint_states_topic: str = "/joint_states"
+    """sensor_msgs/JointState of the arm."""
+    wrench_topic: str = "/franka_robot_state_broadcaster/external_wrench_in_base_frame"
+    """geometry_msgs/WrenchStamped: the external wrench at the TCP in the base frame."""
+    gripper_command_topic: str = "/gripper/gripper_position_controller/commands"
+    """std_msgs/Float64MultiArray gripper target, normalized 0 (closed) .. 1 (open) (CRISP's topic interface)."""
+    gripper_state_topic: str = "/gripper/joint_states"
+    """sensor_msgs/JointState of the gripper's fingers (their positions sum to the opening width)."""
+    error_recovery_action: str = "/action_server/error_recovery"
+    """franka_msgs/action/ErrorRecovery (rclpy backend only: DDS vendors do not interoperate on actions)."""
+    gripper_action_namespace: str = "/franka_gripper"
+    """Namespace of the franka_gripper move/grasp/homing actions (rclpy backend; /fr3_gripper or /panda_gripper
+    on older franka_ros2)."""
+    base_frame: str = "base"
+    """frame_id of the commanded pose."""
+    state_reliability: Literal["best_effort", "reliable"] = "best_effort"
+    """QoS of the state subscriptions: franka_ros2 publishes its state topics best effort, and a reliable reader
+    receives nothing from a best-effort writer (the bridge warns when it sees that mismatch)."""
+    home_pose: tuple[float, ...] = ranged((0.45, 0.0, 0.35, 0.0, 1.0, 0.0, 0.0), length=7)
+    """Where every reset moves the TCP: x, y, z (m, base frame) and the quaternion w, x, y, z (pointing down)."""
+    reset_duration_s: float = ranged(1.5, gt=0)
+    """The reset's interpolated move to the home pose takes this long (SERL: 1.5 s)."""
+    reset_tolerance: float = ranged(0.01, gt=0)
+    """After the move the TCP must be within this distance (m) of the home pose, else the reset fails by name."""
+    dry_run: bool = False
+    """Publish every target on `dry_run_topic` instead of `target_pose_topic`, to watch it (RViz) before arming."""
+    dry_run_topic: str = "/target_pose_dry_run"
+    """Where targets go in a dry run."""
+    camera_serials: dict[str, Any] = field(default_factory=dict)
+    """RealSense cameras: image name (obs["images"][name]) -> serial number; empty: no cameras."""
+    camera_width: int = ranged(640, ge=1)
+    """Width (pixels) each RealSense streams; the centre square is cropped and resized to env.image_size."""
+    camera_height: int = ranged(480, ge=1)
+    """Height (pixels) each RealSense streams."""
+    camera_fps: int = ranged(15, ge=1)
+    """Frame rate each RealSense streams (SERL: 15)."""
+    camera_timeout_s: float = ranged(0.5, gt=0)
+    """A camera whose newest frame is older than this is frozen: stepping stops with an error naming it."""
+    teach_file: str = ""
+    """YAML written by `serl teach` (workspace corners, home pose, goal or hole pose); empty: the config's own."""
+
+
+@dataclass(frozen=True)
 class MixingConfig:
     """Conservative baseline mixing (StepMix / EpsMix): keep each episode's value near a trusted baseline's."""
 
@@ -293,8 +353,8 @@ class MixingConfig:
 @dataclass(frozen=True)
 class EnvConfig:
     """The env: a MuJoCo Franka task on the DESIGN.md observation/action contract, or any Gymnasium env. The
-    first four fields (id, kwargs, success_key, max_episode_steps) apply to every env; the others configure the
-    serl_stack tasks only, and a foreign env refuses a non-default value of them (docs/envs.md)."""
+    fields id, kwargs, success_key and max_episode_steps apply to every env; the others configure the serl_stack
+    tasks only, and a foreign env refuses a non-default value of them (docs/envs.md)."""
 
     id: str = "FrankaReach-v0"
     """Gymnasium id of the task: a serl_stack task, any registered id, or `module:EnvId` (Gymnasium imports
@@ -306,6 +366,9 @@ class EnvConfig:
     """The `info` key the env reports success under; the adapter reports it as `info["success"]` (bool) at each
     step that has it. An env that never reports it has no success rate (not 0). Must be "success" for the
     serl_stack tasks."""
+    kind: Literal["sim", "franka"] = "sim"
+    """sim: the MuJoCo task | franka: the same task on a Franka through the ROS 2 bridge (`bridge.*`; the real arm,
+    or the fake one `serl fake-franka` runs), paced by the wall clock at env.control_hz."""
     max_episode_steps: int = ranged(100, ge=1)
     """Episode length before truncation. The serl_stack tasks truncate themselves; any other env gets a TimeLimit
     of this many steps, replacing its registered limit (the default 100 shortens e.g. HalfCheetah-v5's 1000: set
@@ -508,6 +571,7 @@ class Config:
     """Everything a `serl train` run needs."""
 
     env: EnvConfig = field(default_factory=EnvConfig)
+    bridge: BridgeConfig = field(default_factory=BridgeConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
     replay: ReplayConfig = field(default_factory=ReplayConfig)
     transport: TransportConfig = field(default_factory=TransportConfig)
