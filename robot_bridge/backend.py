@@ -134,6 +134,7 @@ class Backend(abc.ABC):
     def state_topics(self) -> dict[str, object]:
         """Each state topic's full name -> its newest sample (None while it has delivered nothing)."""
 
+    @abc.abstractmethod
     def close(self) -> None:
         """Stop the subscriptions and release the connection."""
 

@@ -79,9 +79,15 @@ class Actor:
                           "(parameters)"
         self.client = ActorClient(t.host, t.transitions_port, t.params_port, t.actor_id, t.max_message_bytes, security)
         self._warned_silent = False
-        self.env = make_env(cfg.env)
-        # Evaluations during training run on their own env, so the training episode in progress is not cut.
-        self.eval_env = make_env(cfg.env) if train.eval_every > 0 and self.index == 0 else None
+        self.on_robot = cfg.env.kind == "franka"
+        """The real (or fake) arm through the ROS 2 bridge: paced by the wall clock, never by the sim throttle, and
+        one arm for training and evaluation episodes alike."""
+        self.env = make_env(cfg.env, bridge=cfg.bridge)
+        self.eval_env: Any = None
+        if train.eval_every > 0 and self.index == 0:
+            # In sim, evaluations run on their own env, so the training episode in progress is not cut; a robot
+            # has one arm: evaluations then wait for the end of a training episode and use it.
+            self.eval_env = self.env if self.on_robot else make_env(cfg.env)
         # Each put reaches the OS at once (survives a crash of this process); fsyncs are batched per flush.
         self.spool = ActorSpool(run_dir / f"spool-{t.actor_id}", fsync=False, max_bytes=t.spool_max_bytes)
         self.outbox: DurableOutbox | None = None
@@ -92,6 +98,7 @@ class Actor:
         self.episodes = 0
         self._successes: list[bool] = []
         self._next_progress = time.monotonic() + PROGRESS_EVERY_S
+        self._last_progress = (0, 0)
         self._next_eval = 0
 
     # ------------------------------------------------------------------------------------------- the link
@@ -197,7 +204,8 @@ class Actor:
         self.steps = self.spool.next_seq() - 1
         episode = self._load_episode()
         self.episodes = episode
-        ep_return, ep_len = 0.0, 0
+        ep_return, ep_len, ep_jitter = 0.0, 0, 0.0
+        stop_early = False
         try:
             mixing = MixedActing.from_config(self.cfg, self.policy, self.seed + 2, example=(obs, action_dim))
             mixer_state = self.run_dir / MIXER_STATE.format(actor_id=self.actor_id)
@@ -214,7 +222,8 @@ class Actor:
             while not stopped:
                 self._poll(0)
                 run_steps = self._run_steps()
-                if not actor_may_step(run_steps, self._updates(), t.start_steps, t.throttle_slack):
+                if not self.on_robot and not actor_may_step(run_steps, self._updates(), t.start_steps,
+                                                            t.throttle_slack):
                     self._wait(lambda: actor_may_step(self._run_steps(), self._updates(), t.start_steps,
                                                       t.throttle_slack), "updates to catch up")
                 if mixing is None and self._run_steps() < t.start_steps:
@@ -236,6 +245,8 @@ class Actor:
                         raise ConfigError(f"mixing.mode={self.cfg.mixing.mode}: {e}") from e
                 ep_return += float(reward)
                 ep_len += 1
+                if "jitter_s" in info:
+                    ep_jitter = max(ep_jitter, float(info["jitter_s"]))
                 self.outbox.add(
                     {
                         "observation": obs,
@@ -261,28 +272,34 @@ class Actor:
                         self._successes = (self._successes + [success])[-20:]
                     if "safety_counts" in info:
                         body["safety"] = {k: int(v) for k, v in info["safety_counts"].items()}
+                    if self.on_robot:  # how well the wall-clock pacing held, and whether the watchdog had to act
+                        body["robot"] = {"jitter_max_ms": 1000 * ep_jitter,
+                                         "watchdog_holds": int(getattr(self.env.unwrapped, "watchdog_holds", 0))}
                     if mixing is not None:
                         body["mixing"] = mixing.end_episode()
                         mixing.save_state(mixer_state)
                         self._log_mixing({**body["mixing"], "env_steps": self.steps, "length": ep_len,
                                           "success": success})
                     self.client.send("episode", body)
-                    episode, ep_return, ep_len = episode + 1, 0.0, 0
+                    episode, ep_return, ep_len, ep_jitter = episode + 1, 0.0, 0, 0.0
                     self.episodes = episode
                     if self.episode_limit is not None and episode >= self.episode_limit:
                         print(f"actor {self.actor_id}: its share of train.max_episodes={t.max_episodes} "
                               f"({self.episode_limit}) reached after {self.steps} env steps; ending", flush=True)
                         break
-                    obs, _ = self.env.reset()
-                    if self.steps < self.quota:
-                        self._begin_episode(mixing, episode)
+                    # One arm: on a robot, evaluations during training run between training episodes.
+                    stop_early = self.on_robot and self._periodic_eval()
+                    if not stop_early:
+                        obs, _ = self.env.reset()
+                        if self.steps < self.quota:
+                            self._begin_episode(mixing, episode)
                 else:
                     self._unflushed += 1
                     if self._unflushed >= FLUSH_EVERY:
                         self._flush()
                 self._poll(0)
                 self._progress()
-                if self._periodic_eval():
+                if stop_early or (not self.on_robot and self._periodic_eval()):
                     print(f"actor {self.actor_id}: evaluation success reached train.stop_at_success="
                           f"{t.stop_at_success:g} after {self._run_steps()} env steps of the run; ending",
                           flush=True)
@@ -341,10 +358,20 @@ class Actor:
         self._next_progress = now + PROGRESS_EVERY_S
         status = self._status()
         success = f"{100 * np.mean(self._successes):.0f}%" if self._successes else "-"
-        print(f"actor {self.actor_id}: {self.steps}/{self.quota} env steps (run {self._run_steps()}/"
-              f"{self.cfg.train.total_env_steps}), {self.episodes} episodes, success {success} (last "
-              f"{len(self._successes)}), learner updates {status.get('updates', 0)}, parameters "
-              f"v{self.policy.version if self.policy is not None else -1}", flush=True)
+        updates, run_steps = int(status.get("updates", 0)), self._run_steps()
+        line = (f"actor {self.actor_id}: {self.steps}/{self.quota} env steps (run {run_steps}/"
+                f"{self.cfg.train.total_env_steps}), {self.episodes} episodes, success {success} (last "
+                f"{len(self._successes)}), learner updates {updates}, parameters "
+                f"v{self.policy.version if self.policy is not None else -1}")
+        last_updates, last_steps = self._last_progress
+        self._last_progress = (updates, run_steps)
+        if self.on_robot and run_steps > last_steps and updates > 0:
+            # At the robot's rate the learner may not keep up with agent.utd: say what it achieves.
+            effective = self.cfg.agent.utd * (updates - last_updates) / (run_steps - last_steps)
+            line += f", effective UTD {effective:.1f} (agent.utd {self.cfg.agent.utd})"
+            if effective < 0.5 * self.cfg.agent.utd:
+                line += ": the learner is slower than the robot; a GPU learner box would keep up"
+        print(line, flush=True)
 
     def _begin_episode(self, mixing: MixedActing | None, episode: int) -> None:
         """Start a training episode: count it, snapshot the policy it runs (every `mixing.snapshot_every`

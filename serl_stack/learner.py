@@ -254,8 +254,9 @@ class Learner:
             self.successes.append(success)
             self.writer.add_scalar("episode/success", success, self.env_steps)
         self.writer.add_scalar("episode/length", float(body.get("length", 0)), self.env_steps)
-        # The actor's per-episode records: mixing (eps_k / switch step, L, U, kappa) and safety-filter counts.
-        for section in ("mixing", "safety"):
+        # The actor's per-episode records: mixing (eps_k / switch step, L, U, kappa), safety-filter counts and, on
+        # a robot, the control loop's worst jitter and the watchdog's holds.
+        for section in ("mixing", "safety", "robot"):
             fields = body.get(section)
             if isinstance(fields, dict):
                 for k, v in fields.items():

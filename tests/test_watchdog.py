@@ -114,9 +114,9 @@ def test_a_state_stream_that_never_starts_is_stale() -> None:
 def test_from_config_and_validation() -> None:
     wd = Watchdog.from_config(SafetyConfig(watchdog_s=0.3, state_timeout_s=0.2))
     assert (wd.watchdog_s, wd.state_timeout_s) == (0.3, 0.2)
-    with pytest.raises(ValueError, match=r"EnvConfig.safety.watchdog_s.*got 0"):
+    with pytest.raises(ValueError, match=r"env.safety.watchdog_s.*got 0"):
         Watchdog(0.0, 1.0)
-    with pytest.raises(ValueError, match=r"EnvConfig.safety.state_timeout_s.*got nan"):
+    with pytest.raises(ValueError, match=r"env.safety.state_timeout_s.*got nan"):
         Watchdog(1.0, math.nan)
     with pytest.raises(ValueError, match="stamp"):
         Watchdog(1.0, 1.0).state_received(math.inf)
@@ -169,7 +169,7 @@ def test_thread_surfaces_stale_state_via_raise_if_failed() -> None:
         thread.raise_if_failed()
         clock.advance(0.3)
         assert wait_until(lambda: thread.error is not None)
-        with pytest.raises(StaleStateError, match="limit EnvConfig.safety.state_timeout_s"):
+        with pytest.raises(StaleStateError, match="limit env.safety.state_timeout_s"):
             thread.raise_if_failed()
         assert calls == [1]  # the robot is told to hold before the error is reported
     finally:

@@ -18,8 +18,9 @@ import inspect
 from typing import Any
 
 import gymnasium as gym
+import numpy as np
 
-from serl_stack.config import SERL_TASK_IDS, Config, ConfigError, EnvConfig
+from serl_stack.config import SERL_TASK_IDS, BridgeConfig, Config, ConfigError, EnvConfig
 from serl_stack.data.obs import flatten_keys, image_keys_of, vector_keys
 from serl_stack.envs.gym_adapter import GymAdapter
 
@@ -159,8 +160,11 @@ def _check_kwargs_names(cfg: EnvConfig, env_id: str) -> None:
                           f"of {names}")
 
 
-def make_env(cfg: EnvConfig, render_mode: str | None = None) -> gym.Env:
+def make_env(cfg: EnvConfig, render_mode: str | None = None, bridge: BridgeConfig | None = None) -> gym.Env:
     """Build the env `cfg.id` through `gymnasium.make` (so it carries Gymnasium's checkers).
+
+    With `env.kind: franka` the task runs on a Franka through the ROS 2 bridge (`bridge`, default
+    `BridgeConfig()`): robot_bridge/franka_env.py, same observation/action contract.
 
     A serl_stack task gets `cfg` and follows DESIGN.md as is (`env.kwargs` must be empty and `env.success_key`
     "success"). Any other env, a registered id (e.g. `Pendulum-v1`, `HalfCheetah-v5`) or `module:EnvId`, is made
@@ -171,6 +175,11 @@ def make_env(cfg: EnvConfig, render_mode: str | None = None) -> gym.Env:
     take, a Franka-only field set for a foreign env, or an env whose spaces do not fit.
     """
     env_id = _resolve_id(cfg.id)
+    if cfg.kind == "franka":
+        _check_serl_task(cfg)
+        from robot_bridge.franka_env import make_robot_env  # the ROS side loads only for the robot
+
+        return make_robot_env(cfg, bridge)
     if env_id in serl_task_ids():
         _check_serl_task(cfg)
         return gym.make(env_id, config=cfg, render_mode=render_mode)
@@ -201,7 +210,12 @@ def preflight(cfg: Config) -> None:
 
     Raises ConfigError naming the field for anything that would make the learner or actor fail at start-up; the
     env is closed either way. Fast (one env build and reset, no JAX), so the CLI runs it before spawning processes.
+    With `env.kind: franka` nothing connects to the robot here: the task and the taught poses are checked, and the
+    keys against the sim task's observation, which the robot env's equals (cameras: `bridge.camera_serials`).
     """
+    if cfg.env.kind == "franka":
+        _preflight_robot(cfg)
+        return
     env = make_env(cfg.env)
     try:
         obs, _ = env.reset(seed=cfg.train.seed)
@@ -216,6 +230,32 @@ def preflight(cfg: Config) -> None:
             problems.append(str(e.args[0]))
     if problems:
         raise ConfigError("; ".join(problems) + f" (the observation of env.id={cfg.env.id!r})")
+
+
+def _preflight_robot(cfg: Config) -> None:
+    from robot_bridge.franka_env import TASKS, load_teach
+
+    if cfg.env.id not in TASKS:
+        raise ConfigError(f"env.id: got {cfg.env.id!r} with env.kind franka, expected one of {list(TASKS)} (the "
+                          "tasks whose reward the robot env computes from the TCP pose)")
+    if cfg.bridge.teach_file:
+        load_teach(cfg.bridge.teach_file)
+    env = make_env(dataclasses.replace(cfg.env, kind="sim", cameras=()))
+    try:
+        obs, _ = env.reset(seed=cfg.train.seed)
+    finally:
+        env.close()
+    flat = flatten_keys(obs)
+    for name in cfg.bridge.camera_serials:  # the robot's images: one per RealSense named in the config
+        flat[f"images/{name}"] = np.zeros((cfg.env.image_size, cfg.env.image_size, 3), np.uint8)
+    problems = []
+    for check, selected in ((vector_keys, cfg.agent.obs_keys), (image_keys_of, cfg.agent.image_keys)):
+        try:
+            check(flat, selected)
+        except KeyError as e:
+            problems.append(str(e.args[0]))
+    if problems:
+        raise ConfigError("; ".join(problems) + f" (the robot env's observation of env.id={cfg.env.id!r})")
 
 
 __all__ = ["GENERIC_FIELDS", "PEG_INSERT_ID", "PICK_CUBE_ID", "REACH_ID", "make_env", "preflight", "serl_task_ids"]

@@ -19,17 +19,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from serl_stack.config import SafetyConfig
+from serl_stack.errors import SerlError
 
 
-class StaleStateError(RuntimeError):
+class StaleStateError(SerlError, RuntimeError):
     """The newest robot state is older than the state timeout: acting on it would be acting blind."""
 
-    def __init__(self, age_s: float, limit_s: float) -> None:
+    def __init__(self, age_s: float, limit_s: float, what: str = "robot state") -> None:
         self.age_s = age_s
         self.limit_s = limit_s
         super().__init__(
-            f"robot state is stale: the newest state is {age_s:.3f} s old, limit "
-            f"EnvConfig.safety.state_timeout_s = {limit_s:g} s (is the state stream or the robot bridge down?)"
+            f"{what} is stale: the newest message is {age_s:.3f} s old, limit "
+            f"env.safety.state_timeout_s = {limit_s:g} s (is the state stream or the robot bridge down?)"
         )
 
 
@@ -59,8 +60,8 @@ class Watchdog:
     """
 
     def __init__(self, watchdog_s: float, state_timeout_s: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.watchdog_s = _positive(watchdog_s, "EnvConfig.safety.watchdog_s")
-        self.state_timeout_s = _positive(state_timeout_s, "EnvConfig.safety.state_timeout_s")
+        self.watchdog_s = _positive(watchdog_s, "env.safety.watchdog_s")
+        self.state_timeout_s = _positive(state_timeout_s, "env.safety.state_timeout_s")
         self._clock = clock
         self._lock = threading.Lock()
         start = self._now(None)
@@ -119,10 +120,15 @@ class WatchdogThread:
     `on_hold` runs on this thread: it must be thread-safe and quick (publish "hold current pose", nothing more).
     """
 
-    def __init__(self, watchdog: Watchdog, on_hold: Callable[[], None], period_s: float) -> None:
+    def __init__(self, watchdog: Watchdog, on_hold: Callable[[], None], period_s: float,
+                 poll: Callable[[], None] | None = None) -> None:
+        """`poll()`, if given, runs on this thread before every check: e.g. a robot env reporting its state
+        streams' newest arrival times to the watchdog, so their staleness is judged even while the control loop
+        is stalled (the stall must make the robot hold, not look like a dead state stream)."""
         self.watchdog = watchdog
         self.period_s = _positive(period_s, "period_s")
         self._on_hold = on_hold
+        self._poll = poll
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._holding = False
@@ -174,6 +180,8 @@ class WatchdogThread:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
+                if self._poll is not None:
+                    self._poll()
                 try:
                     status = self.watchdog.check()
                 except StaleStateError:
