@@ -4,8 +4,8 @@ Owns: `Backend`, the interface `FrankaEnv` (robot_bridge/franka_env.py) drives â
 newest TCP pose, joint state, external wrench and gripper width, command the gripper, recover from errors, tell
 the time â€” the samples it returns, `topic_name` (namespace + topic, as `bridge.*` configures them) and the
 backend errors. Implementations: `dds_backend.DdsBackend` (Cyclone DDS, the ROS 2 wire protocol without a ROS
-install, topics only) and `rclpy_backend.RclpyBackend` (a ROS 2 install on the robot PC, actions too); `make_backend`
-picks one from `bridge.backend`.
+install, topics only) and `rclpy_backend.RclpyBackend` (a ROS 2 install on the robot PC, actions too);
+`robot_bridge.make_backend` picks one from `bridge.backend`.
 
 Conventions (DESIGN.md): quaternions are w-first here (ROS messages carry x, y, z, w; the backends convert at
 their edge); positions in metres and forces in newtons, in the robot's base frame. Every sample carries
@@ -18,14 +18,10 @@ from __future__ import annotations
 import abc
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from serl_stack.errors import SerlError
-
-if TYPE_CHECKING:
-    from serl_stack.config import BridgeConfig
 
 
 class BackendError(SerlError):
@@ -137,14 +133,3 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Stop the subscriptions and release the connection."""
-
-
-def make_backend(cfg: BridgeConfig) -> Backend:
-    """The backend `bridge.backend` names (each imports its library only here, so either runs without the other)."""
-    if cfg.backend == "rclpy":
-        from robot_bridge.rclpy_backend import RclpyBackend
-
-        return RclpyBackend(cfg)
-    from robot_bridge.dds_backend import DdsBackend
-
-    return DdsBackend(cfg)

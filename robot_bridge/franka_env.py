@@ -28,7 +28,8 @@ import numpy as np
 import yaml
 from gymnasium import spaces
 
-from robot_bridge.backend import Backend, BackendError, BackendUnsupported, make_backend
+from robot_bridge import make_backend
+from robot_bridge.backend import Backend, BackendError, BackendUnsupported
 from serl_stack.config import SERL_TASK_IDS, BridgeConfig, ConfigError, EnvConfig, check_section
 from serl_stack.envs.controller import quat_canonical, quat_error, quat_from_rotvec, quat_mul
 from serl_stack.safety import SafetyFilter, StaleStateError, Watchdog, WatchdogThread
