@@ -102,8 +102,10 @@ class DdsBackend(Backend):
 
     def _reader(self, kind: str, ros_name: str, typ: type, convert: Callable[[Any, float], Any],
                 rqos: Qos) -> DataReader:
-        def on_data(reader: DataReader) -> None:
+        def on_data(reader: DataReader | None) -> None:
             received = self.now()  # the listener runs as the sample arrives: the closest this process sees it
+            if self._closed or reader is None:  # a sample in flight while close() tears the reader down
+                return
             try:
                 samples = [s for s in reader.take(N=_TAKE_MAX) if isinstance(s, typ)]  # skips dispose/unregister
                 if samples and not self._closed:

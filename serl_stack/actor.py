@@ -336,9 +336,9 @@ class Actor:
         self._wait(lambda: self.client.acked_seq >= seq or self.actor_id in self._status().get("evaluated", []),
                    "acknowledgement of the final evaluation")
         success = "n/a" if result["success_rate"] is None else f"{100 * result['success_rate']:.1f}%"
-        print(f"actor {self.actor_id}: finished: {self.steps} env steps in {self.episodes} episodes; final "
-              f"evaluation of {result['episodes']} episodes: success {success}, return {result['return_mean']:.2f} "
-              f"(written to {path})", flush=True)
+        print(f"actor {self.actor_id}: finished: {self.steps} env steps in {self.episodes} episodes, adopted "
+              f"{self.policy.adopted} parameter versions; final evaluation of {result['episodes']} episodes: success "
+              f"{success}, return {result['return_mean']:.2f} (written to {path})", flush=True)
         return 0
 
     def _close(self) -> None:

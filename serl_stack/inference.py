@@ -84,6 +84,8 @@ class PolicyRunner:
         """A parameter pytree of the right structure: what broadcast or checkpointed parameters restore into."""
         self.params: Any = None
         self.version = -1
+        self.adopted = 0
+        """How many parameter versions it has taken on (what an actor's summary reports)."""
 
     # ------------------------------------------------------------------------------------------ parameters
 
@@ -93,6 +95,7 @@ class PolicyRunner:
             return
         self.params = serialization.from_state_dict(self.template, state_dict)
         self.version = version
+        self.adopted += 1
 
     def _params(self) -> Any:
         if self.params is None:
