@@ -299,7 +299,7 @@ class RobotFrankaEnv(gym.Env):
             self._publish(result.pos, result.quat)
             self.watchdog.command_received()
             self._wait_period()
-        settle_until = self.backend.now() + 0.5  # the impedance controller needs a moment to arrive
+        settle_until = self.backend.now() + 1.0  # the impedance controller needs a moment to arrive
         while True:
             pose = self.backend.latest_pose()
             error = float(np.linalg.norm(np.asarray(pose.position) - self.home_pos))

@@ -99,6 +99,7 @@ class Actor:
         self._successes: list[bool] = []
         self._next_progress = time.monotonic() + PROGRESS_EVERY_S
         self._last_progress = (0, 0)
+        self._said_no_params = False
         self._next_eval = 0
 
     # ------------------------------------------------------------------------------------------- the link
@@ -215,6 +216,12 @@ class Actor:
             if self.steps:
                 print(f"actor {self.actor_id}: continuing after {self.steps} env steps and {episode} episodes",
                       flush=True)
+            if self.on_robot:
+                # The set-up above took seconds while the arm held: compile the policy now (not at its first step)
+                # and start the control schedule afresh from a new reset.
+                self.policy.compile(obs)
+                jax.block_until_ready(jax.random.split(rng_key))  # the key split of the first learned step too
+                obs, _ = self.env.reset(seed=self.seed)
             self._next_eval = self._eval_after(self._run_steps())
             stopped = self.steps >= self.quota or (self.episode_limit is not None and episode >= self.episode_limit)
             if not stopped:
@@ -232,6 +239,14 @@ class Actor:
                     rng_key, key = jax.random.split(rng_key)
                     if mixing is not None:  # the mixer picks the baseline or the learned policy (never random)
                         action = mixing.act(obs, key)
+                    elif self.policy.params is None and self.on_robot:
+                        # A robot does not stand still waiting for the learner's first parameters: the warm-up's
+                        # random actions go on (inside the safety filter) until they arrive.
+                        if not self._said_no_params:
+                            print(f"actor {self.actor_id}: no parameters yet after train.start_steps; random "
+                                  "actions continue until the learner's first ones arrive", flush=True)
+                            self._said_no_params = True
+                        action = self.env.action_space.sample()
                     else:
                         if self.policy.params is None:
                             self._wait(lambda: self.policy is not None and self.policy.params is not None,
@@ -246,7 +261,12 @@ class Actor:
                 ep_return += float(reward)
                 ep_len += 1
                 if "jitter_s" in info:
-                    ep_jitter = max(ep_jitter, float(info["jitter_s"]))
+                    late = float(info["jitter_s"])
+                    ep_jitter = max(ep_jitter, late)
+                    if late > 1.0 / self.cfg.env.control_hz:  # a whole period missed: the robot held meanwhile
+                        print(f"actor {self.actor_id}: control step {self.steps + 1} ended {1000 * late:.0f} ms late "
+                              f"(period {1000 / self.cfg.env.control_hz:.0f} ms); the watchdog holds the arm during "
+                              "such a stall", flush=True)
                 self.outbox.add(
                     {
                         "observation": obs,

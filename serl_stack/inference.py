@@ -97,6 +97,15 @@ class PolicyRunner:
         self.version = version
         self.adopted += 1
 
+    def compile(self, obs: Mapping[str, Any]) -> None:
+        """Compile the jitted calls now, on the template parameters (nothing is adopted): on a robot, the first
+        learned step must not stall the arm for a compile."""
+        x, key = self.observe(obs), jax.random.PRNGKey(0)
+        for deterministic in (False, True):
+            jax.block_until_ready(self._policy(self.template, x, key, deterministic))
+        if self._q_values is not None:
+            jax.block_until_ready(self._q_values(self.template, x, key))
+
     def _params(self) -> Any:
         if self.params is None:
             raise RuntimeError("PolicyRunner: no parameters yet; load() the learner's broadcast or a checkpoint first")
