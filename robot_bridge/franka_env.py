@@ -104,8 +104,13 @@ class RobotFrankaEnv(gym.Env):
         home = taught.get("home_pose", np.asarray(bridge.home_pose, np.float64))
         self.home_pos, self.home_quat = home[:3].copy(), quat_canonical(home[3:] / np.linalg.norm(home[3:]))
         self.goal_fixed = taught.get("goal_pos")
-        self.goal_low = np.asarray(config.goal_low, np.float64)
-        self.goal_high = np.asarray(config.goal_high, np.float64)
+        # Goals are drawn where the arm may go: env.goal_low/high inside the (taught) workspace box.
+        self.goal_low = np.maximum(np.asarray(config.goal_low, np.float64), self.workspace_low)
+        self.goal_high = np.minimum(np.asarray(config.goal_high, np.float64), self.workspace_high)
+        if np.any(self.goal_low > self.goal_high):
+            raise ConfigError(f"env.goal_low/goal_high: {list(config.goal_low)}..{list(config.goal_high)} does not "
+                              f"overlap the workspace box {self.workspace_low.tolist()}..{self.workspace_high.tolist()}"
+                              "; expected goals the arm may reach")
         s = config.safety
         # The orientation cone is centred on the home orientation: where the policy starts every episode.
         self.safety = SafetyFilter(self.workspace_low, self.workspace_high, self.home_quat,

@@ -35,19 +35,19 @@ def teach(backend: Backend, out: Path, ask: Callable[[str], str] = input, say: C
     for key, what in STEPS:
         answer = ask(f"Move the arm to {what}, then press Enter ('s' skips, 'q' quits): ").strip().lower()
         if answer == "q":
-            raise BackendError("serl teach: stopped by the user; nothing written")
+            raise BackendError("stopped by the user; nothing written")
         if answer == "s":
             if key != "goal_pos":
-                raise BackendError(f"serl teach: {key} cannot be skipped (the robot env needs it)")
+                raise BackendError(f"{key} cannot be skipped (the robot env needs it)")
             continue
         pose = backend.latest_pose()
         if pose is None or backend.now() - pose.received > state_timeout_s:
-            raise BackendError("serl teach: no fresh TCP pose from the robot; is the state stream running?")
+            raise BackendError("no fresh TCP pose from the robot; is the state stream running?")
         taken[key] = np.concatenate((pose.position, pose.quat)) if key == "home_pose" else np.asarray(pose.position)
         say(f"  {key}: {np.round(taken[key], 4).tolist()}")
     low, high = np.minimum(taken["corner_a"], taken["corner_b"]), np.maximum(taken["corner_a"], taken["corner_b"])
     if np.any(high - low < 0.02):
-        raise BackendError(f"serl teach: the corners {low.tolist()} and {high.tolist()} span less than 2 cm on some "
+        raise BackendError(f"the corners {low.tolist()} and {high.tolist()} span less than 2 cm on some "
                            "axis; teach two opposite corners of a real box")
     data: dict[str, list[float]] = {"workspace_low": low.tolist(), "workspace_high": high.tolist(),
                                     "home_pose": taken["home_pose"].tolist()}
@@ -55,7 +55,7 @@ def teach(backend: Backend, out: Path, ask: Callable[[str], str] = input, say: C
         data["goal_pos"] = taken["goal_pos"].tolist()
     for key in ("home_pose", "goal_pos"):
         if key in taken and np.any((taken[key][:3] < low) | (taken[key][:3] > high)):
-            raise BackendError(f"serl teach: {key} {taken[key][:3].tolist()} lies outside the taught box "
+            raise BackendError(f"{key} {taken[key][:3].tolist()} lies outside the taught box "
                                f"{low.tolist()}..{high.tolist()}")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")

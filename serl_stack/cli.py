@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--run-dir", type=Path, required=True, help="run folder for logs/checkpoints")
         p.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
         if name == "actor":
+            p.add_argument("--env", choices=("sim", "franka"), default=None,
+                           help="franka: the task on a Franka through the ROS 2 bridge (sets env.kind; bridge.*)")
             p.add_argument("--actor-id", default=None,
                            help="this actor's id (sets transport.actor_id; with train.num_actors > 1 it ends in "
                            "-<i>, e.g. actor-1)")
@@ -82,6 +84,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="folder for the two files (created if missing)")
     p.add_argument("--name", required=True, help="file name stem, e.g. learner or actor-0")
     p.add_argument("--actor-id", default=None, help="bind the key to this actor id (default: the file name stem)")
+
+    p = sub.add_parser("fake-franka", parents=[common],
+                       help="run the MuJoCo-backed fake Franka, speaking franka_ros2 + CRISP's topics over DDS "
+                       "(bridge.namespace, bridge.domain_id), until Ctrl-C")
+    _add_config_args(p)
+    p.add_argument("--rate", type=float, default=250.0, help="state topics' rate (Hz; 250)")
+    p.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: at Ctrl-C)")
+
+    p = sub.add_parser("teach", parents=[common],
+                       help="record the workspace corners, home pose and reach goal from the robot's TCP pose")
+    _add_config_args(p)
+    p.add_argument("--out", type=Path, required=True, help="YAML to write (use it as bridge.teach_file)")
 
     p = sub.add_parser("record-demos", parents=[common],
                        help="record scripted demonstrations (successful episodes only; docs/demos.md)")
@@ -190,6 +204,32 @@ def _record_demos(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _fake_franka(cfg: Config, args: argparse.Namespace) -> int:
+    """`serl fake-franka`: the fake arm of `cfg.env` on `cfg.bridge`'s topics, until Ctrl-C or `--duration`."""
+    import time
+
+    from robot_bridge.fake_franka import FakeFranka
+
+    fake = FakeFranka(cfg.env, cfg.bridge, rate_hz=args.rate)
+    fake.start()
+    topics = ", ".join(fake.topics.values())
+    print(f"fake franka: domain {cfg.bridge.domain_id}, state at {args.rate:g} Hz on {topics}; Ctrl-C stops it",
+          flush=True)
+    deadline = time.monotonic() + args.duration if args.duration > 0 else float("inf")
+    try:
+        while fake.running and time.monotonic() < deadline:
+            time.sleep(0.2)
+        fake.check()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        fake.stop()
+    s = fake.stats()
+    print(f"fake franka: stopped after {s.wall_s:.1f} s, {s.state_rate_hz:.1f} states/s, {s.targets_applied} targets",
+          flush=True)
+    return 0
+
+
 def _keys(args: argparse.Namespace) -> int:
     from serl_stack.transport.auth import KeyFileError, generate_keypair
 
@@ -232,9 +272,24 @@ def _run(args: argparse.Namespace) -> int:
                               "to continue")
         if args.config is None:
             args.config = args.run_dir / "config.yaml"
-    cfg = load(args.config, args.overrides)  # validated: a bad range fails here, before anything starts
+    overrides = list(args.overrides)
+    if args.command == "actor" and args.env is not None:
+        overrides.append(f"env.kind={args.env}")
+    cfg = load(args.config, overrides)  # validated: a bad range fails here, before anything starts
     if args.command == "actor" and args.actor_id is not None:
         cfg = dataclasses.replace(cfg, transport=dataclasses.replace(cfg.transport, actor_id=args.actor_id))
+    if args.command == "fake-franka":
+        return _fake_franka(cfg, args)
+    if args.command == "teach":
+        from robot_bridge import make_backend
+        from robot_bridge.teach import teach
+
+        backend = make_backend(cfg.bridge)
+        try:
+            teach(backend, args.out)
+        finally:
+            backend.close()
+        return 0
     if args.command == "record-demos":
         return _record_demos(cfg, args)
     from serl_stack.preflight import preflight
