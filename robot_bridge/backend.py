@@ -115,11 +115,11 @@ class Backend(abc.ABC):
         return time.monotonic()
 
     def wait_for_state(self, timeout_s: float) -> None:
-        """Block until a pose, a joint state and a wrench have arrived; `BackendError` naming the topics that
+        """Block until every state topic (`state_topics`) has delivered; `BackendError` naming the topics that
         stayed silent (a typo in a topic name, another domain, a QoS mismatch) after `timeout_s`."""
         deadline = self.now() + timeout_s
         while self.now() < deadline:
-            if all(s is not None for s in (self.latest_pose(), self.latest_joints(), self.latest_wrench())):
+            if all(s is not None for s in self.state_topics().values()):
                 return
             time.sleep(0.01)
         silent = [name for name, s in self.state_topics().items() if s is None]

@@ -30,6 +30,7 @@ from gymnasium import spaces
 
 from robot_bridge import make_backend
 from robot_bridge.backend import Backend, BackendError, BackendUnsupported
+from robot_bridge.realtime import use_realtime
 from serl_stack.config import SERL_TASK_IDS, BridgeConfig, ConfigError, EnvConfig, check_section
 from serl_stack.envs.controller import quat_canonical, quat_error, quat_from_rotvec, quat_mul
 from serl_stack.safety import SafetyFilter, StaleStateError, Watchdog, WatchdogThread
@@ -117,6 +118,8 @@ class RobotFrankaEnv(gym.Env):
                                    orientation_cone=config.orientation_cone, max_step_pos=s.max_step_pos,
                                    max_step_rot=s.max_step_rot, gripper_min_interval_s=s.gripper_min_interval_s,
                                    force_limit=s.force_limit, force_backoff=s.force_backoff)
+        if backend is None:
+            use_realtime(bridge.realtime_priority)  # before the backend: its DDS threads inherit the policy
         self.backend = backend if backend is not None else make_backend(bridge)
         self.cameras = cameras
         if self.cameras is None and bridge.camera_serials:
@@ -267,7 +270,7 @@ class RobotFrankaEnv(gym.Env):
         if now < self._deadline - 0.0015:
             time.sleep(self._deadline - 0.0015 - now)
         while (now := self.backend.now()) < self._deadline:
-            pass
+            time.sleep(0)  # spin, but let the DDS threads have the interpreter lock (else they wait up to 5 ms)
         self.jitter.add(now - self._deadline)
         self._deadline = max(self._deadline + self.period, now)
 

@@ -209,7 +209,9 @@ def _fake_franka(cfg: Config, args: argparse.Namespace) -> int:
     import time
 
     from robot_bridge.fake_franka import FakeFranka
+    from robot_bridge.realtime import use_realtime
 
+    use_realtime(cfg.bridge.realtime_priority)  # before its DDS participant: the threads inherit the policy
     fake = FakeFranka(cfg.env, cfg.bridge, rate_hz=args.rate)
     fake.start()
     topics = ", ".join(fake.topics.values())

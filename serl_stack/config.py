@@ -313,7 +313,10 @@ class BridgeConfig:
     camera_timeout_s: float = ranged(0.5, gt=0)
     """A camera whose newest frame is older than this is frozen: stepping stops with an error naming it."""
     teach_file: str = ""
-    """YAML written by `serl teach` (workspace corners, home pose, goal or hole pose); empty: the config's own."""
+    """YAML written by `serl teach` (workspace corners, home pose, reach goal); empty: the config's own."""
+    realtime_priority: int = ranged(0, ge=0, le=99)
+    """SCHED_FIFO priority of the robot-side process (the actor stepping the arm, the fake Franka), so a learner on
+    the same machine cannot delay a control period; 0 = normal scheduling (needs root or CAP_SYS_NICE)."""
 
 
 @dataclass(frozen=True)

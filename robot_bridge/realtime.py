@@ -1,0 +1,30 @@
+"""Real-time scheduling for the robot side of a run (the actor stepping the arm, the fake Franka).
+
+Owns: `use_realtime(priority)`, which moves this process's calling thread, and every thread it starts afterwards
+(Cyclone DDS's receive threads, the watchdog thread), to the SCHED_FIFO policy at `bridge.realtime_priority`, so
+a learner training on the same machine cannot delay a control period or a state message by a time slice. Call it
+before the DDS participant exists: threads inherit the policy when they are created. 0 leaves scheduling alone.
+Needs root or CAP_SYS_NICE (on a robot PC: `@realtime - rtprio 99` in /etc/security/limits.conf, as the
+franka_ros2 set-up already asks for); a refusal is a `ConfigError` naming the field.
+"""
+
+from __future__ import annotations
+
+import os
+
+from serl_stack.config import ConfigError
+
+
+def use_realtime(priority: int) -> None:
+    """SCHED_FIFO at `priority` (1..99) for this thread and the threads it starts from now on; 0: nothing."""
+    if priority <= 0:
+        return
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+    except PermissionError as e:
+        raise ConfigError(f"bridge.realtime_priority: got {priority}, but this process may not use SCHED_FIFO "
+                          f"({e}); expected 0, or run it as root or with CAP_SYS_NICE (rtprio in "
+                          "/etc/security/limits.conf)") from e
+    except AttributeError as e:  # not Linux
+        raise ConfigError(f"bridge.realtime_priority: got {priority}, but this platform has no SCHED_FIFO; "
+                          "expected 0") from e
