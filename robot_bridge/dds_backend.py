@@ -63,6 +63,10 @@ class DdsBackend(Backend):
 
     def __init__(self, cfg: BridgeConfig) -> None:
         check_section(cfg)  # a domain id or reliability out of range is a ConfigError naming the field
+        if not cfg.gripper_command_topic.strip("/"):
+            raise BackendUnsupported("bridge.gripper_command_topic is empty, which selects the franka_gripper actions, "
+                                     "and the DDS backend does topics only; expected a gripper command topic (CRISP's: "
+                                     "/gripper/gripper_position_controller/commands) or bridge.backend: rclpy")
         self._cfg = cfg
         self._lock = threading.Lock()
         self._closed = False

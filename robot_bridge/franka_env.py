@@ -33,6 +33,8 @@ from robot_bridge.backend import Backend, BackendError, BackendUnsupported
 from robot_bridge.realtime import use_realtime
 from serl_stack.config import SERL_TASK_IDS, BridgeConfig, ConfigError, EnvConfig, check_section
 from serl_stack.envs.controller import quat_canonical, quat_error, quat_from_rotvec, quat_mul
+from serl_stack.envs.franka import CommandLimits
+from serl_stack.envs.panda import PANDA
 from serl_stack.safety import SafetyFilter, StaleStateError, Watchdog, WatchdogThread
 
 REACH_ID = SERL_TASK_IDS[0]
@@ -41,6 +43,8 @@ TASKS = (REACH_ID,)
 pose (perception, which the bridge does not have); peg insertion needs the held peg's tip pose (planned)."""
 STATE_WAIT_S = 5.0
 """How long a reset waits for the first state of every stream before naming the silent ones."""
+RESET_SETTLE_S = 2.0
+"""How long a reset's move may take beyond `bridge.reset_duration_s` for the arm to arrive home."""
 WATCHDOG_PERIOD_S = 0.01
 """How often the watchdog thread checks (well inside any sensible `env.safety.watchdog_s`)."""
 TEACH_KEYS = ("workspace_low", "workspace_high", "home_pose", "goal_pos")
@@ -121,6 +125,9 @@ class RobotFrankaEnv(gym.Env):
         if backend is None:
             use_realtime(bridge.realtime_priority)  # before the backend: its DDS threads inherit the policy
         self.backend = backend if backend is not None else make_backend(bridge)
+        # The arm's own limits on a command (the reach shell around the shoulder, the floor a tilted gripper needs),
+        # the same the sim task applies before the safety filter.
+        self.limits = CommandLimits(config, PANDA, self.home_quat, self.workspace_low, self.workspace_high)
         self.cameras = cameras
         if self.cameras is None and bridge.camera_serials:
             from robot_bridge.realsense import Cameras
@@ -295,31 +302,30 @@ class RobotFrankaEnv(gym.Env):
         start_pos, start_quat = np.asarray(pose.position, np.float64), np.asarray(pose.quat, np.float64)
         closed = False
         self._send_gripper(closed)
-        # An interpolated move home through the safety filter, at the control rate.
+        # An interpolated move home through the safety filter, at the control rate: the target slides from where the
+        # arm is to the home pose over reset_duration_s (the filter's step limits may slow it further), then stays
+        # there until the arm has arrived or the settle time is over.
         self.safety.reset(start_pos, start_quat, gripper_closed=closed, now=now)
         steps = max(1, int(round(self.bridge.reset_duration_s / self.period)))
+        give_up = steps + int(round(RESET_SETTLE_S / self.period))
         self._deadline = self.backend.now() + self.period
-        for i in range(1, steps + 1):
-            f = i / steps
+        error = float("inf")
+        for i in range(1, give_up + 1):
+            f = min(1.0, i / steps)
             target = start_pos + f * (self.home_pos - start_pos)
             quat = _slerp(start_quat, self.home_quat, f)
             result = self.safety.filter(target, quat, 1.0 if closed else -1.0, *self._measured(), self.backend.now())
             self._publish(result.pos, result.quat)
             self.watchdog.command_received()
             self._wait_period()
-        settle_until = self.backend.now() + 1.0  # the impedance controller needs a moment to arrive
-        while True:
-            pose = self.backend.latest_pose()
-            error = float(np.linalg.norm(np.asarray(pose.position) - self.home_pos))
-            if error <= self.bridge.reset_tolerance or self.backend.now() > settle_until:
+            error = float(np.linalg.norm(np.asarray(self.backend.latest_pose().position) - self.home_pos))
+            if i >= steps and error <= self.bridge.reset_tolerance:
                 break
-            self._publish(*self.safety.command[:2])
-            self.watchdog.command_received()
-            self._wait_period()
         if error > self.bridge.reset_tolerance:
-            raise BackendError(f"reset: the TCP stopped {error * 1000:.0f} mm from the home pose (bridge.home_pose, "
-                               f"tolerance bridge.reset_tolerance={self.bridge.reset_tolerance} m); is the arm blocked "
-                               "or the controller not tracking /target_pose?")
+            pos = np.round(np.asarray(self.backend.latest_pose().position), 3).tolist()
+            raise BackendError(f"reset: the TCP stopped {error * 1000:.0f} mm from the home pose (at {pos}, home "
+                               f"bridge.home_pose; tolerance bridge.reset_tolerance={self.bridge.reset_tolerance} m); "
+                               "is the arm blocked or the controller not tracking the target pose topic?")
         now = self.backend.now()
         pose, _, _, _ = self._fresh_state(now)
         self.safety.reset(np.asarray(pose.position), np.asarray(pose.quat), gripper_closed=closed, now=now)
@@ -348,8 +354,9 @@ class RobotFrankaEnv(gym.Env):
         cfg = self.cfg
         prev_pos, prev_quat, _ = self.safety.command
         if np.all(np.isfinite(a[:6])):
-            target_pos = prev_pos + a[:3] * cfg.action_scale_pos
-            target_quat = quat_mul(quat_from_rotvec(a[3:6] * cfg.action_scale_rot), prev_quat)
+            target_pos, target_quat = self.limits.clip_command(
+                prev_pos + a[:3] * cfg.action_scale_pos, quat_mul(quat_from_rotvec(a[3:6] * cfg.action_scale_rot),
+                                                                  prev_quat))
         else:  # nothing can be composed from a NaN: the filter holds the last command and says so
             target_pos, target_quat = np.full(3, np.nan), np.full(4, np.nan)
         now = self.backend.now()

@@ -279,7 +279,9 @@ class BridgeConfig:
     wrench_topic: str = "/franka_robot_state_broadcaster/external_wrench_in_base_frame"
     """geometry_msgs/WrenchStamped: the external wrench at the TCP in the base frame."""
     gripper_command_topic: str = "/gripper/gripper_position_controller/commands"
-    """std_msgs/Float64MultiArray gripper target, normalized 0 (closed) .. 1 (open) (CRISP's topic interface)."""
+    """std_msgs/Float64MultiArray gripper target, normalized 0 (closed) .. 1 (open) (CRISP's topic interface);
+    empty: the franka_gripper actions (rclpy backend only; point gripper_state_topic at e.g.
+    /franka_gripper/joint_states)."""
     gripper_state_topic: str = "/gripper/joint_states"
     """sensor_msgs/JointState of the gripper's fingers (their positions sum to the opening width)."""
     error_recovery_action: str = "/action_server/error_recovery"
@@ -296,8 +298,9 @@ class BridgeConfig:
     """Where every reset moves the TCP: x, y, z (m, base frame) and the quaternion w, x, y, z (pointing down)."""
     reset_duration_s: float = ranged(1.5, gt=0)
     """The reset's interpolated move to the home pose takes this long (SERL: 1.5 s)."""
-    reset_tolerance: float = ranged(0.01, gt=0)
-    """After the move the TCP must be within this distance (m) of the home pose, else the reset fails by name."""
+    reset_tolerance: float = ranged(0.02, gt=0)
+    """After the move the TCP must be within this distance (m) of the home pose, else the reset fails by name (an
+    impedance controller without integral action stops a few mm short under gravity and friction)."""
     dry_run: bool = False
     """Publish every target on `dry_run_topic` instead of `target_pose_topic`, to watch it (RViz) before arming."""
     dry_run_topic: str = "/target_pose_dry_run"

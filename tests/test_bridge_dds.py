@@ -331,3 +331,15 @@ def test_discovery_and_round_trip_across_processes(cfg):
     finally:
         robot.kill()
         robot.wait(timeout=10)
+
+
+def test_an_empty_gripper_topic_asks_for_the_rclpy_backend() -> None:
+    """No gripper topic selects the franka_gripper actions, which only the rclpy backend can call."""
+    import dataclasses
+
+    from robot_bridge.backend import BackendUnsupported
+    from robot_bridge.dds_backend import DdsBackend
+    from serl_stack.config import BridgeConfig
+
+    with pytest.raises(BackendUnsupported, match="bridge.gripper_command_topic is empty.*bridge.backend: rclpy"):
+        DdsBackend(dataclasses.replace(BridgeConfig(), gripper_command_topic=""))

@@ -50,6 +50,73 @@ def corners(section: Any, low: str, high: str) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(getattr(section, low), dtype=np.float64), np.asarray(getattr(section, high), dtype=np.float64)
 
 
+class CommandLimits:
+    """The arm's own limits on a commanded TCP pose, apart from the safety filter's: the orientation cone around the
+    nominal (downward) orientation, the reach shell around the shoulder and the tilt-dependent floor, inside the
+    workspace box. Pure numpy and MuJoCo's quaternion math, no model: the sim env and the robot env
+    (robot_bridge/franka_env.py) apply exactly the same rules to what a policy asks for."""
+
+    def __init__(self, cfg: EnvConfig, spec: ArmSpec, nominal_quat: np.ndarray, workspace_low: np.ndarray,
+                 workspace_high: np.ndarray) -> None:
+        self.cfg, self.arm = cfg, spec
+        self.nominal_quat = np.asarray(nominal_quat, np.float64)
+        self.workspace_low, self.workspace_high = workspace_low, workspace_high
+        self._shoulder = np.array([0.0, 0.0, spec.joints[0].d])  # where joint 2's axis meets joint 1's
+
+    def _clip_orientation(self, quat: np.ndarray) -> np.ndarray:
+        """Pull `quat` back onto the cone of half-angle `orientation_cone` around the nominal orientation."""
+        rel = np.empty(3)
+        mujoco.mju_subQuat(rel, quat, self.nominal_quat)  # nominal * quat(rel) = quat
+        angle = float(np.linalg.norm(rel))
+        if angle <= self.cfg.orientation_cone:
+            return quat
+        return quat_mul(self.nominal_quat, quat_from_rotvec(rel * (self.cfg.orientation_cone / angle)))
+
+    def allowed_pose(self, pos: np.ndarray, quat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The pose closest to (pos, quat) that every command limit allows (finite input).
+
+        Orientation: inside the cone around the nominal one. Position: inside the workspace box, with the
+        flange inside the reach shell around the shoulder (a box corner can be out of the arm's reach, or so
+        close to its base that the elbow folds into its limit), and the tilted gripper's lowest edge above the
+        workspace floor. The box and the cone are the safety filter's; the shell and the floor are the arm's.
+        """
+        quat = self._clip_orientation(np.asarray(quat, dtype=np.float64) / np.linalg.norm(quat))
+        axis = np.empty(3)
+        mujoco.mju_rotVecQuat(axis, np.array([0.0, 0.0, 1.0]), quat)  # tool (TCP z) axis in the base frame
+        # Projections onto the box and onto the shell alternate; a few rounds settle on a pose satisfying both.
+        pos = np.asarray(pos, dtype=np.float64)
+        for _ in range(3):
+            pos = np.clip(pos, self.workspace_low, self.workspace_high)
+            radial = pos - self.arm.tcp_offset * axis - self._shoulder
+            dist = float(np.linalg.norm(radial))
+            reach = min(max(dist, self.cfg.reach_min), self.cfg.reach_max)
+            if reach == dist:
+                break
+            pos = pos + radial * (reach / dist - 1.0)
+        pos = np.clip(pos, self.workspace_low, self.workspace_high)
+        # A tilted gripper at the bare floor height digs its pads into the table with large forces (which can
+        # shove the arm into another IK branch): raise the floor so the lowest pad edge stays above it.
+        sin_tilt = float(np.sqrt(max(0.0, 1.0 - axis[2] * axis[2]))) if axis[2] < 0 else 1.0
+        pos[2] = max(pos[2], min(self.workspace_low[2] + GRIPPER_REACH * sin_tilt, self.workspace_high[2]))
+        return pos, quat
+
+    def clip_command(self, pos: np.ndarray, quat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The target to hand the safety filter for a requested pose (finite): the arm's own limits applied, the
+        filter's left to it.
+
+        The position is corrected for the reach shell and the tilt floor (see `allowed_pose`) on every axis those
+        move; on the other axes it stays as requested, so a request outside the workspace box reaches the filter,
+        which clips it (and reports `box`). Per axis the filter's box clip of the result is exactly
+        `allowed_pose`'s position. The orientation is returned as requested (unit norm): the filter clips it to
+        the cone (and reports `cone`); the shell and the floor are computed for the cone-clipped orientation.
+        """
+        quat = np.asarray(quat, dtype=np.float64) / np.linalg.norm(quat)
+        pos = np.asarray(pos, dtype=np.float64)
+        allowed, _ = self.allowed_pose(pos, quat)
+        boxed = np.clip(pos, self.workspace_low, self.workspace_high)
+        return np.where(allowed == boxed, pos, allowed), quat
+
+
 class FrankaEnv(gym.Env[ObsDict, np.ndarray]):
     """A Franka Panda on a table, driven by relative TCP pose actions through a cartesian impedance controller."""
 
@@ -94,9 +161,10 @@ class FrankaEnv(gym.Env[ObsDict, np.ndarray]):
         force_adr = self.model.sensor_adr[self.model.sensor("ft_force").id]
         torque_adr = self.model.sensor_adr[self.model.sensor("ft_torque").id]
         self._ft_force, self._ft_torque = slice(force_adr, force_adr + 3), slice(torque_adr, torque_adr + 3)
-        self._shoulder = np.array([0.0, 0.0, spec.joints[0].d])  # where joint 2's axis meets joint 1's
         self.nominal_quat = dh_fk(spec.ready, spec)[1]
         """TCP orientation at the ready pose (pointing down); the orientation cone is centred on it."""
+        self.limits = CommandLimits(cfg, spec, self.nominal_quat, self.workspace_low, self.workspace_high)
+        """The arm's own limits on a command (reach shell, tilt floor), applied before the safety filter."""
         self.safety = SafetyFilter.from_config(cfg, self.nominal_quat)
         """The last word on every command sent to the controller and the gripper (reset at every episode start)."""
 
@@ -232,58 +300,13 @@ class FrankaEnv(gym.Env[ObsDict, np.ndarray]):
 
     # ------------------------------------------------------------------------------------ commands
 
-    def _clip_orientation(self, quat: np.ndarray) -> np.ndarray:
-        """Pull `quat` back onto the cone of half-angle `orientation_cone` around the nominal orientation."""
-        rel = np.empty(3)
-        mujoco.mju_subQuat(rel, quat, self.nominal_quat)  # nominal * quat(rel) = quat
-        angle = float(np.linalg.norm(rel))
-        if angle <= self.cfg.orientation_cone:
-            return quat
-        return quat_mul(self.nominal_quat, quat_from_rotvec(rel * (self.cfg.orientation_cone / angle)))
-
     def allowed_pose(self, pos: np.ndarray, quat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The pose closest to (pos, quat) that every command limit allows (finite input).
-
-        Orientation: inside the cone around the nominal one. Position: inside the workspace box, with the
-        flange inside the reach shell around the shoulder (a box corner can be out of the arm's reach, or so
-        close to its base that the elbow folds into its limit), and the tilted gripper's lowest edge above the
-        workspace floor. The box and the cone are the safety filter's; the shell and the floor are the arm's.
-        """
-        quat = self._clip_orientation(np.asarray(quat, dtype=np.float64) / np.linalg.norm(quat))
-        axis = np.empty(3)
-        mujoco.mju_rotVecQuat(axis, np.array([0.0, 0.0, 1.0]), quat)  # tool (TCP z) axis in the base frame
-        # Projections onto the box and onto the shell alternate; a few rounds settle on a pose satisfying both.
-        pos = np.asarray(pos, dtype=np.float64)
-        for _ in range(3):
-            pos = np.clip(pos, self.workspace_low, self.workspace_high)
-            radial = pos - self.arm.tcp_offset * axis - self._shoulder
-            dist = float(np.linalg.norm(radial))
-            reach = min(max(dist, self.cfg.reach_min), self.cfg.reach_max)
-            if reach == dist:
-                break
-            pos = pos + radial * (reach / dist - 1.0)
-        pos = np.clip(pos, self.workspace_low, self.workspace_high)
-        # A tilted gripper at the bare floor height digs its pads into the table with large forces (which can
-        # shove the arm into another IK branch): raise the floor so the lowest pad edge stays above it.
-        sin_tilt = float(np.sqrt(max(0.0, 1.0 - axis[2] * axis[2]))) if axis[2] < 0 else 1.0
-        pos[2] = max(pos[2], min(self.workspace_low[2] + GRIPPER_REACH * sin_tilt, self.workspace_high[2]))
-        return pos, quat
+        """`CommandLimits.allowed_pose` of this env's limits."""
+        return self.limits.allowed_pose(pos, quat)
 
     def clip_command(self, pos: np.ndarray, quat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The target to hand the safety filter for a requested pose (finite): the arm's own limits applied, the
-        filter's left to it.
-
-        The position is corrected for the reach shell and the tilt floor (see `allowed_pose`) on every axis those
-        move; on the other axes it stays as requested, so a request outside the workspace box reaches the filter,
-        which clips it (and reports `box`). Per axis the filter's box clip of the result is exactly
-        `allowed_pose`'s position. The orientation is returned as requested (unit norm): the filter clips it to
-        the cone (and reports `cone`); the shell and the floor are computed for the cone-clipped orientation.
-        """
-        quat = np.asarray(quat, dtype=np.float64) / np.linalg.norm(quat)
-        pos = np.asarray(pos, dtype=np.float64)
-        allowed, _ = self.allowed_pose(pos, quat)
-        boxed = np.clip(pos, self.workspace_low, self.workspace_high)
-        return np.where(allowed == boxed, pos, allowed), quat
+        """`CommandLimits.clip_command` of this env's limits."""
+        return self.limits.clip_command(pos, quat)
 
     def _gripper_ctrl(self, closed: bool) -> float:
         """The gripper actuator's target (opening width, m) for the filtered gripper command."""
