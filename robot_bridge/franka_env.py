@@ -30,6 +30,7 @@ from gymnasium import spaces
 
 from robot_bridge import make_backend
 from robot_bridge.backend import Backend, BackendError, BackendUnsupported
+from robot_bridge.operator import ABORT, SUCCESS, OperatorKeys, operator_keys_if_terminal
 from robot_bridge.realtime import use_realtime
 from serl_stack.config import SERL_TASK_IDS, BridgeConfig, ConfigError, EnvConfig, check_section
 from serl_stack.envs.controller import quat_canonical, quat_error, quat_from_rotvec, quat_mul
@@ -93,7 +94,7 @@ class RobotFrankaEnv(gym.Env):
     metadata = {"render_modes": []}
 
     def __init__(self, config: EnvConfig, bridge: BridgeConfig, backend: Backend | None = None,
-                 cameras: Any = None) -> None:
+                 cameras: Any = None, operator: OperatorKeys | None = None) -> None:
         check_section(config)
         check_section(bridge)
         if config.id not in TASKS:
@@ -135,6 +136,8 @@ class RobotFrankaEnv(gym.Env):
             self.cameras = Cameras(dict(bridge.camera_serials), bridge.camera_width, bridge.camera_height,
                                    bridge.camera_fps, config.image_size, bridge.camera_timeout_s)
             self.cameras.start()
+        self.operator = operator
+        """The operator's keys (s: success, a: abort), when someone types at the actor's terminal."""
         self.period = 1.0 / config.control_hz
         self.watchdog = Watchdog.from_config(s, clock=self.backend.now)
         self._lock = threading.Lock()  # the control loop and the watchdog thread both publish
@@ -379,6 +382,12 @@ class RobotFrankaEnv(gym.Env):
         info["safety"] = result.flags()
         info["jitter_s"] = self.jitter.last
         truncated = self._elapsed >= cfg.max_episode_steps
+        key = self.operator.take() if self.operator is not None else None
+        if key == SUCCESS:  # the operator's word: the episode ends a success, with the success reward
+            reward += 0.0 if info["success"] else 1.0
+            info["success"], info["operator"], terminated = True, key, True
+        elif key == ABORT:  # cut short, not failed: truncation, so nothing is learned as if it ended here
+            info["operator"], truncated = key, True
         if terminated or truncated:
             info["safety_counts"] = self.safety.episode_counts()
         return obs, reward, terminated, truncated, info
@@ -402,5 +411,6 @@ def _slerp(a: np.ndarray, b: np.ndarray, f: float) -> np.ndarray:
 
 def make_robot_env(config: EnvConfig, bridge: BridgeConfig | None = None) -> gym.Env:
     """`env.kind: franka`: the task `config.id` on the Franka the bridge reaches, with Gymnasium's checks."""
-    env = RobotFrankaEnv(config, bridge if bridge is not None else BridgeConfig())
+    env = RobotFrankaEnv(config, bridge if bridge is not None else BridgeConfig(),
+                         operator=operator_keys_if_terminal())
     return gym.wrappers.PassiveEnvChecker(env)

@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "actor":
             p.add_argument("--env", choices=("sim", "franka"), default=None,
                            help="franka: the task on a Franka through the ROS 2 bridge (sets env.kind; bridge.*)")
+            p.add_argument("--dry-run", action="store_true",
+                           help="with --env franka: publish targets on bridge.dry_run_topic, not to the controller "
+                           "(sets bridge.dry_run), to watch them in RViz before arming")
             p.add_argument("--actor-id", default=None,
                            help="this actor's id (sets transport.actor_id; with train.num_actors > 1 it ends in "
                            "-<i>, e.g. actor-1)")
@@ -277,6 +280,8 @@ def _run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.command == "actor" and args.env is not None:
         overrides.append(f"env.kind={args.env}")
+    if args.command == "actor" and args.dry_run:
+        overrides.append("bridge.dry_run=true")
     cfg = load(args.config, overrides)  # validated: a bad range fails here, before anything starts
     if args.command == "actor" and args.actor_id is not None:
         cfg = dataclasses.replace(cfg, transport=dataclasses.replace(cfg.transport, actor_id=args.actor_id))

@@ -227,3 +227,33 @@ def test_actor_and_learner_train_through_the_fake_franka_at_50_hz(fake, tmp_path
 
     jitter = [v for f in event_files(run) for tag, _, v in read_scalars(f) if tag == "robot/jitter_max_ms"]
     assert jitter and max(jitter) < 50, jitter  # every training episode paced, none late by a whole period
+
+
+@pytest.mark.slow
+def test_the_operators_keys_end_an_episode(fake) -> None:
+    """`s` + Enter at the actor's terminal ends the episode a success; `a` + Enter aborts it (a truncation)."""
+    from robot_bridge.franka_env import RobotFrankaEnv
+    from robot_bridge.operator import OperatorKeys
+
+    _, namespace = fake
+    read_end, write_end = os.pipe()
+    keys = OperatorKeys(os.fdopen(read_end)).start()
+    typed = os.fdopen(write_end, "w")
+    env = RobotFrankaEnv(EnvConfig(kind="franka", control_hz=HZ, **FAST),
+                         BridgeConfig(domain_id=DOMAIN, namespace=namespace, reset_duration_s=1.0), operator=keys)
+    try:
+        env.reset(seed=0)
+        _, _, terminated, truncated, info = env.step(np.zeros(7, np.float32))
+        assert not (terminated or truncated) and "operator" not in info
+        for key, want in (("a", (False, True)), ("s", (True, False))):
+            typed.write(f"{key}\n")
+            typed.flush()
+            time.sleep(0.1)
+            _, reward, terminated, truncated, info = env.step(np.zeros(7, np.float32))
+            assert (terminated, truncated) == want and info["operator"] == {"a": "abort", "s": "success"}[key]
+            if key == "s":
+                assert info["success"] and reward > 0.5  # the success reward (and ~0 shaping: the arm held still)
+            env.reset()
+    finally:
+        typed.close()
+        env.close()
