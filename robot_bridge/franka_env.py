@@ -30,7 +30,7 @@ from gymnasium import spaces
 
 from robot_bridge import make_backend
 from robot_bridge.backend import Backend, BackendError, BackendUnsupported
-from robot_bridge.operator import ABORT, SUCCESS, OperatorKeys, operator_keys_if_terminal
+from robot_bridge.operator_keys import ABORT, SUCCESS, OperatorKeys, operator_keys_if_terminal
 from robot_bridge.realtime import use_realtime
 from serl_stack.config import SERL_TASK_IDS, BridgeConfig, ConfigError, EnvConfig, check_section
 from serl_stack.envs.controller import quat_canonical, quat_error, quat_from_rotvec, quat_mul

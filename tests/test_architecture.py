@@ -144,3 +144,12 @@ def test_only_the_command_line_turns_errors_into_exits() -> None:
             if isinstance(node, ast.Attribute) and node.attr == "exit" and getattr(node.value, "id", "") == "sys":
                 offenders.append(f"{name}:{node.lineno} sys.exit")
     assert offenders == []
+
+
+def test_no_bridge_module_shadows_the_standard_library() -> None:
+    """colcon runs robot_bridge's setup.py with the package folder on sys.path, where a module named like a
+    standard one (`operator.py`) replaces it for the whole interpreter and breaks the build."""
+    import sys
+
+    clashes = [p.name for p in (ROOT / "robot_bridge").glob("*.py") if p.stem in sys.stdlib_module_names]
+    assert clashes == []

@@ -233,7 +233,7 @@ def test_actor_and_learner_train_through_the_fake_franka_at_50_hz(fake, tmp_path
 def test_the_operators_keys_end_an_episode(fake) -> None:
     """`s` + Enter at the actor's terminal ends the episode a success; `a` + Enter aborts it (a truncation)."""
     from robot_bridge.franka_env import RobotFrankaEnv
-    from robot_bridge.operator import OperatorKeys
+    from robot_bridge.operator_keys import OperatorKeys
 
     _, namespace = fake
     read_end, write_end = os.pipe()
