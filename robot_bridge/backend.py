@@ -75,6 +75,14 @@ class GripperSample:
     received: float
 
 
+def check_opening(opening: float) -> float:
+    """A gripper target as a float in [0, 1] (0 closed, 1 open), or a ValueError (NaN included)."""
+    opening = float(opening)
+    if not 0.0 <= opening <= 1.0:
+        raise ValueError(f"gripper opening: expected a value in [0, 1] (0 closed, 1 open), got {opening!r}")
+    return opening
+
+
 def topic_name(namespace: str, topic: str) -> str:
     """`namespace` + `topic` as one absolute ROS name (`/fr3` + `/target_pose` -> `/fr3/target_pose`)."""
     parts = [p for p in (namespace.strip("/"), topic.strip("/")) if p]

@@ -36,6 +36,7 @@ from robot_bridge.backend import (
     JointSample,
     PoseSample,
     WrenchSample,
+    check_opening,
     topic_name,
 )
 from serl_stack.config import BridgeConfig, check_section
@@ -174,9 +175,7 @@ class DdsBackend(Backend):
         return self._latest["gripper"]
 
     def command_gripper(self, opening: float) -> None:
-        opening = float(opening)
-        if not 0.0 <= opening <= 1.0:  # also rejects NaN
-            raise ValueError(f"gripper opening: expected a value in [0, 1] (0 closed, 1 open), got {opening!r}")
+        opening = check_opening(opening)
         self._live()
         if self._cfg.dry_run:
             # a dry run moves nothing: the gripper target has no shadow topic, so it is dropped (said once)

@@ -34,7 +34,7 @@ from robot_bridge.operator_keys import ABORT, SUCCESS, OperatorKeys, operator_ke
 from robot_bridge.realtime import use_realtime
 from serl_stack.config import SERL_TASK_IDS, BridgeConfig, ConfigError, EnvConfig, check_section
 from serl_stack.envs.controller import quat_canonical, quat_error, quat_from_rotvec, quat_mul
-from serl_stack.envs.franka import CommandLimits
+from serl_stack.envs.franka import CommandLimits, state_space
 from serl_stack.envs.panda import PANDA
 from serl_stack.safety import SafetyFilter, StaleStateError, Watchdog, WatchdogThread
 
@@ -151,16 +151,7 @@ class RobotFrankaEnv(gym.Env):
         self._prev_pose: tuple[np.ndarray, np.ndarray, float] | None = None
         self._gripper_sent: float | None = None
 
-        inf, width = np.inf, 0.08
-        pose_bound = np.array([2.0, 2.0, 2.0, 1.0, 1.0, 1.0, 1.0], np.float32)
-        state = {
-            "tcp_pose": spaces.Box(-pose_bound, pose_bound, (7,), np.float32),
-            "tcp_vel": spaces.Box(-inf, inf, (6,), np.float32),
-            "gripper_pos": spaces.Box(-0.01, width + 0.01, (1,), np.float32),
-            "tcp_force": spaces.Box(-inf, inf, (3,), np.float32),
-            "tcp_torque": spaces.Box(-inf, inf, (3,), np.float32),
-        }
-        obs_space: dict[str, spaces.Space] = {"state": spaces.Dict(state), "task": spaces.Dict(self._task_space())}
+        obs_space: dict[str, spaces.Space] = {"state": state_space(PANDA), "task": spaces.Dict(self._task_space())}
         if bridge.camera_serials:
             image = spaces.Box(0, 255, (config.image_size, config.image_size, 3), np.uint8)
             obs_space["images"] = spaces.Dict({name: image for name in bridge.camera_serials})

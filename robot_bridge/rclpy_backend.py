@@ -51,6 +51,7 @@ from robot_bridge.backend import (
     JointSample,
     PoseSample,
     WrenchSample,
+    check_opening,
     topic_name,
 )
 
@@ -285,9 +286,7 @@ class RclpyBackend(Backend):
                 self.names["wrench"]: self._wrench, self.names["gripper_state"]: self._gripper}
 
     def command_gripper(self, opening: float) -> None:
-        opening = float(opening)
-        if not 0.0 <= opening <= 1.0:  # also rejects NaN
-            raise ValueError(f"gripper opening: expected a value in [0, 1] (0 closed, 1 open), got {opening!r}")
+        opening = check_opening(opening)
         self._live()
         if self.cfg.dry_run:
             # a dry run moves nothing, and the gripper has no shadow topic: the command is dropped (said once)

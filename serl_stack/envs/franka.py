@@ -50,6 +50,22 @@ def corners(section: Any, low: str, high: str) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(getattr(section, low), dtype=np.float64), np.asarray(getattr(section, high), dtype=np.float64)
 
 
+def state_space(spec: ArmSpec) -> spaces.Dict:
+    """The `state` part of the observation contract (DESIGN.md), the same for the sim tasks and the robot env:
+    finite where physics bounds the value (the arm reaches < 1.2 m; soft joint limits can overshoot the finger
+    stroke by a hair), infinite where contacts can produce anything."""
+    inf = np.inf
+    pose_bound = np.array([2.0, 2.0, 2.0, 1.0, 1.0, 1.0, 1.0], dtype=np.float32)
+    width = 2 * spec.finger_stroke
+    return spaces.Dict({
+        "tcp_pose": spaces.Box(-pose_bound, pose_bound, (7,), np.float32),
+        "tcp_vel": spaces.Box(-inf, inf, (6,), np.float32),
+        "gripper_pos": spaces.Box(-0.01, width + 0.01, (1,), np.float32),
+        "tcp_force": spaces.Box(-inf, inf, (3,), np.float32),
+        "tcp_torque": spaces.Box(-inf, inf, (3,), np.float32),
+    })
+
+
 class CommandLimits:
     """The arm's own limits on a commanded TCP pose, apart from the safety filter's: the orientation cone around the
     nominal (downward) orientation, the reach shell around the shoulder and the tilt-dependent floor, inside the
@@ -169,19 +185,7 @@ class FrankaEnv(gym.Env[ObsDict, np.ndarray]):
         """The last word on every command sent to the controller and the gripper (reset at every episode start)."""
 
         self.action_space = spaces.Box(-1.0, 1.0, (7,), np.float32)
-        inf = np.inf
-        # Finite where physics bounds the value (the arm reaches < 1.2 m; soft joint limits can overshoot the
-        # finger stroke by a hair), infinite where contacts can produce anything.
-        pose_bound = np.array([2.0, 2.0, 2.0, 1.0, 1.0, 1.0, 1.0], dtype=np.float32)
-        width = 2 * spec.finger_stroke
-        state = {
-            "tcp_pose": spaces.Box(-pose_bound, pose_bound, (7,), np.float32),
-            "tcp_vel": spaces.Box(-inf, inf, (6,), np.float32),
-            "gripper_pos": spaces.Box(-0.01, width + 0.01, (1,), np.float32),
-            "tcp_force": spaces.Box(-inf, inf, (3,), np.float32),
-            "tcp_torque": spaces.Box(-inf, inf, (3,), np.float32),
-        }
-        obs_space = {"state": spaces.Dict(state), "task": self._task_space()}
+        obs_space = {"state": state_space(spec), "task": self._task_space()}
         if self.cameras:
             image = spaces.Box(0, 255, (cfg.image_size, cfg.image_size, 3), np.uint8)
             obs_space["images"] = spaces.Dict({name: image for name in self.cameras})
