@@ -143,8 +143,14 @@ def test_state_is_best_effort_at_the_configured_rate(fake_and_client: tuple[Fake
         stamps = np.array([msgs.seconds_of(s.header.stamp) for s in samples])
         assert len(stamps) > 100, key
         assert np.all(np.diff(stamps) > 0), f"{key}: stamps must increase"
+        # The schedule, not the machine's load: the typical spacing is one period (a loaded 2-core CI box wakes
+        # the loop late now and then, which drops a sample there but never shortens or stretches the period),
+        # and the fake never publishes faster than the configured rate.
+        gaps = np.diff(stamps)
+        assert abs(np.median(gaps) - 1 / 250) < 0.1 / 250, f"{key}: median spacing {1e3 * np.median(gaps):.2f} ms"
         rate = (len(stamps) - 1) / (stamps[-1] - stamps[0])
-        assert 250 * 0.85 < rate < 250 * 1.05, f"{key}: {rate:.1f} Hz"
+        assert rate < 250 * 1.05, f"{key}: {rate:.1f} Hz is faster than configured"
+        assert np.mean(np.abs(gaps - 1 / 250) < 0.5 / 250) > 0.5, f"{key}: most gaps are one period"
         assert abs(stamps[-1] - time.time()) < 0.1, f"{key}: stamps are the wall clock"
     assert reliable.take(N=100) == []
     handle = client.readers["pose"].get_matched_publications()[0]
@@ -305,7 +311,8 @@ def test_stop_leaves_the_domain_and_keeps_real_time() -> None:
     assert not fake.running
     assert s.sim_s <= s.wall_s and s.sim_s + s.slipped_s == pytest.approx(s.wall_s, abs=3 * PHYSICS_TIMESTEP)
     assert s.sim_s > 0.9 * s.wall_s, f"physics kept up: {s}"
-    assert s.state_rate_hz == pytest.approx(100.0, rel=0.05)
+    # One state per 1/rate of sim time (the wall-clock rate also pays for any time the loaded machine slipped).
+    assert s.states_published == pytest.approx(100.0 * s.sim_s, rel=0.05), s
     client.wait(lambda: client.readers["pose"].get_subscription_matched_status().current_count == 0, 2.0,
                 "the fake's writers leaving the domain")
     client.clear()
