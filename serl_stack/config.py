@@ -452,7 +452,10 @@ class AgentConfig:
     obs_keys: tuple[str, ...] = ()
     """Observation key paths the agent sees, e.g. [state/tcp_pose, task/goal_pos] (empty: all state and task)."""
     normalize_observations: bool = True
-    """Standardize observations with the mean/std of the warm-up data and demos (frozen, shipped with the policy)."""
+    """Standardize observations with the mean/std of the warm-up data and demos (shipped with the policy)."""
+    obs_norm_refresh: int = ranged(1000, ge=0, note="(0 = frozen after the warm-up)")
+    """Recompute the standardization from all data every this many updates (a feature the warm-up never moved
+    would otherwise saturate at the clip); 0 = frozen after the warm-up, the behaviour of the sim_*.yaml figures."""
     critic_layer_norm: bool = False
     """LayerNorm in the critic MLPs (RLPD: true; keeps Q values bounded at high UTD)."""
     image_keys: tuple[str, ...] = ()

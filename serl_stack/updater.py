@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from serl_stack.agents.sharding import data_mesh, replicate, shard_agent
@@ -141,14 +142,25 @@ class Updater:
         warm-up alone, and a lifted cube would then read as ~50 standard deviations off)."""
         if len(self.replay) == 0:
             raise ValueError("init_agent: the replay buffer is empty; insert the warm-up transitions first")
-        norm = None
-        if self.cfg.agent.normalize_observations:
-            seen = [to_agent_batch(self.replay.take(np.arange(len(self.replay))), self.keys)["observations"]]
-            if self.demos is not None:
-                seen.append(to_agent_batch(self.demos.take(np.arange(len(self.demos))), self.keys)["observations"])
-            data = np.concatenate(seen)
-            norm = {"mean": data.mean(axis=0), "std": data.std(axis=0)}
+        norm = self.observation_stats() if self.cfg.agent.normalize_observations else None
         self.agent = self._sharded(self.new_agent(norm))
+
+    def observation_stats(self) -> dict[str, np.ndarray]:
+        """Mean and std of every observation in the replay buffer and the demonstrations: a pure function of the
+        data, so a run restored from a checkpoint recomputes exactly what an uninterrupted one had."""
+        seen = [to_agent_batch(self.replay.take(np.arange(len(self.replay))), self.keys)["observations"]]
+        if self.demos is not None:
+            seen.append(to_agent_batch(self.demos.take(np.arange(len(self.demos))), self.keys)["observations"])
+        data = np.concatenate(seen)
+        return {"mean": data.mean(axis=0).astype(np.float32), "std": data.std(axis=0).astype(np.float32)}
+
+    def refresh_observation_stats(self) -> None:
+        """Standardize with the statistics of all data so far. A feature that barely moved in the warm-up (a
+        cube's height before any grasp: std ~ 1.4 mm) would otherwise sit at the clip once the task moves it,
+        and a 2 cm lift would read like a 10 cm one. The statistics live in the agent's `obs_norm`, so the actor
+        gets them with the parameters they belong to (same broadcast, same version)."""
+        stats = self.observation_stats()
+        self.agent = self.agent.replace(obs_norm=self._placed({k: jnp.asarray(v) for k, v in stats.items()}))
 
     def _sharded(self, agent: Any) -> Any:
         return agent if self.mesh is None else shard_agent(agent, self.mesh)
@@ -167,6 +179,9 @@ class Updater:
         else:
             self.agent, info = self.agent.update(self._host_batch())
         self.updates += 1
+        every = a.obs_norm_refresh
+        if a.normalize_observations and every and self.updates % every == 0:
+            self.refresh_observation_stats()
         return info
 
     def _host_batch(self) -> dict[str, np.ndarray]:

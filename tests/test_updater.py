@@ -25,7 +25,9 @@ OBS_DIM, ACT_DIM = 5, 2
 
 
 def small_config(on_device: bool = True, demo_dir: str = "", utd: int = 2) -> Config:
-    agent = AgentConfig(hidden_dims=(32, 32), batch_size=16, utd=utd, num_critics=3, critic_subset=2)
+    # obs_norm_refresh=3: the resume test below crosses refreshes in both processes.
+    agent = AgentConfig(hidden_dims=(32, 32), batch_size=16, utd=utd, num_critics=3, critic_subset=2,
+                        obs_norm_refresh=3)
     replay = ReplayConfig(capacity=1000, on_device=on_device, demo_dir=demo_dir)
     return dataclasses.replace(Config(), agent=agent, replay=replay)
 
@@ -187,3 +189,46 @@ def test_observation_statistics_include_the_demonstrations(tmp_path: Path) -> No
     expected = np.concatenate([warmup, demos]).mean(axis=0)
     assert demos.mean() > 45  # the demos really are far from the warm-up data
     np.testing.assert_allclose(np.asarray(updater.agent.obs_norm["mean"]), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("on_device", [True, False])
+def test_a_feature_that_moves_only_after_the_warmup_stays_distinguishable(on_device: bool) -> None:
+    """A cube's height sits at 2 cm +- 1.4 mm through the warm-up; later episodes lift it up to 14 cm. With the
+    statistics frozen, a 2 cm and a 10 cm lift both read as the clip; refreshed, they stay apart, and the
+    parameters the actor receives carry the refreshed statistics."""
+    from serl_stack.agents.networks import OBS_NORM_CLIP, normalize_obs
+
+    def run(refresh: int) -> tuple[float, float, Updater]:
+        cfg = small_config(on_device)
+        cfg = dataclasses.replace(cfg, agent=dataclasses.replace(cfg.agent, obs_norm_refresh=refresh))
+        rng = np.random.default_rng(0)
+
+        def step(height_low: float, height_high: float, noise: float) -> tuple:
+            obs = {"state/x": rng.normal(size=OBS_DIM).astype(np.float32)}
+            nxt = {"state/x": rng.normal(size=OBS_DIM).astype(np.float32)}
+            for o in (obs, nxt):
+                o["state/x"][0] = rng.uniform(height_low, height_high) + rng.normal(0, noise)
+            return obs, rng.uniform(-1, 1, ACT_DIM).astype(np.float32), 0.0, nxt, False, False
+
+        first = step(0.02, 0.02, 0.0014)
+        updater = Updater(cfg, first[0], first[1])
+        for t in [first] + [step(0.02, 0.02, 0.0014) for _ in range(199)]:
+            updater.insert(*t)
+        updater.init_agent()
+        assert float(updater.agent.obs_norm["std"][0]) < 0.002  # the warm-up saw no lift
+        for _ in range(300):
+            updater.insert(*step(0.02, 0.14, 0.0))
+        for _ in range(10):
+            updater.step()
+        probe = np.zeros((2, OBS_DIM), np.float32)
+        probe[:, 0] = [0.04, 0.12]  # a 2 cm and a 10 cm lift
+        norm = updater.agent.actor_params["obs_norm"]
+        z = np.asarray(normalize_obs(jax.numpy.asarray(probe), norm))[:, 0]
+        return float(z[0]), float(z[1]), updater
+
+    frozen_2cm, frozen_10cm, _ = run(0)
+    assert frozen_2cm == frozen_10cm == OBS_NORM_CLIP  # the defect this guards against
+    low, high, updater = run(5)
+    assert abs(low) < OBS_NORM_CLIP and abs(high) < OBS_NORM_CLIP
+    assert high - low > 1.0, (low, high)
+    np.testing.assert_allclose(np.asarray(updater.agent.obs_norm["std"]), updater.observation_stats()["std"])
