@@ -24,7 +24,7 @@ from flax import serialization
 from serl_stack import interrupt
 from serl_stack.config import Config, ConfigError
 from serl_stack.errors import ProcessGone, TransportError
-from serl_stack.inference import PolicyRunner, evaluate
+from serl_stack.inference import KeyStream, PolicyRunner, evaluate
 from serl_stack.mixing import MIXER_STATE, MixedActing, save_snapshot
 from serl_stack.rundir import actor_index, share, write_config
 from serl_stack.transport.actor_client import ActorClient
@@ -188,7 +188,7 @@ class Actor:
         limit = "" if self.episode_limit is None else f", at most {self.episode_limit} episodes"
         print(f"actor {self.actor_id} ({self.index + 1} of {t.num_actors}): learner at {self.learner_at}; "
               f"run folder {self.run_dir}; this actor's share: {self.quota} env steps{limit}", flush=True)
-        rng_key = jax.random.PRNGKey(self.seed + 1)
+        keys = KeyStream(self.seed + 1)
         self.env.action_space.seed(self.seed)
         obs, _ = self.env.reset(seed=self.seed)
         action_dim = int(np.prod(self.env.action_space.shape))
@@ -219,8 +219,7 @@ class Actor:
             if self.on_robot:
                 # The set-up above took seconds while the arm held: compile the policy now (not at its first step)
                 # and start the control schedule afresh from a new reset.
-                self.policy.compile(obs)
-                jax.block_until_ready(jax.random.split(rng_key))  # the key split of the first learned step too
+                self.policy.compile(obs)  # (the key stream compiled its split when it was made)
                 obs, _ = self.env.reset(seed=self.seed)
             self._next_eval = self._eval_after(self._run_steps())
             stopped = self.steps >= self.quota or (self.episode_limit is not None and episode >= self.episode_limit)
@@ -236,7 +235,7 @@ class Actor:
                 if mixing is None and self._run_steps() < t.start_steps:
                     action = self.env.action_space.sample()  # random warm-up: no key to split (~30 us a step)
                 else:
-                    rng_key, key = jax.random.split(rng_key)
+                    key = next(keys)
                     if mixing is not None:  # the mixer picks the baseline or the learned policy (never random)
                         action = mixing.act(obs, key)
                     elif self.policy.params is None and self.on_robot:

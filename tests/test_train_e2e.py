@@ -57,7 +57,8 @@ def _serl(*args: str) -> list[str]:
 def test_serl_train_runs_end_to_end(tmp_path: Path) -> None:
     """The product path, as `make demo` runs it (configs/sim_reach.yaml), with scripted demonstrations recorded by
     `serl record-demos` mixed into every batch and evaluations during training: it learns reach (>= 80 % on 20
-    held-out episodes) within its budget, stopping early once an evaluation reaches 90 %."""
+    held-out episodes) within its budget, stopping early once an evaluation reaches 100 % (a policy that just
+    reached 90 % on 20 episodes can land at 75 % on the final 20: a fresh clone's run did)."""
     env = {**os.environ, "MUJOCO_GL": "egl"}
     demos = tmp_path / "demos"
     rec = subprocess.run(_serl("record-demos", "--out", str(demos), "--episodes", "3"), capture_output=True,
@@ -68,7 +69,7 @@ def test_serl_train_runs_end_to_end(tmp_path: Path) -> None:
         _serl("train", "--config", "configs/sim_reach.yaml", "--run-dir", str(run), "--set", f"replay.demo_dir={demos}",
               "--set", "train.total_env_steps=16000", "--set", "train.eval_every=1000",
               "--set", "train.eval_every_episodes=20", "--set", "train.eval_episodes=20",
-              "--set", "train.stop_at_success=0.9", "--set", "train.checkpoint_every=2000"),
+              "--set", "train.stop_at_success=1.0", "--set", "train.checkpoint_every=2000"),
         capture_output=True, text=True, timeout=900, cwd=ROOT, env=env,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + (run / "learner.log").read_text()
@@ -80,13 +81,13 @@ def test_serl_train_runs_end_to_end(tmp_path: Path) -> None:
     steps = sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())
     # One update per env step after the 1,000-step warm-up.
     assert steps and steps[-1] >= result["env_steps"] - 1000 - 1, (steps, result["env_steps"])
-    # Evaluations during training every 1,000 env steps once the policy acts, until one reached 90 %; then the
+    # Evaluations during training every 1,000 env steps once the policy acts, until one reached 100 %; then the
     # final one, at the same env step.
     evals = evaluations(run)
     stop = result["env_steps"]
     assert evals["env_steps"].tolist() == [*range(2000, stop + 1, 1000), stop], evals
     # TensorBoard stores float32 (0.9 reads back as 0.89999998): compare to float32 precision.
-    assert evals["success_rate"][-2] >= 0.9 - 1e-6 and np.all(evals["success_rate"][:-2] < 0.9 - 1e-6), evals
+    assert evals["success_rate"][-2] >= 1.0 - 1e-6 and np.all(evals["success_rate"][:-2] < 1.0 - 1e-6), evals
     # TensorBoard stores float32: compare to float32 precision.
     assert evals["success_rate"][-1] == pytest.approx(result["success_rate"], abs=1e-6)
     assert evals["return_mean"][-1] == pytest.approx(result["return_mean"], rel=1e-6)
@@ -155,7 +156,7 @@ def test_training_stops_early_once_evaluation_reaches_stop_at_success(tmp_path: 
     run = tmp_path / "run"
     proc = subprocess.run(
         _serl("train", "--run-dir", str(run), *SMALL, "--set", "train.start_steps=100",
-              "--set", "train.eval_every=100", "--set", "train.stop_at_success=0.9",
+              "--set", "train.eval_every=100", "--set", "train.stop_at_success=1.0",
               "--set", "env.success_radius=0.6"),
         capture_output=True, text=True, timeout=600, cwd=ROOT, env={**os.environ, "MUJOCO_GL": "egl"},
     )
