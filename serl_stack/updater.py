@@ -148,9 +148,9 @@ class Updater:
     def observation_stats(self) -> dict[str, np.ndarray]:
         """Mean and std of every observation in the replay buffer and the demonstrations: a pure function of the
         data, so a run restored from a checkpoint recomputes exactly what an uninterrupted one had."""
-        seen = [to_agent_batch(self.replay.take(np.arange(len(self.replay))), self.keys)["observations"]]
+        seen = [self.replay.vectors(self.keys)]
         if self.demos is not None:
-            seen.append(to_agent_batch(self.demos.take(np.arange(len(self.demos))), self.keys)["observations"])
+            seen.append(self.demos.vectors(self.keys))
         data = np.concatenate(seen)
         return {"mean": data.mean(axis=0).astype(np.float32), "std": data.std(axis=0).astype(np.float32)}
 
