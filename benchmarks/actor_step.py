@@ -31,7 +31,6 @@ import argparse
 import dataclasses
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -57,14 +56,10 @@ CASES: dict[str, tuple[list[str], bool]] = {
 sets it on a robot PC; the learner always runs at normal priority)."""
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start_learner(run_dir: Path, overrides: list[str], warmup: int) -> subprocess.Popen:
-    sets = [f"transport.transitions_port={free_port()}", f"transport.params_port={free_port()}",
+    from serl_stack.orchestrate import free_port
+
+    sets = [f"transport.transitions_port={free_port('127.0.0.1')}", f"transport.params_port={free_port('127.0.0.1')}",
             "train.total_env_steps=10000000", f"train.start_steps={warmup}", "train.eval_every=0",
             "transport.params_every=50", *overrides]
     cmd = benchlib.serl("learner", "--config", "configs/sim_reach.yaml", "--run-dir", str(run_dir),

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 
 import numpy as np
 import pytest
+from wait_support import wait_until
 
 from robot_bridge.backend import BackendError
 from robot_bridge.realsense import CameraError, Cameras, crop_resize, import_pyrealsense
@@ -106,14 +106,6 @@ class SyntheticCamera:
         if self._thread is not None:
             self._thread.join()
 
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.005)
-    return predicate()
 
 
 @pytest.fixture

@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable
 
 import pytest
+from wait_support import wait_until
 
 from serl_stack.config import SafetyConfig
 from serl_stack.safety import StaleStateError, Watchdog, WatchdogThread
@@ -25,15 +25,6 @@ class FakeClock:
     def advance(self, dt: float) -> None:
         self.t += dt
 
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """Real waiting with a generous bound: this machine may be busy."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.005)
-    return predicate()
 
 
 # --------------------------------------------------------------------------------------------- Watchdog
