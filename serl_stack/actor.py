@@ -101,6 +101,8 @@ class Actor:
         self._last_progress = (0, 0)
         self._said_no_params = False
         self._next_eval = 0
+        self._eval_streak = 0
+        """Consecutive evaluations during training at or above `train.stop_at_success`."""
 
     # ------------------------------------------------------------------------------------------- the link
 
@@ -437,7 +439,9 @@ class Actor:
                   "env_steps": run_steps, "final": False, "actor": self.actor_id}
         self.client.send("eval", result)
         success = result["success_rate"]
-        return t.stop_at_success > 0 and success is not None and success >= t.stop_at_success
+        reached = t.stop_at_success > 0 and success is not None and success >= t.stop_at_success
+        self._eval_streak = self._eval_streak + 1 if reached else 0
+        return self._eval_streak >= t.stop_after_evals
 
 
 def run_actor(cfg: Config, run_dir: Path, parent_pid: int | None = None) -> int:

@@ -565,6 +565,9 @@ class TrainConfig:
     stop_at_success: float = ranged(0.0, ge=0, le=1, note="(a success rate; 0 = never)")
     """End the run early (final evaluation included) once an evaluation during training reaches this success
     rate (0 = never; needs `eval_every`)."""
+    stop_after_evals: int = ranged(1, ge=1)
+    """How many consecutive evaluations during training must reach `stop_at_success` before the run ends (2: one
+    lucky evaluation of 20 episodes does not end it). Counted from the run's start or its last resume."""
     eval_seed: int = ranged(1_000_000, ge=0, lt=1 << 32, note="(a 32-bit seed)")
     """First seed of the held-out evaluation episodes (training never uses seeds this high)."""
     run_dir: str = "runs"

@@ -101,7 +101,10 @@ class Learner:
         """Actor id -> the env steps it reported when it finished collecting."""
         self.final_evals: dict[str, dict[str, Any]] = {}
         self.stop_collecting = False
-        """An evaluation during training reached `train.stop_at_success`: actors end their collection."""
+        """`train.stop_after_evals` consecutive evaluations during training reached `train.stop_at_success`: actors
+        end their collection."""
+        self.eval_streak = 0
+        """Consecutive evaluations during training at or above `train.stop_at_success`."""
         self.final_sent = False
         self.eval_result: dict[str, Any] | None = None
         self._ups_window: deque[tuple[float, int]] = deque(maxlen=50)
@@ -234,7 +237,9 @@ class Learner:
         step = int(step) if isinstance(step, int) and not isinstance(step, bool) else self.env_steps
         self._log_eval(body, step)
         target, success = self.cfg.train.stop_at_success, body.get("success_rate")
-        if target > 0 and isinstance(success, (int, float)) and success >= target:
+        reached = target > 0 and isinstance(success, (int, float)) and success >= target
+        self.eval_streak = self.eval_streak + 1 if reached else 0
+        if self.eval_streak >= self.cfg.train.stop_after_evals:
             self.stop_collecting = True
 
     def _log_eval(self, body: dict[str, Any], step: int) -> None:

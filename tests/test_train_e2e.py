@@ -149,22 +149,24 @@ def test_stepmix_run_logs_each_episode_keeps_its_mixer_and_snapshots_policies(tm
 
 
 @pytest.mark.slow
-def test_training_stops_early_once_evaluation_reaches_stop_at_success(tmp_path: Path) -> None:
-    """A goal always within the success radius makes every episode a success whatever the policy does, so the
-    first evaluation after the warm-up (env step 200) reaches 90 % and the run ends there, final evaluation
-    included."""
+@pytest.mark.parametrize("streak", [1, 3])
+def test_training_stops_early_once_evaluation_reaches_stop_at_success(tmp_path: Path, streak: int) -> None:
+    """A goal always within the success radius makes every episode a success whatever the policy does, so every
+    evaluation from the first after the warm-up (env step 200) reaches 100 %; the run ends at the `streak`-th
+    such evaluation in a row (`train.stop_after_evals`), final evaluation included."""
     run = tmp_path / "run"
     proc = subprocess.run(
         _serl("train", "--run-dir", str(run), *SMALL, "--set", "train.start_steps=100",
               "--set", "train.eval_every=100", "--set", "train.stop_at_success=1.0",
-              "--set", "env.success_radius=0.6"),
+              "--set", f"train.stop_after_evals={streak}", "--set", "env.success_radius=0.6"),
         capture_output=True, text=True, timeout=600, cwd=ROOT, env={**os.environ, "MUJOCO_GL": "egl"},
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    stop = 200 + 100 * (streak - 1)
     result = json.loads((run / "eval.json").read_text())
-    assert result["env_steps"] == 200 and result["final"] is True and result["success_rate"] == 1.0, result
-    assert _logged(run) == 200  # the learner has exactly the transitions collected before the stop
-    assert evaluations(run)["env_steps"].tolist() == [200, 200]
+    assert result["env_steps"] == stop and result["final"] is True and result["success_rate"] == 1.0, result
+    assert _logged(run) == stop  # the learner has exactly the transitions collected before the stop
+    assert evaluations(run)["env_steps"].tolist() == [*range(200, stop + 1, 100), stop]
 
 
 @pytest.mark.slow
