@@ -24,7 +24,7 @@ from serl_stack.config import Config, check_section
 from serl_stack.data.demos import DemoFormatError, MixedSampler, replay_from_demos
 from serl_stack.data.device_mix import DeviceMix
 from serl_stack.data.device_replay import REPLAY_KEYS, DeviceReplay
-from serl_stack.data.obs import IMAGE_PREFIX, image_keys_of, to_vector, vector_dim, vector_keys
+from serl_stack.data.obs import IMAGE_PREFIX, image_keys_of, source_keys, to_vector, vector_dim, vector_keys
 from serl_stack.data.replay import ReplayBuffer, to_agent_batch
 
 Info = dict[str, Any]
@@ -70,7 +70,7 @@ class Updater:
     # ------------------------------------------------------------------------------------------- data
     def _load_demos(self, directory: str) -> ReplayBuffer:
         demos = replay_from_demos(directory)
-        for key in self.keys:
+        for key in source_keys(self.keys):
             if key not in demos.obs_spec or demos.obs_spec[key][0] != self.replay.obs_spec[key][0]:
                 raise DemoFormatError(
                     f"replay.demo_dir={directory}: observation '{key}' has shape "

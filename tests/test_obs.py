@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from serl_stack.data.obs import flatten_keys, to_vector, unflatten_keys, vector_dim, vector_keys
+from serl_stack.data.obs import flatten_keys, source_keys, to_vector, unflatten_keys, vector_dim, vector_keys
 
 OBS = {
     "state": {"tcp_pose": np.arange(7, dtype=np.float32), "gripper_pos": np.array([0.04], np.float32)},
@@ -41,3 +41,37 @@ def test_selected_keys_are_sorted_and_unknown_ones_named() -> None:
         vector_keys(flat, ("images/wrist",))
     with pytest.raises(KeyError, match="missing 'task/other'"):
         to_vector(flat, ("task/other",))
+
+
+def test_relative_position_entry_is_the_offset_of_two_positions() -> None:
+    flat = flatten_keys(OBS)
+    keys = vector_keys(flat, ("task/goal_pos - state/tcp_pose", "state/gripper_pos"))
+    assert keys == ("state/gripper_pos", "task/goal_pos - state/tcp_pose")
+    assert vector_dim(flat, keys) == 4
+    np.testing.assert_allclose(to_vector(flat, keys), [0.04, 1.0, 1.0, 1.0], rtol=1e-6)  # (1,2,3) - (0,1,2)
+    batched = {k: np.stack([v, v + 1, 2 * v]) for k, v in flat.items()}
+    vec = to_vector(batched, keys, batch_dims=1)
+    assert vec.shape == (3, 4)
+    np.testing.assert_allclose(vec[:, 1:], [[1, 1, 1], [1, 1, 1], [2, 2, 2]], rtol=1e-6)
+    assert source_keys(keys) == ("state/gripper_pos", "task/goal_pos", "state/tcp_pose")
+
+
+def test_relative_position_entry_names_what_it_cannot_use() -> None:
+    flat = flatten_keys(OBS)
+    with pytest.raises(KeyError, match="task/object_pose"):
+        vector_keys(flat, ("task/object_pose - state/tcp_pose",))
+    with pytest.raises(KeyError, match="needs a position .* 'state/gripper_pos'"):
+        vector_keys(flat, ("task/goal_pos - state/gripper_pos",))
+
+
+def test_replay_vectors_compute_relative_entries_from_the_stored_keys() -> None:
+    from serl_stack.config import ReplayConfig
+    from serl_stack.data.replay import ReplayBuffer
+
+    flat = {k: v.astype(np.float32) for k, v in flatten_keys(OBS).items() if not k.startswith("images/")}
+    replay = ReplayBuffer.from_example(flat, np.zeros(2, np.float32), ReplayConfig(capacity=4))
+    for i in range(3):
+        obs = {k: v + np.float32(i) for k, v in flat.items()}
+        replay.insert(obs, np.zeros(2, np.float32), 0.0, obs, False, False)
+    keys = ("task/goal_pos - state/tcp_pose",)
+    np.testing.assert_allclose(replay.vectors(keys), np.ones((3, 3)), rtol=1e-6)

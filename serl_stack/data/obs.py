@@ -2,7 +2,11 @@
 
 Owns: flattening nested observation dicts into `"state/tcp_pose"`-style key paths (the form the replay buffer
 and the wire use) and concatenating the non-image leaves into one float32 vector in a fixed, sorted key order.
-Images (anything under `images/`) are kept apart for the image encoders.
+Images (anything under `images/`) are kept apart for the image encoders. An `agent.obs_keys` entry `"A - B"` (a
+*relative position*) adds `A[:3] - B[:3]`, the offset between the positions of two poses (every pose here starts with
+its position: `state/tcp_pose`, `task/object_pose`, `task/peg_pose`, `task/hole_pos`), e.g.
+`"task/object_pose - state/tcp_pose"`: the network gets the offset it acts on directly instead of having to subtract
+two separately normalized features to centimetre precision.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import numpy as np
 
 SEP = "/"
 IMAGE_PREFIX = "images" + SEP
+RELATIVE = " - "
+"""Separator of a relative-position entry `"A - B"` in `agent.obs_keys`."""
 
 
 def flatten_keys(obs: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
@@ -40,17 +46,41 @@ def unflatten_keys(flat: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def relative_parts(key: str) -> tuple[str, str] | None:
+    """`("A", "B")` for a relative-position entry `"A - B"`, else None."""
+    if RELATIVE not in key:
+        return None
+    a, b = key.split(RELATIVE, 1)
+    return a.strip(), b.strip()
+
+
+def source_keys(keys: tuple[str, ...]) -> tuple[str, ...]:
+    """The stored observation keys that `keys` (possibly with relative-position entries) are computed from."""
+    out: list[str] = []
+    for k in keys:
+        for s in relative_parts(k) or (k,):
+            if s not in out:
+                out.append(s)
+    return tuple(out)
+
+
 def vector_keys(flat: Mapping[str, Any], selected: tuple[str, ...] = ()) -> tuple[str, ...]:
     """The sorted key paths that go into the agent's flat vector: `selected` if given, else all but images.
 
-    A selected key that the observation does not have is an error naming it and the keys there are.
+    A selected key that the observation does not have is an error naming it and the keys there are; so is a
+    relative-position entry `"A - B"` whose A or B is missing or has fewer than 3 components.
     """
     available = sorted(k for k in flat if not k.startswith(IMAGE_PREFIX))
     if not selected:
         return tuple(available)
-    missing = [k for k in selected if k not in available]
+    missing = [k for k in source_keys(selected) if k not in available]
     if missing:
         raise KeyError(f"agent.obs_keys: {missing} not in the observation; expected some of {available}")
+    for k in selected:
+        for part in relative_parts(k) or ():
+            if np.asarray(flat[part]).size < 3:
+                raise KeyError(f"agent.obs_keys: '{k}' needs a position (3 components first) in '{part}', which has "
+                               f"shape {np.asarray(flat[part]).shape}")
     return tuple(sorted(selected))
 
 
@@ -58,6 +88,13 @@ def to_vector(flat: Mapping[str, Any], keys: tuple[str, ...], batch_dims: int = 
     """Concatenate `flat[k]` for `k in keys` into float32 `(*batch, D)`; `batch_dims` leading axes are kept."""
     parts = []
     for k in keys:
+        rel = relative_parts(k)
+        if rel is not None:
+            a, b = (np.asarray(flat[p], dtype=np.float32) for p in rel)
+            a = a.reshape(a.shape[:batch_dims] + (-1,))
+            b = b.reshape(b.shape[:batch_dims] + (-1,))
+            parts.append(a[..., :3] - b[..., :3])
+            continue
         if k not in flat:
             raise KeyError(f"observation is missing '{k}' (expected keys: {', '.join(keys)})")
         a = np.asarray(flat[k], dtype=np.float32)
@@ -90,4 +127,4 @@ def agent_obs(flat: Mapping[str, Any], keys: tuple[str, ...], image_keys: tuple[
 
 def vector_dim(flat: Mapping[str, Any], keys: tuple[str, ...]) -> int:
     """Length of the vector `to_vector` makes from one (unbatched) observation."""
-    return int(sum(np.asarray(flat[k]).size for k in keys))
+    return int(sum(3 if relative_parts(k) else np.asarray(flat[k]).size for k in keys))

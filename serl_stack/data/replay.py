@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from serl_stack.config import ReplayConfig, check_section
-from serl_stack.data.obs import IMAGE_PREFIX, agent_obs, flatten_keys, to_vector
+from serl_stack.data.obs import IMAGE_PREFIX, agent_obs, flatten_keys, source_keys, to_vector
 
 ObsSpec = dict[str, tuple[tuple[int, ...], np.dtype]]
 """Flat key path -> (shape, dtype) of one observation leaf."""
@@ -174,7 +174,7 @@ class ReplayBuffer:
         """The stored observations' `keys` as float32 `(len, D)` in `to_vector` order (storage order): what
         observation statistics need, without gathering images or next observations."""
         n = self._size
-        return to_vector({k: self._obs[k][:n] for k in keys}, keys, batch_dims=1)
+        return to_vector({k: self._obs[k][:n] for k in source_keys(keys)}, keys, batch_dims=1)
 
     def take(self, idx: np.ndarray) -> dict[str, Any]:
         """The transitions at slots `idx` (each in [0, len(self))), in `sample`'s format."""
