@@ -6,11 +6,13 @@ import multiprocessing as mp
 import os
 import random
 import signal
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from serl_stack.transport import spool as spool_module
 from serl_stack.transport.log import CorruptLogError
 from serl_stack.transport.spool import ActorSpool
 
@@ -187,27 +189,156 @@ def test_a_corrupt_put_before_valid_ones_raises_naming_file_and_offset(tmp_path:
         ActorSpool(tmp_path)
 
 
+# ---- the background flusher: fsync off the caller's thread, within a bounded window ----
+
+
+class StalledDisk:
+    """Fault injection for the spool's fsync (`sync_file`): each call blocks until `release()`, then syncs for
+    real, or raises `error` instead; `calls` counts the syncs that were asked for."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, error: OSError | None = None) -> None:
+        self.real = spool_module.sync_file
+        self.gate = threading.Event()
+        self.error = error
+        self.calls = 0
+        monkeypatch.setattr(spool_module, "sync_file", self)
+
+    def __call__(self, fd: int) -> None:
+        self.calls += 1
+        self.gate.wait(10)
+        if self.error is not None:
+            raise self.error
+        self.real(fd)
+
+    def release(self) -> None:
+        self.gate.set()
+
+
+def _wait_until(predicate, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return predicate()
+
+
+def test_background_flush_returns_before_the_fsync_and_syncs_everything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = ActorSpool(tmp_path, fsync=False, background_sync=True, max_unsynced=100)
+    try:
+        disk = StalledDisk(monkeypatch)  # after opening: the opening's own syncs are not stalled
+        for seq in range(1, 17):
+            spool.put(seq, message(seq))
+        start = time.monotonic()
+        spool.flush()  # the disk is stalled: a synchronous flush would hang here
+        assert time.monotonic() - start < 1.0
+        assert _wait_until(lambda: disk.calls == 1) and spool.synced_seq == 0
+        for seq in range(17, 33):  # the control thread goes on while the fsync is in flight
+            spool.put(seq, message(seq))
+        spool.flush()  # a second request while the first is in flight: queued, one more fsync
+        disk.release()
+        assert _wait_until(lambda: spool.synced_seq == 32) and disk.calls == 2
+        spool.flush()  # nothing new since: no fsync asked
+        spool.flush(wait=True)
+        assert disk.calls == 2
+    finally:
+        spool.close()
+    with ActorSpool(tmp_path) as reopened:
+        assert list(reopened.pending()) == [(s, message(s)) for s in range(1, 33)]
+
+
+def test_a_put_waits_for_the_disk_only_beyond_max_unsynced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with ActorSpool(tmp_path, fsync=False, background_sync=True, max_unsynced=8) as spool:
+        disk = StalledDisk(monkeypatch)
+        done: list[int] = []
+
+        def producer() -> None:
+            for seq in range(1, 21):
+                spool.put(seq, message(seq))
+                done.append(seq)
+                if seq % 4 == 0:
+                    spool.flush()
+
+        thread = threading.Thread(target=producer)
+        thread.start()
+        # 8 puts may be unsynced; the 9th waits for the (stalled) fsync the flush at seq 4 asked for.
+        assert _wait_until(lambda: len(done) == 8)
+        time.sleep(0.2)
+        assert done == list(range(1, 9)) and spool.synced_seq == 0
+        disk.release()
+        thread.join(10)
+        assert done == list(range(1, 21))
+        assert spool.next_seq() - 1 - spool.synced_seq <= 8
+    assert spool.synced_seq == 20  # close's final fsync
+
+
+def test_close_stops_the_flusher_and_fsyncs(tmp_path: Path) -> None:
+    fds_before = set(os.listdir("/proc/self/fd"))
+    spool = ActorSpool(tmp_path, fsync=False, background_sync=True, segment_bytes=1024)
+    (flusher,) = [t for t in threading.enumerate() if t.name == f"spool-flusher {tmp_path}"]
+    for seq in range(1, 41):  # about 3 messages per segment: rolls while syncs are in flight
+        spool.put(seq, message(seq, size=300))
+        spool.flush()
+        if seq % 10 == 0:
+            spool.ack(seq - 5)
+    before = spool.fsync_count
+    spool.close()
+    assert not flusher.is_alive()
+    assert spool.fsync_count > before and spool.synced_seq == 40
+    assert set(os.listdir("/proc/self/fd")) == fds_before  # no duplicate descriptor left open
+    with ActorSpool(tmp_path, segment_bytes=1024) as reopened:
+        assert reopened.recovered == [] and [s for s, _ in reopened.pending()] == list(range(36, 41))
+
+
+def test_a_failed_background_fsync_stops_the_spool_and_names_the_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = ActorSpool(tmp_path, fsync=False, background_sync=True)
+    disk = StalledDisk(monkeypatch, error=OSError(5, "Input/output error"))
+    disk.release()
+    spool.put(1, message(1))
+    spool.flush()
+    assert _wait_until(lambda: spool._sync_error is not None)
+    with pytest.raises(RuntimeError, match=r"background fsync failed \(\[Errno 5\] Input/output error\)"):
+        spool.put(2, message(2))
+    with pytest.raises(RuntimeError, match="background fsync failed"):
+        spool.close()  # still raised, after releasing the files and the lock
+    monkeypatch.setattr(spool_module, "sync_file", disk.real)
+    with ActorSpool(tmp_path) as reopened:
+        assert list(reopened.pending()) == [(1, message(1))]
+
+
+def test_background_sync_with_fsync_per_put_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="background_sync=True with fsync=True"):
+        ActorSpool(tmp_path, fsync=True, background_sync=True)
+    with pytest.raises(ValueError, match="max_unsynced is 0; expected an int >= 1"):
+        ActorSpool(tmp_path, fsync=False, background_sync=True, max_unsynced=0)
+
+
 # ---- crash test: SIGKILL a child that puts and acks in a loop ----
 
 
-def _put_until_killed(directory: str, side_file: str) -> None:
-    spool = ActorSpool(directory, fsync=False, segment_bytes=64 << 10)
+def _put_until_killed(directory: str, side_file: str, background: bool) -> None:
+    spool = ActorSpool(directory, fsync=False, segment_bytes=64 << 10, background_sync=background, max_unsynced=8)
     side = os.open(side_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     while True:
         seq = spool.next_seq()
         spool.put(seq, message(seq, size=random.Random(seq).choice((10, 3000, 20_000))))
         os.write(side, f"{seq}\n".encode())  # after put returned: the actor may now send it
+        if seq % 4 == 0:
+            spool.flush()  # with `background`, killed while the flusher syncs, too
         if seq % 16 == 0:
             spool.ack(seq - 8)
 
 
-def test_sigkill_keeps_every_put_that_returned(tmp_path: Path) -> None:
+@pytest.mark.parametrize("background", [False, True], ids=["flush", "background-flusher"])
+def test_sigkill_keeps_every_put_that_returned(tmp_path: Path, background: bool) -> None:
     ctx = mp.get_context("spawn")
     directory, side = tmp_path / "spool", tmp_path / "put.txt"
     rng = random.Random(0)
     last = 0
     for _ in range(3):
-        child = ctx.Process(target=_put_until_killed, args=(str(directory), str(side)), daemon=True)
+        child = ctx.Process(target=_put_until_killed, args=(str(directory), str(side), background), daemon=True)
         child.start()
         deadline = time.monotonic() + 15
         while _last_line(side) < last + 100 and time.monotonic() < deadline and child.is_alive():

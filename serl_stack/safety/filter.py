@@ -3,8 +3,11 @@
 Owns: the workspace box, the orientation cone, the per-step change limits, holding on non-finite input, the
 gripper toggle rate, backing off under excessive contact force, recovering (at the step limit, never by a jump)
 when an episode starts outside the limits, and reporting every decision (`FilterResult` flags, per-episode
-counts). Pure numpy with explicit state and an injected time (`now`), so it is the same code in sim, on the
-real arm and in the property tests; it never reads a clock and never depends on MuJoCo.
+counts). Pure Python math with explicit state and an injected time (`now`), so it is the same code in sim, on
+the real arm and in the property tests; it never reads a clock and never depends on MuJoCo. It runs on every
+control step, so vectors and quaternions are tuples of floats inside (numpy on 3- and 4-element arrays cost ~5x:
+0.1 ms a step against 0.02 ms); arrays only at the edges. tests/test_safety_filter_reference.py checks it against
+a numpy transcription of the same rules.
 
 Invariants (checked by tests/test_safety_filter.py for arbitrary input sequences, NaN/inf/1e30 included):
 - every output is finite and the quaternion is unit-norm (w >= 0);
@@ -42,77 +45,80 @@ _GRIPPER_CLOSE, _GRIPPER_OPEN = 0.5, -0.5  # DESIGN.md action contract: > 0.5 cl
 _TOL = 1e-12
 """Rounding slack (rad) when checking a candidate orientation against the cone; far below any physical effect."""
 
+Vec3 = tuple[float, float, float]
+Quat = tuple[float, float, float, float]
+
 
 # ------------------------------------------------------------------------------------------- vector helpers
-# Private and pure numpy: serl_stack.envs.controller has quaternion helpers, but importing it pulls in MuJoCo.
+# Private, on tuples of floats: serl_stack.envs.controller has quaternion helpers, but importing it pulls in MuJoCo.
 
 
-def _norm(v: np.ndarray) -> float:
+def _norm(x: float, y: float, z: float) -> float:
     """Euclidean norm that cannot overflow for finite input (1e200 squared would be inf)."""
-    m = float(np.max(np.abs(v)))
+    m = max(abs(x), abs(y), abs(z))
     if m == 0.0:
         return 0.0
-    s = v / m
-    return m * math.sqrt(float(s @ s))
+    x, y, z = x / m, y / m, z / m
+    return m * math.sqrt(x * x + y * y + z * z)
 
 
-def _unit_quat(q: np.ndarray) -> np.ndarray | None:
+def _unit_quat(q: Quat) -> Quat | None:
     """`q` scaled to unit norm with w >= 0, or None when it is not finite or is zero (no rotation it could mean)."""
-    if not np.all(np.isfinite(q)):
+    w, x, y, z = q
+    if not (math.isfinite(w) and math.isfinite(x) and math.isfinite(y) and math.isfinite(z)):
         return None
-    m = float(np.max(np.abs(q)))
+    m = max(abs(w), abs(x), abs(y), abs(z))
     if m == 0.0:
         return None
-    q = q / m  # rescale first so huge or subnormal components neither overflow nor underflow
-    q = q / math.sqrt(float(q @ q))
-    return -q if q[0] < 0 else q
+    w, x, y, z = w / m, x / m, y / m, z / m  # rescale first so huge or subnormal components neither over- nor underflow
+    n = math.sqrt(w * w + x * x + y * y + z * z)
+    w, x, y, z = w / n, x / n, y / n, z / n
+    return (-w, -x, -y, -z) if w < 0 else (w, x, y, z)
 
 
-def _qmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def _qmul(a: Quat, b: Quat) -> Quat:
     """Hamilton product a * b (apply b, then a), wxyz."""
     aw, ax, ay, az = a
     bw, bx, by, bz = b
-    return np.array(
-        [
-            aw * bw - ax * bx - ay * by - az * bz,
-            aw * bx + ax * bw + ay * bz - az * by,
-            aw * by - ax * bz + ay * bw + az * bx,
-            aw * bz + ax * by - ay * bx + az * bw,
-        ]
+    return (
+        aw * bw - ax * bx - ay * by - az * bz,
+        aw * bx + ax * bw + ay * bz - az * by,
+        aw * by - ax * bz + ay * bw + az * bx,
+        aw * bz + ax * by - ay * bx + az * bw,
     )
 
 
-def _qconj(q: np.ndarray) -> np.ndarray:
-    return np.array([q[0], -q[1], -q[2], -q[3]])
-
-
-def _relative(a: np.ndarray, b: np.ndarray) -> tuple[float, np.ndarray]:
+def _relative(a: Quat, b: Quat) -> tuple[float, Vec3]:
     """(angle in [0, pi], unit axis in a's frame) of the shortest rotation r with a * r = b."""
-    r = _qmul(_qconj(a), b)
-    if r[0] < 0:
-        r = -r  # the other cover of the same rotation: the short way round
-    s = math.sqrt(float(r[1:] @ r[1:]))
+    rw, rx, ry, rz = _qmul((a[0], -a[1], -a[2], -a[3]), b)
+    if rw < 0:
+        rw, rx, ry, rz = -rw, -rx, -ry, -rz  # the other cover of the same rotation: the short way round
+    s = math.sqrt(rx * rx + ry * ry + rz * rz)
     # atan2 of both parts stays accurate near 0 and near pi, where acos(w) would lose digits.
-    angle = 2.0 * math.atan2(s, float(r[0]))
-    axis = r[1:] / s if s > 0.0 else np.zeros(3)
-    return angle, axis
+    angle = 2.0 * math.atan2(s, rw)
+    return angle, ((rx / s, ry / s, rz / s) if s > 0.0 else (0.0, 0.0, 0.0))
 
 
-def _angle(a: np.ndarray, b: np.ndarray) -> float:
+def _angle(a: Quat, b: Quat) -> float:
     """Rotation angle (rad) between two unit quaternions."""
     return _relative(a, b)[0]
 
 
-def _rotate_toward(a: np.ndarray, b: np.ndarray, max_angle: float) -> tuple[np.ndarray, bool]:
+def _rotate_toward(a: Quat, b: Quat, max_angle: float) -> tuple[Quat, bool]:
     """Slerp from `a` toward `b` by at most `max_angle` (rad); returns (quaternion, whether it was limited)."""
-    angle, axis = _relative(a, b)
+    angle, (x, y, z) = _relative(a, b)
     if angle <= max_angle:
         return b, False
     half = 0.5 * max_angle
-    step = np.concatenate(([math.cos(half)], math.sin(half) * axis))
-    q = _unit_quat(_qmul(a, step))
+    s = math.sin(half)
+    q = _unit_quat(_qmul(a, (math.cos(half), s * x, s * y, s * z)))
     assert q is not None  # product of two unit quaternions
     return q, True
+
+
+def _clip(p: Vec3, low: Vec3, high: Vec3) -> Vec3:
+    """`p` clipped into [low, high] per axis (np.clip for finite input)."""
+    return (min(max(p[0], low[0]), high[0]), min(max(p[1], low[1]), high[1]), min(max(p[2], low[2]), high[2]))
 
 
 # ------------------------------------------------------------------------------------------- validation
@@ -130,14 +136,30 @@ def _finite(value: Any, name: str, low: float, *, strict: bool = True) -> float:
     return v
 
 
-def _array(value: Any, n: int, name: str) -> np.ndarray:
-    """`value` as a float64 vector of shape (n,) (any values, finite or not); wrong shapes are errors."""
+def _floats(value: Any, n: int, name: str) -> tuple[float, ...]:
+    """`value` as n Python floats (float64; any values, finite or not); wrong shapes are errors."""
     try:
-        a = np.array(value, dtype=np.float64)
+        a = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
         raise ValueError(f"{name}: expected {n} numbers, got {value!r}") from None
     if a.shape != (n,):
         raise ValueError(f"{name}: expected shape ({n},), got shape {a.shape}")
+    return tuple(a.tolist())
+
+
+def _vec3(value: Any, name: str) -> Vec3:
+    x, y, z = _floats(value, 3, name)
+    return x, y, z
+
+
+def _quat(value: Any, name: str) -> Quat:
+    w, x, y, z = _floats(value, 4, name)
+    return w, x, y, z
+
+
+def _frozen(values: tuple[float, ...]) -> np.ndarray:
+    a = np.array(values)
+    a.setflags(write=False)
     return a
 
 
@@ -204,17 +226,16 @@ class SafetyFilter:
         force_limit: float,
         force_backoff: float,
     ) -> None:
-        low = _array(workspace_low, 3, "workspace_low")
-        high = _array(workspace_high, 3, "workspace_high")
+        low = _vec3(workspace_low, "workspace_low")
+        high = _vec3(workspace_high, "workspace_high")
         for name, v in (("workspace_low", low), ("workspace_high", high)):
-            if not np.all(np.isfinite(v)):
-                raise ValueError(f"{name}: expected 3 finite numbers (x, y, z), got {v.tolist()}")
-        if np.any(low >= high):
+            if not all(map(math.isfinite, v)):
+                raise ValueError(f"{name}: expected 3 finite numbers (x, y, z), got {list(v)}")
+        if any(lo >= hi for lo, hi in zip(low, high, strict=True)):
             raise ValueError(
-                f"workspace_low must be below workspace_high on every axis, "
-                f"got {low.tolist()} and {high.tolist()}"
+                f"workspace_low must be below workspace_high on every axis, got {list(low)} and {list(high)}"
             )
-        nominal = _unit_quat(_array(nominal_quat, 4, "nominal_quat"))
+        nominal = _unit_quat(_quat(nominal_quat, "nominal_quat"))
         if nominal is None:
             raise ValueError(f"nominal_quat: expected a finite, non-zero quaternion (w, x, y, z), got {nominal_quat!r}")
         cone = _finite(orientation_cone, "orientation_cone", 0.0)
@@ -222,8 +243,10 @@ class SafetyFilter:
         # it (a cap of radius <= pi/4 on the unit-quaternion sphere is convex), so step limiting cannot leave it.
         if cone > math.pi / 2:
             raise ValueError(f"orientation_cone: expected at most pi/2 rad for the safety filter, got {cone}")
-        self.workspace_low, self.workspace_high = low, high
-        self.nominal_quat = nominal
+        self._low, self._high, self._nominal = low, high, nominal
+        self.workspace_low, self.workspace_high = _frozen(low), _frozen(high)
+        """The box (read-only arrays; the filter computes with float copies)."""
+        self.nominal_quat = _frozen(nominal)
         self.orientation_cone = cone
         self.max_step_pos = _finite(max_step_pos, "max_step_pos", 0.0)
         self.max_step_rot = _finite(max_step_rot, "max_step_rot", 0.0)
@@ -232,11 +255,9 @@ class SafetyFilter:
         )
         self.force_limit = _finite(force_limit, "force_limit", 0.0)
         self.force_backoff = _finite(force_backoff, "force_backoff", 0.0, strict=False)
-        for a in (self.workspace_low, self.workspace_high, self.nominal_quat):
-            a.setflags(write=False)
 
-        self._pos: np.ndarray | None = None  # last command; None until reset()
-        self._quat = nominal
+        self._pos: Vec3 | None = None  # last command; None until reset()
+        self._quat: Quat = nominal
         self._gripper = False
         self._last_toggle = -math.inf
         self._counts: dict[str, int] = dict.fromkeys(("steps", *FLAG_NAMES), 0)
@@ -265,10 +286,10 @@ class SafetyFilter:
     def reset(self, measured_pos: Any, measured_quat: Any, gripper_closed: bool, now: float) -> None:
         """Start an episode from the measured pose (even one outside the box or cone: the next commands walk
         back at the step limit). The gripper rate limit starts fresh; the env's reset settles the gripper."""
-        pos = _array(measured_pos, 3, "measured_pos")
-        if not np.all(np.isfinite(pos)):
-            raise ValueError(f"measured_pos: expected 3 finite numbers at reset, got {pos.tolist()}")
-        quat = _unit_quat(_array(measured_quat, 4, "measured_quat"))
+        pos = _vec3(measured_pos, "measured_pos")
+        if not all(map(math.isfinite, pos)):
+            raise ValueError(f"measured_pos: expected 3 finite numbers at reset, got {list(pos)}")
+        quat = _unit_quat(_quat(measured_quat, "measured_quat"))
         if quat is None:
             raise ValueError(f"measured_quat: expected a finite, non-zero quaternion at reset, got {measured_quat!r}")
         if not math.isfinite(float(now)):
@@ -283,32 +304,30 @@ class SafetyFilter:
 
     @property
     def command(self) -> tuple[np.ndarray, np.ndarray, bool]:
-        """The last command (pos, quat, gripper closed): what "hold" sends."""
+        """The last command (pos, quat, gripper closed): what "hold" sends (fresh arrays, the caller's to keep)."""
         pos = self._require_reset()
-        return pos.copy(), self._quat.copy(), self._gripper
+        return np.array(pos), np.array(self._quat), self._gripper
 
-    def _require_reset(self) -> np.ndarray:
+    def _require_reset(self) -> Vec3:
         if self._pos is None:
             raise RuntimeError("SafetyFilter: reset(measured_pos, measured_quat, gripper_closed, now) must come first")
         return self._pos
 
-    def _cone_excess(self, q: np.ndarray) -> float:
-        return max(_angle(self.nominal_quat, q) - self.orientation_cone, 0.0)
+    def _cone_excess(self, q: Quat) -> float:
+        return max(_angle(self._nominal, q) - self.orientation_cone, 0.0)
 
-    def _outside(self, pos: np.ndarray, quat: np.ndarray) -> bool:
-        return bool(np.any(pos < self.workspace_low) or np.any(pos > self.workspace_high)) or (
-            self._cone_excess(quat) > _TOL
-        )
+    def _outside(self, pos: Vec3, quat: Quat) -> bool:
+        (x, y, z), (lx, ly, lz), (hx, hy, hz) = pos, self._low, self._high
+        return x < lx or y < ly or z < lz or x > hx or y > hy or z > hz or self._cone_excess(quat) > _TOL
 
-    def _emit(self, pos: np.ndarray, quat: np.ndarray, gripper: bool, flags: dict[str, bool]) -> FilterResult:
+    def _emit(self, pos: Vec3, quat: Quat, gripper: bool, flags: dict[str, bool]) -> FilterResult:
         self._pos, self._quat, self._gripper = pos, quat, gripper
-        self._counts["steps"] += 1
+        counts = self._counts
+        counts["steps"] += 1
         for name, raised in flags.items():
-            self._counts[name] += int(raised)
-        out_pos, out_quat = pos.copy(), quat.copy()
-        out_pos.setflags(write=False)
-        out_quat.setflags(write=False)
-        return FilterResult(out_pos, out_quat, gripper, **flags)
+            if raised:
+                counts[name] += 1
+        return FilterResult(_frozen(pos), _frozen(quat), gripper, **flags)
 
     # --------------------------------------------------------------------------------------- the step
 
@@ -330,47 +349,50 @@ class SafetyFilter:
         """
         last_pos = self._require_reset()
         last_quat = self._quat
-        tp = _array(target_pos, 3, "target_pos")
-        mp = _array(measured_pos, 3, "measured_pos")
-        force = _array(measured_force, 3, "measured_force")
-        tq = _unit_quat(_array(target_quat, 4, "target_quat"))
-        mq = _unit_quat(_array(measured_quat, 4, "measured_quat"))
+        tp = _vec3(target_pos, "target_pos")
+        mp = _vec3(measured_pos, "measured_pos")
+        force = _vec3(measured_force, "measured_force")
+        tq = _unit_quat(_quat(target_quat, "target_quat"))
+        mq = _unit_quat(_quat(measured_quat, "measured_quat"))
         g, t = float(gripper), float(now)
         flags = dict.fromkeys(FLAG_NAMES, False)
 
-        finite = all(np.all(np.isfinite(a)) for a in (tp, mp, force)) and math.isfinite(g) and math.isfinite(t)
+        finite = all(map(math.isfinite, (*tp, *mp, *force, g, t)))
         if not finite or tq is None or mq is None:
             # Nothing computed from a NaN can be trusted, not even the parts that look fine: hold everything.
             flags["nonfinite"] = True
             return self._emit(last_pos, last_quat, self._gripper, flags)
 
-        low, high = self.workspace_low, self.workspace_high
+        low, high = self._low, self._high
         flags["outside_recovery"] = self._outside(last_pos, last_quat) or self._outside(mp, mq)
 
         # Position: the box first (so later steps only aim at allowed points), then force, then the step limit.
-        goal = np.clip(tp, low, high)
-        flags["box"] = bool(np.any(goal != tp))
-        fmag = _norm(force)
+        goal = _clip(tp, low, high)
+        flags["box"] = goal != tp
+        fmag = _norm(*force)
         if fmag > self.force_limit:
             flags["force_backoff"] = True
-            goal = self._backoff_goal(last_pos, goal, force / fmag)
-        delta = goal - last_pos
-        dist = _norm(delta)
+            goal = self._backoff_goal(last_pos, goal, (force[0] / fmag, force[1] / fmag, force[2] / fmag))
+        lx, ly, lz = last_pos
+        dx, dy, dz = goal[0] - lx, goal[1] - ly, goal[2] - lz
+        dist = _norm(dx, dy, dz)
         if dist > self.max_step_pos:
             flags["step_pos"] = True
-            delta = delta * (self.max_step_pos / dist)
+            scale = self.max_step_pos / dist
+            dx, dy, dz = dx * scale, dy * scale, dz * scale
         # The segment from the last command to `goal` (inside the box) lies in the box enlarged to hold the last
         # command, so this clip only removes rounding; it is also the backstop that keeps a command inside the
         # box (or, per axis, no further out than the last one) whatever the lines above computed.
-        pos = np.clip(last_pos + delta, np.minimum(low, last_pos), np.maximum(high, last_pos))
+        pos = _clip((lx + dx, ly + dy, lz + dz), (min(low[0], lx), min(low[1], ly), min(low[2], lz)),
+                    (max(high[0], lx), max(high[1], ly), max(high[2], lz)))
 
         # Orientation: the cone, then slerp by at most max_step_rot.
-        goal_q, flags["cone"] = _rotate_toward(self.nominal_quat, tq, self.orientation_cone)
+        goal_q, flags["cone"] = _rotate_toward(self._nominal, tq, self.orientation_cone)
         quat, flags["step_rot"] = _rotate_toward(last_quat, goal_q, self.max_step_rot)
         if self._cone_excess(quat) > self._cone_excess(last_quat) + _TOL:
             # The short slerp toward the goal can bend away from a cone the command is recovering into; walking
             # straight toward the nominal orientation always closes the gap (inside the cone this holds still).
-            back, _ = _rotate_toward(self.nominal_quat, last_quat, self.orientation_cone)
+            back, _ = _rotate_toward(self._nominal, last_quat, self.orientation_cone)
             quat, _ = _rotate_toward(last_quat, back, self.max_step_rot)
             flags["step_rot"] = True
 
@@ -383,18 +405,19 @@ class SafetyFilter:
                 flags["gripper_rate"] = True
         return self._emit(pos, quat, gripper_closed, flags)
 
-    def _backoff_goal(self, last_pos: np.ndarray, goal: np.ndarray, direction: np.ndarray) -> np.ndarray:
+    def _backoff_goal(self, last_pos: Vec3, goal: Vec3, direction: Vec3) -> Vec3:
         """A position goal that backs off along the measured force (unit `direction`) while it exceeds the limit.
 
         The policy keeps its motion across the force, loses any motion into it, and the goal moves at least
         force_backoff along it. If the box clips that into a net push against the force, only the backoff is
         kept: per axis, clipping a move that starts inside the box can only shorten it, never reverse it.
         """
-        delta = goal - last_pos
-        along = float(delta @ direction)
-        delta = delta + (max(along, self.force_backoff) - along) * direction
-        candidate = np.clip(last_pos + delta, self.workspace_low, self.workspace_high)
-        if float((candidate - last_pos) @ direction) >= 0.0:
+        (lx, ly, lz), (ux, uy, uz) = last_pos, direction
+        dx, dy, dz = goal[0] - lx, goal[1] - ly, goal[2] - lz
+        along = dx * ux + dy * uy + dz * uz
+        push = max(along, self.force_backoff) - along
+        candidate = _clip((lx + (dx + push * ux), ly + (dy + push * uy), lz + (dz + push * uz)), self._low, self._high)
+        if (candidate[0] - lx) * ux + (candidate[1] - ly) * uy + (candidate[2] - lz) * uz >= 0.0:
             return candidate
-        return np.clip(last_pos + self.force_backoff * direction, self.workspace_low, self.workspace_high)
-
+        b = self.force_backoff
+        return _clip((lx + b * ux, ly + b * uy, lz + b * uz), self._low, self._high)

@@ -91,7 +91,9 @@ class DurableOutbox:
 
     def flush(self) -> None:
         """Send transitions added since the last flush (only once the learner has welcomed us)."""
-        self.spool.flush()  # one fsync per batch; a put alone already survives a crash of this process
+        # One fsync per batch (on the spool's flusher thread when it has one, so this returns at once); a put
+        # alone already survives a crash of this process.
+        self.spool.flush()
         if self._new and self.welcomed:
             self._send(self._new)
             self._new = []
