@@ -199,3 +199,54 @@ def finish(report: dict[str, Any], path: Path) -> None:
         print(f"[{report.get('benchmark', path.stem)}] missed targets {missed}; report: {path}", file=sys.stderr,
               flush=True)
         raise SystemExit(1)
+
+
+def parse_choices(text: str, known: tuple[str, ...], flag: str) -> list[str]:
+    """The comma-separated list given to `flag` (e.g. `--tasks`), in the order given, duplicates dropped; a
+    SystemExit naming the flag and the unknown entries, or an empty list."""
+    chosen = list(dict.fromkeys(c.strip() for c in text.split(",") if c.strip()))
+    unknown = [c for c in chosen if c not in known]
+    if unknown or not chosen:
+        raise SystemExit(f"{flag}: got {text!r} (unknown {unknown}); expected a comma-separated subset of "
+                         f"{list(known)}")
+    return chosen
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval (95 % for z = 1.96) of a success rate seen as `successes` of `n` Bernoulli
+    trials: unlike the normal approximation it stays inside [0, 1] and is not empty at 0 or n successes."""
+    if not 0 <= successes <= n or n < 1:
+        raise ValueError(f"successes, n: got {successes}, {n}; expected 0 <= successes <= n and n >= 1")
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * float(np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def censored_median(values: list[int | None]) -> tuple[float | None, bool]:
+    """Median of per-seed values where None means "more than the cap" (a run censored at its cap, so larger
+    than every number): `(median, False)`, or `(None, True)` when the median falls on a censored run (it is
+    then only known to exceed the cap, and is never reported as the cap), or `(None, False)` for no values."""
+    if not values:
+        return None, False
+    ranked = sorted(values, key=lambda v: (v is None, v if v is not None else 0))
+    mid = len(ranked) // 2
+    middle = ranked[mid - 1: mid + 1] if len(ranked) % 2 == 0 else [ranked[mid]]
+    if any(v is None for v in middle):
+        return None, True
+    return float(np.mean([float(v) for v in middle if v is not None])), False
+
+
+def load_report(out_dir: Path, name: str) -> dict[str, Any] | None:
+    """The `<out_dir>/<name>.json` a previous run wrote, or None when there is none; a ValueError naming the
+    file when it is not a JSON object (a benchmark that merges into it must not silently replace it)."""
+    path = Path(out_dir) / f"{name}.json"
+    if not path.is_file():
+        return None
+    try:
+        report = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); expected a report written by benchmarks/{name}.py") from e
+    if not isinstance(report, dict):
+        raise ValueError(f"{path}: got a JSON {type(report).__name__}, expected an object")
+    return report

@@ -1,145 +1,435 @@
-"""Sample-efficiency benchmark: env steps to 90 % pick-cube success, our learner with and without scripted
-demonstrations, against SBX SAC on the same env.
+"""Sample-efficiency benchmark: env steps to 80 % and 90 % success with 20 demonstrations, our RLPD-style learner
+against a like-for-like SBX SAC, on pick-cube and peg-insert from state (issue 16).
 
-Owns: running the three learners on `FrankaPickCube-v0` from state observations over the same seeds, the
-evaluation schedule they share, the one-line JSON report (also `<out-dir>/sample_efficiency.json`, with its
-`targets` map) and the learning-curve plot (`sample_efficiency.png`); `--out-dir` defaults to a fresh
-`runs/bench-<time>/`, and a missed target exits 1.
+Owns: the two tasks and their targets, running both learners on them over the same seeds and the same recorded
+demonstrations, the evaluation schedule and stop rule they share, the rule for "steps to a level", merging a
+separate invocation's learners into the report in `--out-dir`, the report `sample_efficiency.json` (with its
+`targets` map) and the learning curves `sample_efficiency.png`. `--out-dir` defaults to a fresh
+`runs/bench-<time>/`; `--out-dir docs` updates the committed figures; a missed target exits 1.
 
-- ours + demos: `serl record-demos --keep <demos>` (the scripted pick-cube policy with action noise, successful
-  episodes only), then a `serl train` subprocess with `replay.demo_dir` set (half of every minibatch from them).
-- ours: the same `serl train` without demonstrations.
-- SBX: `sbx.SAC` in a spawned worker on the same env, seen through the same observation keys as ours
-  (`agent.obs_keys`, flattened in the same order), with our config's SAC hyperparameters.
+Tasks (everything about a learner comes from the task's serl config; the benchmark only sets the run's seed,
+length, evaluation schedule, stop rule and demonstrations with `--set`):
 
-Every `eval_every` env steps after the warm-up each run evaluates `eval_episodes` deterministic episodes on the
-held-out seeds `train.eval_seed, +1, ...` (ours: `train.eval_every`, logged by the learner; SBX: a callback on
-the same seeds). A run stops at the first evaluation with success >= `target_success` (ours:
-`train.stop_at_success`); one that never gets there is capped at `max_steps` and reported with
-`steps_to_target: null`. Target (issue 6): ours + demos within `target_steps` env steps on every seed; SBX's
-figure is reported whatever it is. Run folders go under `runs/` (gitignored); progress goes to stderr.
+- pick_cube: `configs/rlpd_cpu_pick_cube.yaml`; target 90 % within 15,000 env steps (median of the seeds), and
+  no seed above 20,000. Cap 30,000.
+- peg_insert: `configs/rlpd_cpu_peg_insert.yaml`; target 90 % within 20,000 env steps (median). Cap 40,000.
 
-    .venv/bin/python benchmarks/sample_efficiency.py [--quick] [--seeds 2] [--max-steps 100000] [--out-dir docs]
+Per task, one `serl record-demos --keep <demos> --noise <demo-noise>` (successful scripted episodes only) feeds
+both learners; the report keeps a digest of each learner's demonstrations (`same_demos`).
+
+- ours: `serl train --config <task yaml>` with `replay.demo_dir` (a `replay.demo_fraction` share of every
+  minibatch from the demos), `train.seed`, `train.eval_every`, `train.eval_every_episodes`,
+  `train.stop_at_success=0.9`, `train.stop_after_evals=2`, `train.total_env_steps` = the cap (2x the target) and
+  `train.eval_episodes` (its final evaluation) = `--eval-episodes`. Runs one after another, never beside anything
+  else: each run's wall-clock seconds are a target.
+- sbx: `sbx.SAC` in a freshly spawned worker per run, like for like: the observation vector our agent sees
+  (`agent.obs_keys`, same order), `n_critics = agent.num_critics`, `layer_norm = agent.critic_layer_norm`,
+  `gradient_steps = policy_delay = agent.utd` (utd critic steps, then one actor and temperature step, as ours),
+  hidden dims, batch, learning rates, tau, discount, initial temperature, target entropy
+  `-agent.target_entropy_scale * |A|`, `learning_starts = train.start_steps`, observations normalized by SB3's
+  `VecNormalize(norm_obs=True, norm_reward=False)` when `agent.normalize_observations` (SB3's replay stores the
+  original observations and normalizes them at sample time with the current statistics; the statistics start
+  from the demonstrations' observations), and the same demonstrations in `DemoReplayBuffer`, a ReplayBuffer
+  that fills `replay.demo_fraction` of every minibatch from them. What still differs is listed in the report's
+  `differences`.
+
+Env steps = training transitions: warm-up included, evaluation episodes excluded (ours: the learner's count of
+transitions received, `eval.json`'s `env_steps`; SBX: `num_timesteps` of the training env). Every `eval_every`
+env steps after the warm-up (the first multiple of `eval_every` above `train.start_steps`) each run evaluates
+`eval_episodes` deterministic episodes on the held-out seeds `train.eval_seed + i` (ours: in its actor, logged by
+the learner; SBX: a callback on a separate env, observations normalized with the training statistics). A run
+ends after two consecutive evaluations at or above 90 %, or at its cap.
+
+Steps to a level (80 % and 90 %): the env step of the second of the first two consecutive evaluations at or above
+it (success rates read back from TensorBoard are float32, 18/20 reads 0.89999998: compared with 1e-6 slack). A run
+that never gets there is censored at its cap: `null` with `censored: true`. Medians over seeds rank a censored run
+above every number; a median that falls on one is `null` with `median_censored: true`, never the cap.
+
+The curve of a learner: per evaluation step, the mean success over its seeds with a 95 % Wilson interval on the
+pooled episodes of that evaluation (seeds x eval_episodes); a run that stopped early keeps its last evaluation
+for the later steps (`live_seeds` counts the runs actually evaluated there).
+
+Targets (ours only, computed from the report, false when data is missing: fewer than 3 seeds of ours on a task,
+or a task run with other than the canonical settings: `--demos 20 --demo-noise 0.1 --eval-every 1000
+--eval-episodes 20` and the cap at 2x the target): `pick_cube_90pct_median_le_15000`,
+`pick_cube_90pct_every_seed_le_20000`, `peg_insert_90pct_median_le_20000`, `ours_each_run_le_600s`,
+`ours_all_runs_le_5400s` (the last two need both tasks). SBX's figures sit beside ours, with no target.
+
+A `--learners sbx` invocation merges into the `sample_efficiency.json` already in `--out-dir`: the learners and
+tasks it does not run are kept, those it runs are replaced, and everything derived is recomputed; it refuses
+(before running anything) when a kept learner of a task it runs was measured with other settings. The report is
+rewritten after every run, so an interrupted invocation keeps what it finished. Run folders go under `runs/`
+(gitignored); progress goes to stderr.
+
+    .venv/bin/python benchmarks/sample_efficiency.py [--quick] [--tasks pick_cube,peg_insert] [--learners ours,sbx]
+        [--seeds 3] [--out-dir docs]
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import benchlib
 import numpy as np
 
-from serl_stack.config import Config, load
-from serl_stack.runlog import evaluations
+from serl_stack.config import Config, load, to_dict
 
 ROOT = benchlib.ROOT
+NAME = "sample_efficiency"
+SCHEMA = 2
+"""Version of the report's layout; a report of another version in --out-dir is replaced, not merged."""
 WORKER_TIMEOUT_S = 3 * 3600.0
-MODES = ("ours_demos", "ours", "sbx")
-LABELS = {"ours_demos": "ours + 20 scripted demos", "ours": "ours, no demos", "sbx": "SBX SAC"}
+LEARNERS = ("ours", "sbx")
+LEVELS = (0.8, 0.9)
+STOP_LEVEL = 0.9
+"""Success rate that ends a run once `CONSECUTIVE` evaluations in a row reach it."""
+CONSECUTIVE = 2
+SLACK = 1e-6
+"""TensorBoard stores float32: 18/20 reads back as 0.89999998."""
+CAP_FACTOR = 2
+MIN_SEEDS = 3
+RUN_WALL_TARGET_S = 600.0
+ALL_RUNS_WALL_TARGET_S = 5400.0
+MERGE_KEYS = ("config_digest", "cap", "eval_every", "eval_episodes", "demos", "demo_noise")
+"""Task settings that must match for one learner's results to be kept beside another's."""
+RAW_LEARNER_KEYS = ("runs", "demos_digest", "machine", "date", "versions")
+"""What a learner's entry holds that is measured, not derived (the rest is recomputed on every write)."""
+
+
+@dataclass(frozen=True)
+class Task:
+    config: str
+    """The serl config both learners read (env, agent, replay and train settings)."""
+    target_steps: int
+    """Ours: 90 % within this many env steps, median of the seeds."""
+    every_seed_max: int | None = None
+    """Ours: additionally no seed above this many env steps (None: no such target)."""
+
+
+TASKS = {
+    "pick_cube": Task("configs/rlpd_cpu_pick_cube.yaml", 15_000, 20_000),
+    "peg_insert": Task("configs/rlpd_cpu_peg_insert.yaml", 20_000),
+}
 
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """Sizes of the runs; every field is a command-line flag (`--seeds 2`)."""
+    """Sizes of the runs; every field is a command-line flag (`--seeds 3`)."""
 
-    config: str = "configs/sim_pick_cube.yaml"
-    """The serl config every run starts from (env, agent and replay settings)."""
-    seeds: int = 2
+    tasks: str = ",".join(TASKS)
+    """Comma-separated tasks to run (pick_cube, peg_insert)."""
+    learners: str = ",".join(LEARNERS)
+    """Comma-separated learners to run (ours, sbx); the others already in --out-dir's report are kept."""
+    seeds: int = 3
     """Training seeds 0 .. seeds-1, each run by every learner."""
-    max_steps: int = 100_000
-    """Cap on env steps of a run that never reaches the target success."""
-    target_steps: int = 50_000
-    """Issue 6's target for ours + demos: target success within this many env steps on every seed."""
-    target_success: float = 0.9
-    """Success rate of one evaluation that counts as solved (and ends the run)."""
-    eval_every: int = 2_500
-    """Env steps between evaluations."""
-    eval_episodes: int = 20
-    """Deterministic episodes per evaluation, on seeds train.eval_seed, +1, ..."""
     demos: int = 20
-    """Successful scripted demonstrations recorded for the ours + demos runs."""
+    """Successful scripted demonstrations recorded per task (`serl record-demos --keep`)."""
     demo_noise: float = 0.1
     """Std of the Gaussian noise on the scripted demonstrator's actions."""
-    modes: str = ",".join(MODES)
-    """Comma-separated learners to run (ours_demos, ours, sbx)."""
-    concurrent_sbx: bool = True
-    """Run SBX's seeds in a worker beside ours instead of after them (all runs then share the 2 cores, so their
-    env steps/s and updates/s are lower than alone; steps to the target do not depend on it)."""
+    eval_every: int = 1_000
+    """Env steps between evaluations."""
+    eval_episodes: int = 20
+    """Deterministic episodes per evaluation, on seeds train.eval_seed + i."""
+    cap_steps: int = 0
+    """Env steps a run may take at most; 0: twice the task's target (30,000 pick_cube, 40,000 peg_insert)."""
     out_dir: str = ""
-    """Where sample_efficiency.json and sample_efficiency.png go (relative to the repository root); empty: a fresh
-    runs/bench-<time>/; `docs` updates the committed figures."""
+    """Where sample_efficiency.json and .png go (relative to the repository root); empty: a fresh
+    runs/bench-<time>/; `docs` updates the committed figures. A report already there is merged into."""
     runs_dir: str = "runs"
     """Parent folder of this benchmark's run folders (gitignored)."""
 
 
-QUICK = BenchConfig(seeds=1, max_steps=3_000, eval_every=1_000, eval_episodes=2, demos=2)
+QUICK = BenchConfig(seeds=1, demos=2, eval_every=500, eval_episodes=2, cap_steps=2_000)
+CANONICAL = BenchConfig()
 
 
 def log(msg: str) -> None:
-    print(f"[sample_efficiency {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+    print(f"[{NAME} {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def steps_to_target(steps: list[int], success: list[float], target: float) -> int | None:
-    """The env step of the first evaluation at or above `target`, or None (TensorBoard stores float32: 18/20
-    reads back as 0.89999998, so the comparison allows for that rounding)."""
-    return next((s for s, v in zip(steps, success, strict=True) if v >= target - 1e-6), None)
+# ------------------------------------------------------------------------------------------------ rules
 
 
-# ------------------------------------------------------------------------------------------------ ours
+def at_level(success: float, level: float) -> bool:
+    """One evaluation's success rate at or above `level` (with SLACK for float32 read-backs)."""
+    return bool(success >= level - SLACK)
 
 
-def run_ours(cfg: BenchConfig, seed: int, run_dir: Path, demo_dir: Path | None) -> dict[str, Any]:
-    sets = {
-        "train.seed": seed, "train.total_env_steps": cfg.max_steps, "train.eval_every": cfg.eval_every,
-        "train.eval_every_episodes": cfg.eval_episodes, "train.eval_episodes": cfg.eval_episodes,
-        "train.stop_at_success": cfg.target_success, "replay.demo_dir": str(demo_dir) if demo_dir else "",
+def steps_to_level(steps: list[int], success: list[float], level: float) -> int | None:
+    """The env step of the second of the first `CONSECUTIVE` evaluations in a row at or above `level`, or None
+    (the run is censored at its cap)."""
+    streak = 0
+    for step, value in zip(steps, success, strict=True):
+        streak = streak + 1 if at_level(value, level) else 0
+        if streak == CONSECUTIVE:
+            return int(step)
+    return None
+
+
+def level_summary(runs: list[dict[str, Any]], level: float, cap: int) -> dict[str, Any]:
+    per_seed = [steps_to_level(r["eval_env_steps"], r["eval_success"], level) for r in runs]
+    median, median_censored = benchlib.censored_median(per_seed)
+    return {"per_seed": per_seed, "censored": [v is None for v in per_seed], "cap": cap,
+            "median": median, "median_censored": median_censored}
+
+
+def mean_curve(runs: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """Per evaluation step (the union over runs): mean success over the runs evaluated by then and its 95 %
+    Wilson interval on their pooled episodes; a run carries its last evaluation forward after it stopped."""
+    grid = sorted({int(s) for r in runs for s in r["eval_env_steps"]})
+    out: dict[str, list[Any]] = {"env_steps": [], "mean_success": [], "ci95_low": [], "ci95_high": [],
+                                 "live_seeds": []}
+    for step in grid:
+        wins = episodes = live = 0
+        for r in runs:
+            done = [i for i, s in enumerate(r["eval_env_steps"]) if s <= step]
+            if not done:
+                continue
+            i = done[-1]
+            live += int(r["eval_env_steps"][i] == step)
+            wins += round(r["eval_success"][i] * r["eval_episodes"])
+            episodes += r["eval_episodes"]
+        low, high = benchlib.wilson_interval(wins, episodes)
+        for key, value in (("env_steps", step), ("mean_success", round(wins / episodes, 4)),
+                           ("ci95_low", round(low, 4)), ("ci95_high", round(high, 4)), ("live_seeds", live)):
+            out[key].append(value)
+    return out
+
+
+def summarize(runs: list[dict[str, Any]], cap: int) -> dict[str, Any]:
+    """What the report derives from one learner's runs on one task."""
+    wall = [round(r["wall_s"], 1) for r in runs]
+    return {
+        "seeds": [r["seed"] for r in runs],
+        **{f"steps_to_{round(100 * lv)}pct": level_summary(runs, lv, cap) for lv in LEVELS},
+        "wall_s": wall,
+        "wall_s_total": round(sum(wall), 1),
+        "env_steps": [r["env_steps"] for r in runs],
+        "env_steps_per_s": [round(r["env_steps"] / r["wall_s"], 1) for r in runs],
+        "updates_per_s": [None if r.get("updates_per_s") is None else round(r["updates_per_s"], 1) for r in runs],
+        "curve": mean_curve(runs),
     }
-    overrides = [arg for k, v in sets.items() for arg in ("--set", f"{k}={v}")]
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    wall = benchlib.run_logged(benchlib.serl("train", "--config", cfg.config, "--run-dir", str(run_dir), *overrides),
+
+
+def targets_of(tasks: dict[str, Any]) -> dict[str, bool]:
+    """The `targets` map from the report's tasks (each with `canonical`, `learners.ours.runs`, its summary)."""
+
+    def ours(task: str) -> dict[str, Any] | None:
+        entry = tasks.get(task, {})
+        learner = entry.get("learners", {}).get("ours")
+        if not entry.get("canonical") or not learner or len(learner["runs"]) < MIN_SEEDS:
+            return None
+        return learner
+
+    targets: dict[str, bool] = {}
+    for name, task in TASKS.items():
+        learner = ours(name)
+        level = learner["steps_to_90pct"] if learner else None
+        median = level["median"] if level else None
+        targets[f"{name}_90pct_median_le_{task.target_steps}"] = median is not None and median <= task.target_steps
+        if task.every_seed_max is not None:
+            targets[f"{name}_90pct_every_seed_le_{task.every_seed_max}"] = level is not None and all(
+                v is not None and v <= task.every_seed_max for v in level["per_seed"])
+    learners = [ours(name) for name in TASKS]
+    complete = all(learner is not None for learner in learners)
+    walls = [r["wall_s"] for learner in learners if learner for r in learner["runs"]]
+    targets[f"ours_each_run_le_{RUN_WALL_TARGET_S:.0f}s"] = complete and all(w <= RUN_WALL_TARGET_S for w in walls)
+    targets[f"ours_all_runs_le_{ALL_RUNS_WALL_TARGET_S:.0f}s"] = complete and sum(walls) <= ALL_RUNS_WALL_TARGET_S
+    return targets
+
+
+def differences(serl_cfg: Config) -> list[str]:
+    """What still differs between ours and the SBX baseline on this config (values read from it)."""
+    from serl_stack.agents.networks import OBS_NORM_CLIP, OBS_NORM_MIN_STD
+
+    a, t, tr = serl_cfg.agent, serl_cfg.train, serl_cfg.transport
+    out = []
+    if 0 < a.critic_subset < a.num_critics:
+        out.append(f"TD target: ours takes the min over a random subset of agent.critic_subset={a.critic_subset} "
+                   f"of the {a.num_critics} target critics, drawn per critic step (RLPD); SBX the min over all "
+                   f"{a.num_critics}")
+    out += [
+        "actor loss: ours uses the mean of the critics' Q values (jaxrl/RLPD), SBX their min",
+        "temperature loss: ours alpha * (entropy - target), SBX log(alpha) * (entropy - target); both learn "
+        "log(alpha), so the gradients differ by a factor alpha",
+        "critic loss scale: ours the squared error averaged over critics, SBX 0.5 x its sum over critics (Adam "
+        "makes the step nearly independent of the scale)",
+        "initialization: ours xavier_uniform kernels, SBX flax's default lecun_normal",
+    ]
+    if a.temp_lr != a.actor_lr:
+        out.append(f"temperature learning rate: SBX uses its actor's ({a.actor_lr:g}), ours agent.temp_lr="
+                   f"{a.temp_lr:g}")
+    if a.normalize_observations:
+        refresh = (f"recomputed every agent.obs_norm_refresh={a.obs_norm_refresh} updates" if a.obs_norm_refresh
+                   else "frozen after the warm-up")
+        out.append(f"observation statistics: ours the mean/std of every stored observation plus the "
+                   f"demonstrations, {refresh} and sent to the actor with the parameters; SBX VecNormalize's "
+                   "running mean/var, started from the demonstrations' observations and updated at every env step "
+                   f"(replay samples normalized with the current statistics); both clip at +-{OBS_NORM_CLIP:g}; "
+                   f"std floor: ours max(std, {OBS_NORM_MIN_STD:g}), SBX sqrt(var + {OBS_NORM_MIN_STD:g}**2)")
+    out += [
+        f"acting: ours' actor runs in its own process on parameters broadcast every transport.params_every="
+        f"{tr.params_every} updates and may run up to train.throttle_slack={t.throttle_slack} env steps ahead of "
+        "the learner's updates, and evaluates with the parameters it last received; SBX alternates one env step "
+        "and one update in one process and evaluates with its current parameters",
+        ("replay sampling: ours inside the jitted update on the device mirror (replay.on_device)" if
+         serl_cfg.replay.on_device else "replay sampling: ours from its host replay (replay.on_device false)")
+        + "; SBX from SB3's host (numpy) replay, copied in per update",
+        "warm-up: both act uniformly at random for train.start_steps env steps; ours' first update comes at "
+        "start_steps transitions, SBX's after start_steps + 1",
+        "wall-clock: ours is the whole `serl train` (learner and actor processes, compilation, checkpoints every "
+        "train.checkpoint_every updates, the final evaluation of train.eval_episodes); SBX's the whole worker "
+        "(spawn, imports, compilation, learn(); no checkpoints, no final evaluation)",
+        "updates/s: ours the median of the learner's logged rate; SBX its update calls / learn() seconds "
+        "(train_updates_per_s: / seconds inside train())",
+    ]
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ demos
+
+
+def demo_transitions(demo_dir: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Every transition in `demo_dir` (the project's reader, as the learner loads them) as agent-batch arrays:
+    observations (N, D) in `keys` order, actions, rewards, next_observations, masks = 1 - terminated."""
+    from serl_stack.data.demos import replay_from_demos
+    from serl_stack.data.replay import to_agent_batch
+
+    demos = replay_from_demos(demo_dir)
+    return to_agent_batch(demos.take(np.arange(len(demos))), keys)
+
+
+def demos_digest(demo_dir: Path) -> str:
+    """A digest of every array of every episode (the .npz files' bytes carry write times, so not those)."""
+    from serl_stack.data.demos import load_episodes
+
+    h = hashlib.sha256()
+    for episode in load_episodes(demo_dir):
+        for key in sorted(episode.observations):
+            h.update(key.encode())
+            h.update(np.ascontiguousarray(episode.observations[key]).tobytes())
+        for arr in (episode.actions, episode.rewards, episode.terminated, episode.truncated):
+            h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()[:16]
+
+
+@functools.cache
+def demo_replay_class() -> type:
+    """`DemoReplayBuffer`, built on first use so `--learners ours` needs no Stable-Baselines3."""
+    from stable_baselines3.common.buffers import ReplayBuffer
+    from stable_baselines3.common.type_aliases import ReplayBufferSamples
+
+    class DemoReplayBuffer(ReplayBuffer):
+        """SB3's replay plus fixed demonstration transitions that fill `round(demo_fraction * minibatch_size)`
+        rows of every minibatch: SBX samples `gradient_steps * batch_size` rows at once and slices them into
+        consecutive minibatches, so each slice gets its demo rows first, then the online ones (as ours). Demo
+        observations are stored raw and normalized at sample time like SB3's own (`env`: the VecNormalize)."""
+
+        def __init__(self, buffer_size: int, observation_space: Any, action_space: Any, *args: Any,
+                     demos: dict[str, np.ndarray], minibatch_size: int, demo_fraction: float = 0.5,
+                     **kwargs: Any) -> None:
+            super().__init__(buffer_size, observation_space, action_space, *args, **kwargs)
+            n = len(demos["actions"])
+            want = {"observations": (n, *self.obs_shape), "next_observations": (n, *self.obs_shape),
+                    "actions": (n, self.action_dim), "rewards": (n,), "masks": (n,)}
+            for key, shape in want.items():
+                if np.shape(demos[key]) != shape:
+                    raise ValueError(f"demos[{key!r}]: got shape {np.shape(demos[key])}, expected {shape}")
+            if n < 1 or minibatch_size < 1 or not 0 <= demo_fraction <= 1:
+                raise ValueError(f"demos, minibatch_size, demo_fraction: got {n} transitions, {minibatch_size}, "
+                                 f"{demo_fraction}; expected >= 1, >= 1, in [0, 1]")
+            low, high = action_space.low, action_space.high
+            self.demos = {k: np.asarray(v, np.float32) for k, v in demos.items()}
+            # SB3 stores actions scaled to [-1, 1]; the demonstrations hold the env's own action units.
+            self.demos["actions"] = (2.0 * (self.demos["actions"] - low) / (high - low) - 1.0).astype(np.float32)
+            self.minibatch_size = minibatch_size
+            self.n_demo = round(demo_fraction * minibatch_size)
+
+        def sample(self, batch_size: int, env: Any = None) -> ReplayBufferSamples:
+            if batch_size % self.minibatch_size:
+                raise ValueError(f"batch_size: got {batch_size}, expected a multiple of {self.minibatch_size}")
+            k, n_online = batch_size // self.minibatch_size, self.minibatch_size - self.n_demo
+            idx = np.random.randint(0, len(self.demos["actions"]), size=k * self.n_demo)
+            d = self.demos
+            demo = [self._normalize_obs(d["observations"][idx], env), d["actions"][idx],
+                    self._normalize_obs(d["next_observations"][idx], env), (1.0 - d["masks"][idx])[:, None],
+                    self._normalize_reward(d["rewards"][idx][:, None], env)]
+            if n_online == 0:
+                return ReplayBufferSamples(*(self.to_torch(np.asarray(x, np.float32)) for x in demo))
+            online = [x.numpy() for x in super().sample(k * n_online, env)[:5]]
+            parts = [interleave(np.asarray(a, np.float32), np.asarray(b, np.float32), k)
+                     for a, b in zip(demo, online, strict=True)]
+            return ReplayBufferSamples(*(self.to_torch(x) for x in parts))
+
+    return DemoReplayBuffer
+
+
+def interleave(first: np.ndarray, second: np.ndarray, k: int) -> np.ndarray:
+    """`k` minibatches, each `first`'s next slice followed by `second`'s: (k*a, ...) + (k*b, ...) -> (k*(a+b), ...)."""
+    a, b = first.reshape(k, -1, *first.shape[1:]), second.reshape(k, -1, *second.shape[1:])
+    return np.concatenate([a, b], axis=1).reshape(-1, *first.shape[1:])
+
+
+# ------------------------------------------------------------------------------------------------ runs
+
+
+def run_overrides(cfg: BenchConfig, task: str, seed: int, demo_dir: Path) -> list[str]:
+    """The `--set` overrides of one run: only seed, length, evaluation, stop rule and demonstrations."""
+    return [
+        f"train.seed={seed}", f"train.total_env_steps={cap_of(cfg, task)}", f"train.eval_every={cfg.eval_every}",
+        f"train.eval_every_episodes={cfg.eval_episodes}", f"train.eval_episodes={cfg.eval_episodes}",
+        f"train.stop_at_success={STOP_LEVEL}", f"train.stop_after_evals={CONSECUTIVE}", f"replay.demo_dir={demo_dir}",
+    ]
+
+
+def cap_of(cfg: BenchConfig, task: str) -> int:
+    return cfg.cap_steps or CAP_FACTOR * TASKS[task].target_steps
+
+
+def run_ours(cfg: BenchConfig, task: str, seed: int, run_dir: Path, demo_dir: Path) -> dict[str, Any]:
+    from serl_stack.runlog import evaluations, event_files, read_scalars
+
+    sets = [x for s in run_overrides(cfg, task, seed, demo_dir) for x in ("--set", s)]
+    wall = benchlib.run_logged(benchlib.serl("train", "--config", TASKS[task].config, "--run-dir", str(run_dir),
+                                             *sets),
                                run_dir.parent / f"{run_dir.name}.serl-train.log", f"serl train ({run_dir.name})")
     evals = evaluations(run_dir)
     final = json.loads((run_dir / "eval.json").read_text())
-    # The last row is the final evaluation (same parameters as the last one during training when it stopped).
-    steps, success = [int(s) for s in evals["env_steps"][:-1]], [float(v) for v in evals["success_rate"][:-1]]
-    env_steps = int(final["env_steps"])
-    return {"steps": steps, "success": success, "env_steps": env_steps, "wall_s": wall,
-            "env_steps_per_s": env_steps / wall, "updates_per_s": _median_updates_per_s(run_dir),
+    ups = [v for f in event_files(run_dir) for tag, _, v in read_scalars(f) if tag == "learner/updates_per_s"]
+    # The last row is the final evaluation (train.eval_episodes after the run); the others are the periodic ones.
+    return {"seed": seed, "eval_env_steps": [int(s) for s in evals["env_steps"][:-1]],
+            "eval_success": [float(v) for v in evals["success_rate"][:-1]], "eval_episodes": cfg.eval_episodes,
+            "env_steps": int(final["env_steps"]), "wall_s": round(wall, 1),
+            "updates_per_s": float(np.median(ups)) if ups else None, "final_success": final.get("success_rate"),
             "run_dir": str(run_dir)}
 
 
-def _median_updates_per_s(run_dir: Path) -> float | None:
-    from serl_stack.runlog import event_files, read_scalars
-
-    values = [v for f in event_files(run_dir) for tag, _, v in read_scalars(f) if tag == "learner/updates_per_s"]
-    return float(np.median(values)) if values else None
-
-
-# ------------------------------------------------------------------------------------------------ SBX
-
-
-def sbx_train(cfg: BenchConfig, seed: int) -> dict[str, Any]:
-    """Train SBX SAC on the config's env with our SAC settings (in a spawned worker, see run_sbx)."""
+def sbx_train(cfg: BenchConfig, task: str, seed: int, demo_dir: Path) -> dict[str, Any]:
+    """One SBX SAC run on the task's config (in a spawned worker, see run_sbx)."""
     os.environ.setdefault("MUJOCO_GL", "egl")
     import gymnasium as gym
     import sbx
     from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
+    from serl_stack.agents.networks import OBS_NORM_CLIP, OBS_NORM_MIN_STD
     from serl_stack.data.obs import flatten_keys, to_vector, vector_keys
     from serl_stack.envs import make_env
 
-    serl_cfg = load(ROOT / cfg.config)
-    agent = serl_cfg.agent
+    serl_cfg = load(ROOT / TASKS[task].config, run_overrides(cfg, task, seed, demo_dir))
+    agent, train = serl_cfg.agent, serl_cfg.train
 
     class FlatObs(gym.ObservationWrapper):
-        """The observation vector our agent sees (`agent.obs_keys`, same order), as a Box."""
+        """The observation vector our agent sees (`agent.obs_keys` through `vector_keys`, same order), as a Box."""
 
         def __init__(self, env: gym.Env) -> None:
             super().__init__(env)
@@ -151,176 +441,271 @@ def sbx_train(cfg: BenchConfig, seed: int) -> dict[str, Any]:
         def observation(self, observation: Any) -> np.ndarray:
             return to_vector(flatten_keys(observation), self.keys).astype(np.float32)
 
-    env, eval_env = FlatObs(make_env(serl_cfg.env)), FlatObs(make_env(serl_cfg.env))
+    eval_env = FlatObs(make_env(serl_cfg.env))
+    demos = demo_transitions(demo_dir, eval_env.keys)
+    venv: Any = DummyVecEnv([lambda: FlatObs(make_env(serl_cfg.env))])
+    if agent.normalize_observations:
+        venv = VecNormalize(venv, norm_obs=True, norm_reward=False, clip_obs=OBS_NORM_CLIP,
+                            epsilon=OBS_NORM_MIN_STD ** 2, gamma=agent.discount)
+        venv.obs_rms.update(demos["observations"])  # as ours, whose statistics include the demonstrations
     steps: list[int] = []
     success: list[float] = []
 
     class Evaluate(BaseCallback):
+        streak = 0
+
         def _on_step(self) -> bool:
             n = self.num_timesteps
-            if n % cfg.eval_every or n <= serl_cfg.train.start_steps:
+            if n % cfg.eval_every or n <= train.start_steps:
                 return True
-            wins = []
+            wins = 0
             for i in range(cfg.eval_episodes):
-                obs, _ = eval_env.reset(seed=serl_cfg.train.eval_seed + i)
+                obs, _ = eval_env.reset(seed=train.eval_seed + i)
                 done, info = False, {}
                 while not done:
-                    action, _ = self.model.predict(obs, deterministic=True)
+                    x = venv.normalize_obs(obs) if agent.normalize_observations else obs
+                    action, _ = self.model.predict(x, deterministic=True)
                     obs, _, terminated, truncated, info = eval_env.step(action)
                     done = terminated or truncated
-                wins.append(bool(info.get("success", False)))
+                wins += bool(info.get("success", False))
             steps.append(n)
-            success.append(float(np.mean(wins)))
-            return success[-1] < cfg.target_success  # False stops learn()
+            success.append(wins / cfg.eval_episodes)
+            self.streak = self.streak + 1 if at_level(success[-1], STOP_LEVEL) else 0
+            return self.streak < CONSECUTIVE  # False ends learn()
 
     model = sbx.SAC(
-        "MlpPolicy", env, learning_rate=agent.critic_lr, buffer_size=serl_cfg.replay.capacity,
-        learning_starts=serl_cfg.train.start_steps, batch_size=agent.batch_size, tau=agent.tau,
-        gamma=agent.discount, train_freq=1, gradient_steps=agent.utd, policy_delay=agent.utd,
+        "MlpPolicy", venv, learning_rate=agent.actor_lr, qf_learning_rate=agent.critic_lr,
+        buffer_size=serl_cfg.replay.capacity, learning_starts=train.start_steps, batch_size=agent.batch_size,
+        tau=agent.tau, gamma=agent.discount, train_freq=1, gradient_steps=agent.utd, policy_delay=agent.utd,
         ent_coef=f"auto_{agent.init_temperature}",
-        target_entropy=-agent.target_entropy_scale * float(np.prod(env.action_space.shape)),
-        policy_kwargs={"net_arch": list(agent.hidden_dims), "n_critics": agent.num_critics},
+        target_entropy=-agent.target_entropy_scale * float(np.prod(eval_env.action_space.shape)),
+        replay_buffer_class=demo_replay_class(),
+        replay_buffer_kwargs={"demos": demos, "minibatch_size": agent.batch_size,
+                              "demo_fraction": serl_cfg.replay.demo_fraction},
+        policy_kwargs={"net_arch": list(agent.hidden_dims), "n_critics": agent.num_critics,
+                       "layer_norm": agent.critic_layer_norm},
         seed=seed, verbose=0,
     )
+    in_train = [0.0, 0]
+    train_fn = model.train
+
+    def timed_train(gradient_steps: int, batch_size: int) -> None:
+        start = time.monotonic()
+        train_fn(gradient_steps=gradient_steps, batch_size=batch_size)
+        in_train[0] += time.monotonic() - start
+        in_train[1] += 1
+
+    model.train = timed_train  # counts and times the update calls learn() makes
     start = time.monotonic()
-    model.learn(total_timesteps=cfg.max_steps, callback=Evaluate(), progress_bar=False)
-    wall = time.monotonic() - start
-    env_steps = int(model.num_timesteps)
-    return {"steps": steps, "success": success, "env_steps": env_steps, "wall_s": wall,
-            "env_steps_per_s": env_steps / wall,
-            "updates_per_s": max(0, env_steps - serl_cfg.train.start_steps) * agent.utd / wall,
+    model.learn(total_timesteps=train.total_env_steps, callback=Evaluate(), progress_bar=False)
+    learn_s = time.monotonic() - start
+    calls = in_train[1]
+    return {"seed": seed, "eval_env_steps": steps, "eval_success": success, "eval_episodes": cfg.eval_episodes,
+            "env_steps": int(model.num_timesteps), "learn_s": round(learn_s, 1), "updates": calls,
+            "updates_per_s": calls / learn_s, "train_updates_per_s": calls / in_train[0] if in_train[0] else None,
             "sbx": sbx.__version__}
 
 
-def run_sbx(cfg: BenchConfig, seed: int) -> dict[str, Any]:
-    # A fresh process per run: JAX state, threads and compiled code do not carry over between runs or into ours.
-    return benchlib.run_in_worker(sbx_train, (cfg, seed), f"sbx seed {seed}", WORKER_TIMEOUT_S)
+def run_sbx(cfg: BenchConfig, task: str, seed: int, demo_dir: Path) -> dict[str, Any]:
+    # A fresh process per run: JAX state, threads and compiled code do not carry over between runs.
+    start = time.monotonic()
+    result = benchlib.run_in_worker(sbx_train, (cfg, task, seed, demo_dir), f"sbx {task} seed {seed}",
+                                    WORKER_TIMEOUT_S)
+    return {**result, "wall_s": round(time.monotonic() - start, 1)}
 
 
 # ------------------------------------------------------------------------------------------------ report
 
 
-def plot(results: dict[str, list[dict[str, Any]]], cfg: BenchConfig, path: Path) -> None:
+def task_settings(cfg: BenchConfig, task: str) -> dict[str, Any]:
+    serl_cfg = load(ROOT / TASKS[task].config)
+    digest = hashlib.sha256(json.dumps(to_dict(serl_cfg), sort_keys=True).encode()).hexdigest()[:16]
+    agent = to_dict(serl_cfg.agent)
+    return {
+        "config": TASKS[task].config, "config_digest": digest, "env": serl_cfg.env.id,
+        "target_steps": TASKS[task].target_steps, "every_seed_max": TASKS[task].every_seed_max,
+        "cap": cap_of(cfg, task), "eval_every": cfg.eval_every, "eval_episodes": cfg.eval_episodes,
+        "demos": cfg.demos, "demo_noise": cfg.demo_noise, "start_steps": serl_cfg.train.start_steps,
+        "eval_seed": serl_cfg.train.eval_seed, "demo_fraction": serl_cfg.replay.demo_fraction,
+        "agent": {k: agent[k] for k in ("hidden_dims", "num_critics", "critic_subset", "critic_layer_norm",
+                                              "utd", "batch_size", "actor_lr", "critic_lr", "temp_lr", "discount",
+                                              "tau", "init_temperature", "target_entropy_scale", "obs_keys",
+                                              "normalize_observations", "obs_norm_refresh")},
+        "differences": differences(serl_cfg),
+    }
+
+
+def is_canonical(settings: dict[str, Any]) -> bool:
+    """Whether a task was run with the settings its targets are defined for (issue 16's)."""
+    want = {"demos": CANONICAL.demos, "demo_noise": CANONICAL.demo_noise, "eval_every": CANONICAL.eval_every,
+            "eval_episodes": CANONICAL.eval_episodes, "cap": CAP_FACTOR * settings["target_steps"]}
+    return all(settings.get(k) == v for k, v in want.items())
+
+
+def existing_tasks(report: dict[str, Any] | None) -> dict[str, Any]:
+    """The measured part of a report already in --out-dir: task -> {"settings", "demos", "learners": {name: raw}}
+    (empty for none, or one of another layout, which is then replaced)."""
+    if report is None:
+        return {}
+    if report.get("schema") != SCHEMA:
+        log(f"the {NAME}.json in --out-dir has schema {report.get('schema')!r}, not {SCHEMA}: replacing it")
+        return {}
+    return {task: {"settings": entry["settings"], "demos": entry.get("demos"),
+                   "learners": {name: {k: raw[k] for k in RAW_LEARNER_KEYS if k in raw}
+                                for name, raw in entry.get("learners", {}).items()}}
+            for task, entry in report.get("tasks", {}).items()}
+
+
+def check_mergeable(tasks: dict[str, Any], settings: dict[str, dict[str, Any]], learners: list[str]) -> None:
+    """SystemExit when a learner this invocation keeps was measured on a task it runs with other settings."""
+    for task, new in settings.items():
+        old = tasks.get(task)
+        kept = [name for name in (old or {}).get("learners", {}) if name not in learners]
+        if not old or not kept:
+            continue
+        changed = {k: (old["settings"].get(k), new[k]) for k in MERGE_KEYS if old["settings"].get(k) != new[k]}
+        if changed:
+            raise SystemExit(f"{task}: the report in --out-dir holds {kept} measured with other settings "
+                             f"(report, now: {changed}); expected the same to keep them beside {learners}: rerun "
+                             "every learner, or use another --out-dir")
+
+
+def begin_task(tasks: dict[str, Any], task: str, settings: dict[str, Any], learners: list[str]) -> dict[str, Any]:
+    """The merge: `task`'s entry in `tasks` with this invocation's settings, the learners it does not run kept
+    (`check_mergeable` has vouched for them) and those it runs removed until their new runs come in."""
+    entry = tasks.setdefault(task, {"learners": {}})
+    entry["settings"] = settings
+    entry["learners"] = {k: v for k, v in entry["learners"].items() if k not in learners}
+    return entry
+
+
+def build_report(tasks: dict[str, Any], cfg: BenchConfig, started: float) -> dict[str, Any]:
+    """The whole report from the measured tasks (derived figures recomputed, targets included)."""
+    out: dict[str, Any] = {}
+    for task, entry in tasks.items():
+        learners = {name: {**raw, **summarize(raw["runs"], entry["settings"]["cap"])}
+                    for name, raw in entry["learners"].items() if raw.get("runs")}
+        digests = {raw.get("demos_digest") for raw in learners.values()}
+        out[task] = {**entry, "canonical": is_canonical(entry["settings"]), "learners": learners,
+                     "same_demos": len(digests) == 1 and None not in digests}
+    ordered = {task: out[task] for task in TASKS if task in out}
+    return {
+        "benchmark": NAME,
+        "schema": SCHEMA,
+        "tasks": ordered,
+        "targets": targets_of(ordered),
+        "differences": list(dict.fromkeys(d for e in ordered.values() for d in e["settings"]["differences"])),
+        "notes": {
+            "steps_to_level": f"env step of the second of {CONSECUTIVE} consecutive evaluations at or above the "
+                              f"level ({SLACK:g} slack for float32); null with censored: true = never, the run was "
+                              "capped at cap; median_censored: the median falls on a censored run (> cap)",
+            "curve": "mean success over seeds per evaluation step with a 95 % Wilson interval on the pooled "
+                     "episodes (seeds x eval_episodes); a stopped run carries its last evaluation forward; "
+                     "live_seeds: runs evaluated at that step",
+            "env_steps": "training transitions, warm-up included, evaluation episodes excluded (ours: eval.json's "
+                         "env_steps, SBX: num_timesteps)",
+            "wall_s": "ours: the serl train subprocess; SBX: the spawned worker (learn_s: learn() alone)",
+            "targets": f"ours only; false without {MIN_SEEDS} seeds of ours on a canonical task (--demos "
+                       f"{CANONICAL.demos} --demo-noise {CANONICAL.demo_noise} --eval-every {CANONICAL.eval_every} "
+                       f"--eval-episodes {CANONICAL.eval_episodes}, cap {CAP_FACTOR}x target); the wall-clock ones "
+                       "need both tasks",
+        },
+        "invocation": {**asdict(cfg), "machine": benchlib.machine_info(), "date": time.strftime("%Y-%m-%d %H:%M"),
+                       "wall_s": round(time.monotonic() - started, 1)},
+    }
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")  # no display on a benchmark machine
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    colors = {"ours_demos": "tab:blue", "ours": "tab:green", "sbx": "tab:orange"}
-    for mode, runs in results.items():
-        for i, r in enumerate(runs):
-            ax.plot(r["steps"], r["success"], marker="o", markersize=3, color=colors[mode],
-                    linestyle="-" if i == 0 else "--", label=f"{LABELS[mode]}, seed {i}")
-    ax.axhline(cfg.target_success, color="grey", linestyle=":", linewidth=1, label=f"{cfg.target_success:.0%}")
-    ax.axvline(cfg.target_steps, color="red", linestyle=":", linewidth=1, label=f"target: {cfg.target_steps} steps")
-    ax.set_xlabel("env steps")
-    ax.set_ylabel(f"success rate ({cfg.eval_episodes} deterministic episodes)")
-    ax.set_ylim(-0.03, 1.03)
-    ax.set_title("FrankaPickCube-v0 from state: evaluation success")
-    ax.legend(fontsize=7, loc="lower right")
-    ax.grid(alpha=0.3)
+    tasks = report["tasks"]
+    fig, axes = plt.subplots(1, max(1, len(tasks)), figsize=(6.5 * max(1, len(tasks)), 4.5), squeeze=False)
+    colors = {"ours": "tab:blue", "sbx": "tab:orange"}
+    labels = {"ours": "ours", "sbx": "SBX SAC"}
+    for ax, entry in zip(axes[0], tasks.values(), strict=False):
+        s = entry["settings"]
+        for name, learner in entry["learners"].items():
+            c = learner["curve"]
+            for r in learner["runs"]:
+                ax.plot(r["eval_env_steps"], r["eval_success"], color=colors[name], linewidth=0.7, alpha=0.35)
+            median = learner["steps_to_90pct"]
+            reached = ("> cap" if median["median_censored"] else
+                       "-" if median["median"] is None else f"{median['median']:.0f}")
+            ax.plot(c["env_steps"], c["mean_success"], color=colors[name], linewidth=2, marker="o", markersize=3,
+                    label=f"{labels[name]}: mean of {len(learner['runs'])} seeds (90 % median: {reached})")
+            ax.fill_between(c["env_steps"], c["ci95_low"], c["ci95_high"], color=colors[name], alpha=0.2)
+        ax.axvline(s["target_steps"], color="red", linestyle="--", linewidth=1,
+                   label=f"target: 90 % by {s['target_steps']} steps")
+        ax.axhline(STOP_LEVEL, color="grey", linestyle=":", linewidth=1)
+        ax.set_xlim(0, 1.02 * max(s["cap"], s["target_steps"]))  # a --quick cap is below the target
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_xlabel("env steps (training transitions)")
+        ax.set_ylabel(f"success ({s['eval_episodes']} deterministic episodes)")
+        ax.set_title(f"{s['env']} from state, {s['demos']} demos (shaded: 95 % Wilson)", fontsize=9)
+        ax.legend(fontsize=7, loc="lower right")
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def summarize(results: dict[str, list[dict[str, Any]]], cfg: BenchConfig) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for mode, runs in results.items():
-        reached = [steps_to_target(r["steps"], r["success"], cfg.target_success) for r in runs]
-        out[mode] = {
-            "steps_to_target": reached,
-            "capped_at_max_steps": [s is None for s in reached],
-            "env_steps": [r["env_steps"] for r in runs],
-            "env_steps_per_s": [round(r["env_steps_per_s"], 1) for r in runs],
-            "updates_per_s": [None if r["updates_per_s"] is None else round(r["updates_per_s"], 1) for r in runs],
-            "wall_s": [round(r["wall_s"], 1) for r in runs],
-            "curve": [{"env_steps": r["steps"], "success": r["success"]} for r in runs],
-        }
-    demos = out.get("ours_demos", {}).get("steps_to_target", [])
-    met = bool(demos) and all(s is not None and s <= cfg.target_steps for s in demos)
-    return {**out, "targets": {f"ours_demos_{cfg.target_success:g}_within_{cfg.target_steps}_steps": met}}
+def publish(tasks: dict[str, Any], cfg: BenchConfig, out_dir: Path, started: float) -> tuple[dict[str, Any], Path]:
+    report = {**build_report(tasks, cfg, started), "plot": str(out_dir / f"{NAME}.png")}
+    plot(report, Path(report["plot"]))
+    return report, benchlib.write_report(out_dir, NAME, report, log)
 
 
 def run(cfg: BenchConfig) -> tuple[dict[str, Any], Path]:
-    """Every mode on every seed, then the plot and the report; returns it and its path."""
-    start = time.monotonic()
-    modes = benchlib.parse_modes(cfg.modes, MODES)
-    serl_cfg: Config = load(ROOT / cfg.config)
-    root = benchlib.runs_root(cfg.runs_dir, "sample_efficiency")
-    log(f"{serl_cfg.env.id}: modes {modes} x {cfg.seeds} seeds, up to {cfg.max_steps} env steps each; "
-        f"run folders under {root}")
-    demo_dir, demo_wall = None, None
-    if "ours_demos" in modes:
-        demo_dir = root / "demos"
-        demo_wall = benchlib.record_demos(cfg.config, demo_dir, cfg.demos, cfg.demo_noise)
-        log(f"recorded {cfg.demos} demonstrations in {demo_wall:.0f} s")
-    results: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
-
-    def one(mode: str, seed: int) -> dict[str, Any]:
-        log(f"seed {seed}: {mode} started")
-        if mode == "sbx":
-            r = run_sbx(cfg, seed)
-        else:
-            r = run_ours(cfg, seed, root / f"{mode}-s{seed}", demo_dir if mode == "ours_demos" else None)
-        reached = steps_to_target(r["steps"], r["success"], cfg.target_success)
-        log(f"seed {seed}: {mode} " + (f"reached {cfg.target_success:.0%} at {reached} env steps"
-                                       if reached is not None else f"capped at {r['env_steps']} env steps")
-            + f" in {r['wall_s']:.0f} s")
-        return r
-
-    ours_modes = [m for m in modes if m != "sbx"]
-    if cfg.concurrent_sbx and "sbx" in modes:
-        log("SBX runs in a worker beside ours: every run shares the 2 cores (throughput figures are shared-core)")
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        # SBX's seeds run one after another in a worker process beside ours (a thread only waits on it), so the
-        # run fits its time budget; every run's throughput figures are then measured on shared cores.
-        sbx_runs = ([pool.submit(one, "sbx", seed) for seed in range(cfg.seeds)]
-                    if cfg.concurrent_sbx and "sbx" in modes else [])
-        for seed in range(cfg.seeds):
-            for mode in modes:
-                if mode in ours_modes or not cfg.concurrent_sbx:
-                    results[mode].append(one(mode, seed))
-        results.get("sbx", []).extend(f.result() for f in sbx_runs)
-    sbx_version = ({r.pop("sbx") for r in results.get("sbx", [])} or {""}).pop()
+    """Every chosen learner on every chosen task and seed, merged into --out-dir's report after each run."""
+    started = time.monotonic()
+    tasks_now = benchlib.parse_choices(cfg.tasks, tuple(TASKS), "--tasks")
+    learners = benchlib.parse_choices(cfg.learners, LEARNERS, "--learners")
     out_dir = benchlib.out_dir(cfg.out_dir)
-    png = out_dir / "sample_efficiency.png"
-    plot(results, cfg, png)
-    import jax
-
-    report = {
-        "benchmark": "sample_efficiency",
-        "env": serl_cfg.env.id,
-        "seeds": list(range(cfg.seeds)),
-        **summarize(results, cfg),
-        "demo_recording_s": None if demo_wall is None else round(demo_wall, 1),
-        "notes": {
-            "steps_to_target": "env steps of the first evaluation with success >= target_success; null = never, "
-                               "the run was capped at max_steps",
-            "updates_per_s": "ours: median of the learner's logged updates/s; SBX: gradient steps / wall-clock "
-                             "seconds of learn() (env steps and evaluations included)",
-            "env_steps_per_s": "env steps collected / wall-clock seconds of the run (evaluations included)",
-            "shared_cores": bool(cfg.concurrent_sbx and "sbx" in modes),
-        },
-        "settings": {**{k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
-                     "obs_keys": list(serl_cfg.agent.obs_keys), "utd": serl_cfg.agent.utd,
-                     "num_critics": serl_cfg.agent.num_critics, "batch_size": serl_cfg.agent.batch_size,
-                     "start_steps": serl_cfg.train.start_steps, "discount": serl_cfg.agent.discount,
-                     "dense_reward": serl_cfg.env.dense_reward},
-        "machine": benchlib.machine_info(jax=jax.__version__, sbx=sbx_version),
-        "plot": str(png),
-        "date": time.strftime("%Y-%m-%d"),
-        "wall_s": round(time.monotonic() - start, 1),
-    }
-    return report, benchlib.write_report(out_dir, "sample_efficiency", report, log)
+    tasks = existing_tasks(benchlib.load_report(out_dir, NAME))
+    settings = {task: task_settings(cfg, task) for task in tasks_now}
+    check_mergeable(tasks, settings, learners)  # before anything runs
+    root = benchlib.runs_root(cfg.runs_dir, NAME)
+    versions = {"serl_stack": metadata.version("serl_stack"), "jax": metadata.version("jax")}
+    if "sbx" in learners:
+        versions |= {"sbx": metadata.version("sbx-rl"), "stable_baselines3": metadata.version("stable_baselines3")}
+    log(f"tasks {tasks_now}, learners {learners}, {cfg.seeds} seeds; run folders under {root}; report in {out_dir}")
+    published: tuple[dict[str, Any], Path] | None = None
+    for task in tasks_now:
+        entry = begin_task(tasks, task, settings[task], learners)
+        demo_dir = root / f"demos-{task}"
+        recording_s = benchlib.record_demos(TASKS[task].config, demo_dir, cfg.demos, cfg.demo_noise)
+        digest = demos_digest(demo_dir)
+        entry["demos"] = {"episodes": cfg.demos, "noise": cfg.demo_noise, "recording_s": round(recording_s, 1),
+                          "dir": str(demo_dir)}
+        log(f"{task}: recorded {cfg.demos} demonstrations in {recording_s:.0f} s (digest {digest})")
+        for name in learners:
+            raw = entry["learners"][name] = {"runs": [], "demos_digest": digest, "versions": versions,
+                                             "machine": benchlib.machine_info(),
+                                             "date": time.strftime("%Y-%m-%d %H:%M")}
+            for seed in range(cfg.seeds):
+                log(f"{task} {name} seed {seed}: started (cap {cap_of(cfg, task)} env steps)")
+                if name == "ours":
+                    r = run_ours(cfg, task, seed, root / f"{task}-ours-s{seed}", demo_dir)
+                else:
+                    r = run_sbx(cfg, task, seed, demo_dir)
+                raw["runs"].append(r)
+                reached = steps_to_level(r["eval_env_steps"], r["eval_success"], STOP_LEVEL)
+                log(f"{task} {name} seed {seed}: " + (f"90 % at {reached} env steps" if reached is not None else
+                                                      f"censored at {r['env_steps']} env steps")
+                    + f", {r['wall_s']:.0f} s")
+                published = publish(tasks, cfg, out_dir, started)
+    assert published is not None  # at least one task, learner and seed ran
+    return published
 
 
 def main(argv: list[str] | None = None) -> None:
     cfg = benchlib.parse_config(BenchConfig, QUICK, __doc__.split("\n\n")[0], argv)
-    benchlib.require_positive(cfg, ("seeds", "max_steps", "eval_every", "eval_episodes", "demos"))
-    if not 0 < cfg.target_success <= 1:
-        raise SystemExit(f"--target-success: got {cfg.target_success}, expected in (0, 1]")
+    benchlib.require_positive(cfg, ("seeds", "demos", "eval_every", "eval_episodes"))
+    if cfg.cap_steps < 0:
+        raise SystemExit(f"--cap-steps: got {cfg.cap_steps}, expected >= 0 (0: twice the task's target)")
     benchlib.finish(*run(cfg))
 
 
