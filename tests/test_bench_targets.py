@@ -17,8 +17,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
 CHECKER = BENCH / "check_targets.py"
-HELPERS = {"benchlib", "check_targets"}
-"""Files in benchmarks/ that are not benchmarks."""
+HELPERS = {"benchlib", "check_targets", "sbx_baseline"}
+"""Files in benchmarks/ that are not benchmarks (shared code, the verdict, a benchmark's baseline)."""
 SCRIPTS = sorted(p.stem for p in BENCH.glob("*.py") if p.stem not in HELPERS)
 
 sys.path.insert(0, str(BENCH))

@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import benchlib  # noqa: E402  (benchmarks/ is not a package: its scripts import it by path)
 import sample_efficiency as se  # noqa: E402
+import sbx_baseline  # noqa: E402
 
 CANON = {"demos": 20, "demo_noise": 0.1, "eval_every": 1000, "eval_episodes": 20}
 
@@ -180,8 +181,8 @@ def test_demo_replay_fills_half_of_every_minibatch_from_the_demos_normalized_at_
              "actions": (j[:, None] / n_demo * 2.0).astype(np.float32), "rewards": j,
              "masks": (j % 2).astype(np.float32)}
     minibatch, utd = 16, 4
-    buffer = se.demo_replay_class()(1000, venv.observation_space, venv.action_space, device="cpu",
-                                    demos=demos, minibatch_size=minibatch, demo_fraction=0.5)
+    buffer = sbx_baseline.demo_replay_class()(1000, venv.observation_space, venv.action_space, device="cpu",
+                                              demos=demos, minibatch_size=minibatch, demo_fraction=0.5)
     for i in range(100):
         obs = np.array([[3.0, i, i]], np.float32)
         buffer.add(obs, obs + [[0, 1, 0]], np.array([[0.5]]), np.array([float(i)]), np.array([i % 3 == 0]),
@@ -208,8 +209,8 @@ def test_demo_replay_fills_half_of_every_minibatch_from_the_demos_normalized_at_
     # Normalized with the statistics current at sample time, and clipped to +-10 as SB3 does.
     assert np.allclose(np.abs(obs[:, 0]), 1.5) and obs[:, 2].max() == 10.0
 
-    quarter = se.demo_replay_class()(1000, venv.observation_space, venv.action_space, device="cpu",
-                                     demos=demos, minibatch_size=minibatch, demo_fraction=0.25)
+    quarter = sbx_baseline.demo_replay_class()(1000, venv.observation_space, venv.action_space, device="cpu",
+                                               demos=demos, minibatch_size=minibatch, demo_fraction=0.25)
     quarter.add(np.zeros((1, 3)), np.zeros((1, 3)), np.zeros((1, 1)), np.zeros(1), np.zeros(1),
                 [{"TimeLimit.truncated": False}])
     first = quarter.sample(2 * minibatch).observations.numpy()[:, 0]  # no env: raw observations
