@@ -1,7 +1,8 @@
 """Tests for the pure parts of `benchmarks/sample_efficiency.py`: the two-consecutive-evaluations rule for "steps
 to a level", censoring at the cap and the censored median, the `targets` map computed from results, the SBX
-baseline's demonstration replay (a real Stable-Baselines3 ReplayBuffer and VecNormalize) giving half of every
-minibatch from the demos, and the merge of a `--learners sbx` invocation into a report that holds ours."""
+baseline's demonstration replay (`sbx_baseline.py`; a real Stable-Baselines3 ReplayBuffer and VecNormalize)
+giving half of every minibatch from the demos, and the merge of a `--learners sbx` invocation into a report that
+holds ours."""
 
 from __future__ import annotations
 
