@@ -260,8 +260,9 @@ def main(argv: list[str] | None = None) -> None:
     report = {
         "benchmark": "actor_step",
         "what": "the actor's control step without physics: the step's key (KeyStream), PolicyRunner.act, command "
-                "limits + safety filter, executed action, outbox.add (spool put), flush (fsync + send) every "
-                "FLUSH_EVERY steps and at episode ends, Actor._poll (acks, parameter loads)",
+                "limits + safety filter, executed action, outbox.add (spool put), flush (the fsync asked of the "
+                "spool's flusher thread, the send) every FLUSH_EVERY steps and at episode ends, Actor._poll (acks, "
+                "parameter loads)",
         "not_included": "physics, rendering (observations come from a recorded pool), mixers (mixing.mode off), "
                         "steering (not built yet)",
         "load": "a serl learner (configs/sim_reach.yaml + the case's overrides) training on the transitions sent",
