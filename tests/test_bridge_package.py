@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from wait_support import wait_until
 
 from robot_bridge import make_backend, nodes
 from robot_bridge.backend import BackendError, BackendUnsupported
@@ -345,13 +346,9 @@ def _qos(reliable: bool, depth: int = 1):
                       reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT)
 
 
-def _wait(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
+def _wait(predicate) -> bool:
+    # The predicates publish before they look: poll (and so publish) at 50 Hz, for up to 10 s.
+    return wait_until(predicate, timeout=10.0, interval=0.02)
 
 
 def _publish_state(peer, ns: str, reliable: bool):

@@ -9,11 +9,12 @@ import time
 from collections.abc import Callable
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """Whether `predicate()` became true within `timeout` seconds (polled every 5 ms, checked once more at the end)."""
+def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, interval: float = 0.005) -> bool:
+    """Whether `predicate()` became true within `timeout` seconds (polled every `interval` seconds, checked once
+    more at the end). A predicate may act as well as test (publish, then look): `interval` is then its rate."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return True
-        time.sleep(0.005)
+        time.sleep(interval)
     return predicate()
