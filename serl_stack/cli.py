@@ -1,7 +1,8 @@
 """The `serl` command: `serl train` (learner + actors on one machine), `serl learner`, `serl actor`, `serl config`.
 
 `serl keys` writes a CurveZMQ keypair for `transport.curve` (see docs/security.md). `serl record-demos` records
-scripted demonstrations in the format of docs/demos.md. `serl eval` evaluates a run's checkpoint (evaluation.py).
+scripted demonstrations in the format of docs/demos.md; `serl train-bc` behaviour-clones a policy from them (the
+prior of `agent.bc.*`, a mixing baseline). `serl eval` evaluates a run's checkpoint (evaluation.py).
 
 Owns: argument parsing, per-process setup (XLA/BLAS thread counts are set here, before JAX is imported, so each
 process uses the cores it was given; Ctrl-C handling) and the one place where errors become messages and exit
@@ -110,6 +111,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop once this many successful episodes are kept (default: run all --episodes)")
     p.add_argument("--noise", type=float, default=0.1, help="std of Gaussian noise on the scripted action (0.1)")
     p.add_argument("--seed", type=int, default=None, help="first reset seed and noise seed (default: train.seed)")
+    p = sub.add_parser("train-bc", parents=[common],
+                       help="behaviour-clone a policy from demonstrations (the prior of agent.bc.*), evaluate it")
+    _add_config_args(p)
+    p.add_argument("--demos", type=Path, required=True, help="demo folder (`serl record-demos --out`) of the task")
+    p.add_argument("--out", type=Path, required=True, help="new folder for the policy's checkpoint, config and bc.json")
+    p.add_argument("--episodes", type=int, default=20,
+                   help="deterministic evaluation episodes on seeds train.eval_seed + i (20; 0 = none)")
+    p.add_argument("--hidden-dims", type=lambda t: tuple(int(x) for x in t.split(",")), default=None,
+                   help="MLP widths, e.g. 256,256 (default: agent.hidden_dims, so the weights can start the SAC actor)")
+    # Defaults are `agents.bc.BCSettings`' (None here: the parser must not import JAX); the help states them and
+    # tests/test_bc.py checks that it states them right.
+    from serl_stack.train_bc import BC_OPTIONS  # standard library only: no JAX at parse time
+
+    for name, kind, what in BC_OPTIONS:
+        p.add_argument(f"--{name}", type=kind, default=None, help=what)
+    p.add_argument("--seed", type=int, default=None, help="initialization, split and minibatches (default: train.seed)")
+
     p = sub.add_parser("eval", parents=[common],
                        help="evaluate a run's checkpoint with deterministic episodes, optionally as an MP4")
     p.add_argument("--run-dir", type=Path, required=True, help="the run folder (its config.yaml and checkpoints/)")
@@ -299,6 +317,11 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "record-demos":
         return _record_demos(cfg, args)
+    if args.command == "train-bc":
+        set_thread_env(cfg.train.learner_threads)
+        from serl_stack.train_bc import train_bc
+
+        return train_bc(cfg, args)
     from serl_stack.preflight import preflight
 
     preflight(cfg, args.command)
@@ -325,7 +348,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("train", "record-demos"):
+    if args.command in ("train", "record-demos", "train-bc"):
         # A process started in the background by a non-interactive shell inherits SIGINT as *ignored*, and Python
         # then leaves it ignored; take it back so Ctrl-C always stops a run cleanly.
         signal.signal(signal.SIGINT, signal.default_int_handler)

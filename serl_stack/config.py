@@ -422,6 +422,38 @@ class EnvConfig:
 
 
 @dataclass(frozen=True)
+class BCConfig:
+    """Demonstration-regularized actor updates (docs/learner.md): the SAC actor loss gains
+    `lambda * q_scale * (log pi(a|s) - log pi_BC(a|s))` on its own samples, a Monte-Carlo KL(pi || pi_BC) to a
+    behaviour-cloned prior trained by `serl train-bc`. Off by default; with lambda = 0 it is plain SAC."""
+
+    enabled: bool = False
+    """Regularize the actor toward the prior in `prior_run` (state-only agents)."""
+    prior_run: str = ""
+    """The prior: a `serl train-bc --out` folder (its observation keys and action size must be this agent's)."""
+    lambda_mode: Literal["dual", "schedule"] = "dual"
+    """dual: lambda follows dual descent toward `kl_target` | schedule: lambda decays linearly from `lambda_init`
+    to 0 over `schedule_updates` updates."""
+    kl_target: float = ranged(10.0, gt=0, note="(nats per action dimension)")
+    """dual: the KL(pi || pi_BC) lambda steers toward, in nats per action dimension (the target is
+    kl_target * |A|, as SAC's target entropy scales with |A|); measured over whole minibatches, online rows too
+    (docs/learner.md: why 10)."""
+    lambda_init: float = ranged(1.0, ge=0)
+    """lambda at the first update (dual: the multiplier's starting value, > 0; schedule: where the decay starts)."""
+    lambda_lr: float = ranged(1e-3, gt=0)
+    """dual: Adam learning rate of log lambda."""
+    schedule_updates: int = ranged(10_000, ge=1)
+    """schedule: learner updates over which lambda falls linearly from `lambda_init` to 0."""
+    init_actor_from_bc: bool = False
+    """Start the actor from the prior's weights (needs the prior's hidden dims to equal `agent.hidden_dims`)."""
+    critic_penalty: bool = False
+    """Also subtract lambda * scale * KL at s' from the TD target's next-state value (BRAC's value penalty)."""
+    q_normalize: bool = True
+    """Scale the KL term by the batch's mean |Q| (stop-gradient), TD3+BC's normalization, so lambda weighs the KL
+    against Q / mean|Q| the same way on every task."""
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     """Soft actor-critic hyperparameters (defaults sized for a CPU learner)."""
 
@@ -471,6 +503,8 @@ class AgentConfig:
     """Conv encoder: size of each camera's feature vector (DrQ: 50)."""
     drq_pad: int = ranged(4, ge=0, note="(0 = off)")
     """DrQ random-shift augmentation: pad by this many pixels and crop back at a random offset (SERL: 4; 0 = off)."""
+    bc: BCConfig = field(default_factory=BCConfig)
+    """Demonstration-regularized actor updates toward a behaviour-cloned prior (off by default)."""
 
 
 @dataclass(frozen=True)
@@ -693,6 +727,35 @@ def _encoder_lengths(s: AgentConfig, p: str) -> str | None:
     return None
 
 
+def _bc_prior(s: BCConfig, p: str) -> str | None:
+    if s.prior_run or not s.enabled:
+        return None
+    return (f"{_join(p, 'prior_run')}: got '', expected a `serl train-bc --out` folder while "
+            f"{_join(p, 'enabled')} is true")
+
+
+def _bc_init(s: BCConfig, p: str) -> str | None:
+    if s.enabled or not s.init_actor_from_bc:
+        return None
+    return (f"{_join(p, 'init_actor_from_bc')}: got true, expected false while {_join(p, 'enabled')} is false "
+            "(the prior is loaded only when enabled; for BC initialization alone use lambda_mode: schedule with "
+            "lambda_init: 0)")
+
+
+def _bc_dual_lambda(s: BCConfig, p: str) -> str | None:
+    if s.lambda_mode != "dual" or s.lambda_init > 0:
+        return None
+    return (f"{_join(p, 'lambda_init')}: got {s.lambda_init!r}, expected > 0 while {_join(p, 'lambda_mode')} is "
+            "dual (dual descent scales lambda multiplicatively: from 0 it never moves)")
+
+
+def _bc_state_only(s: AgentConfig, p: str) -> str | None:
+    if not s.bc.enabled or not s.image_keys:
+        return None
+    return (f"{_join(p, 'bc.enabled')}: got true, expected false while {_join(p, 'image_keys')} is "
+            f"{tuple(s.image_keys)!r} (the behaviour-cloned prior sees state vectors only)")
+
+
 def _reach(s: EnvConfig, p: str) -> str | None:
     if s.reach_min < s.reach_max:
         return None
@@ -767,6 +830,10 @@ RULES: tuple[Rule, ...] = (
     Rule("env.peg_insert.success_depth < env.peg_insert.hole_depth", "env.peg_insert", _success_depth),
     Rule("agent.critic_subset <= agent.num_critics", "agent", _critic_subset),
     Rule("agent.encoder_* of equal length", "agent", _encoder_lengths),
+    Rule("agent.bc.enabled needs agent.bc.prior_run", "agent.bc", _bc_prior),
+    Rule("agent.bc.init_actor_from_bc needs agent.bc.enabled", "agent.bc", _bc_init),
+    Rule("agent.bc.lambda_mode: dual needs agent.bc.lambda_init > 0", "agent.bc", _bc_dual_lambda),
+    Rule("agent.bc.enabled needs a state-only agent (no agent.image_keys)", "agent", _bc_state_only),
     Rule("transport.params_port != transport.transitions_port", "transport", _ports),
     Rule("train.stop_at_success > 0 needs train.eval_every > 0", "train", _stop_needs_eval),
     Rule("train.total_env_steps >= train.num_actors", "train", _actors_share),

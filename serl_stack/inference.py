@@ -1,10 +1,12 @@
 """The inference boundary: turning observations into actions, without the learner's machinery.
 
 Owns: the `Policy` protocol every acting policy follows (the SAC policy here, the scripted baselines in
-envs/scripted.py, and later behaviour cloning, steering and remote policies), `PolicyRunner` (the SAC policy over
+envs/scripted.py, behaviour cloning, and later steering and remote policies), `PolicyRunner` (the SAC policy over
 env observations, adopting the parameters the learner broadcasts, with the critic's view of its value when the
 learner sends the critic too), deterministic evaluation (`evaluate`), and restoring a policy from a run's
-checkpoint (`load_policy`: the learner's actor-only `policy` item, restored into the policy's own template).
+checkpoint (`load_policy`: the learner's actor-only `policy` item, restored into the policy's own template);
+and the behaviour-cloned policy `serl train-bc` writes (`BCPolicy`, `load_bc_policy`: the SAC actor's network
+with its std floored, restored from the folder's `policy` item and its `bc.json`).
 
 The actor process, `serl eval`, the conservative mixers and the coming ROS 2 bridge node import this module and
 never the learner's: no `updater`, `learner`, `agents.sac`, `agents.losses`, `data.replay`, `data.demos` or optax
@@ -18,14 +20,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 
 from serl_stack import interrupt
 from serl_stack.config import AgentConfig, Config
 from serl_stack.data.obs import IMAGE_PREFIX, agent_obs, flatten_keys, image_keys_of, vector_dim, vector_keys
-from serl_stack.errors import EvalError
-from serl_stack.rundir import CHECKPOINTS, CONFIG_FILE, checkpoint_steps, read_run_config
+from serl_stack.errors import EvalError, RunDirError
+from serl_stack.rundir import (
+    BC_SUMMARY,
+    CHECKPOINTS,
+    CONFIG_FILE,
+    checkpoint_steps,
+    read_bc_summary,
+    read_run_config,
+)
 
 if TYPE_CHECKING:
     import gymnasium as gym
@@ -344,4 +354,93 @@ def _orbax_reason(error: Exception, max_lines: int = 8) -> str:
     return "\n".join(lines[:max_lines]) + more
 
 
-__all__ = ["EvalError", "Policy", "PolicyRunner", "evaluate", "example_observation", "load_policy"]
+# ------------------------------------------------------------------------------------------ behaviour cloning
+
+class BCPolicy:
+    """A behaviour-cloned policy over env observations: `tanh(N(mean(s), max(std(s), std_floor)))`, the SAC actor's
+    network (`networks.make_actor`) on the observation vector of `keys`, standardized by its own statistics.
+
+    Follows the `Policy` protocol: deterministic `act` is `tanh(mean)` (what a mixing baseline or an evaluation
+    runs); stochastic actions and `sample_actions` (a steering base policy's proposals) draw with the floored std.
+    """
+
+    chunk = 1
+    """Action-chunk length H of `sample_actions` (one step at a time)."""
+
+    def __init__(self, params: Any, keys: tuple[str, ...], action_dim: int, hidden_dims: tuple[int, ...],
+                 std_floor: float) -> None:
+        from functools import partial
+
+        from serl_stack.agents.networks import make_actor, normalize_obs, tanh_gaussian_mode, tanh_gaussian_sample
+
+        if not std_floor > 0:
+            raise ValueError(f"std_floor: got {std_floor!r}, expected > 0")
+        self.params = params
+        """`{"actor", "obs_norm"}`: the same pytree as `SACAgent.actor_params` of a state agent."""
+        self.keys, self.action_dim = tuple(keys), int(action_dim)
+        self.hidden_dims, self.std_floor = tuple(hidden_dims), float(std_floor)
+        actor, log_std_min = make_actor(self.action_dim, self.hidden_dims), float(np.log(std_floor))
+
+        def dist(p: Any, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+            mean, log_std = actor.apply({"params": p["actor"]}, normalize_obs(x, p["obs_norm"]))
+            return mean, jnp.maximum(log_std, log_std_min)
+
+        @partial(jax.jit, static_argnames="deterministic")
+        def act_fn(p: Any, x: jax.Array, key: jax.Array | None, deterministic: bool) -> jax.Array:
+            mean, log_std = dist(p, x)
+            return tanh_gaussian_mode(mean) if deterministic else tanh_gaussian_sample(mean, log_std, key)[0]
+
+        @partial(jax.jit, static_argnames="k")
+        def sample_fn(p: Any, x: jax.Array, key: jax.Array, k: int) -> jax.Array:
+            mean, log_std = dist(p, x[None])
+            shape = (k, self.action_dim)
+            return tanh_gaussian_sample(jnp.broadcast_to(mean, shape), jnp.broadcast_to(log_std, shape), key)[0]
+
+        self._act, self._sample = act_fn, sample_fn
+
+    def observe(self, obs: Mapping[str, Any]) -> np.ndarray:
+        """The policy's input for one env observation: the float32 vector of `keys`."""
+        return agent_obs(flatten_keys(obs), self.keys)
+
+    def act(self, obs: Mapping[str, Any], key: Any, deterministic: bool = False) -> np.ndarray:
+        return np.asarray(self._act(self.params, self.observe(obs), None if deterministic else key, deterministic))
+
+    def sample_actions(self, obs: Mapping[str, Any], k: int, key: Any) -> np.ndarray:
+        return np.asarray(self._sample(self.params, self.observe(obs), key, int(k)))[:, None, :]
+
+    def reset(self) -> None:
+        """BC keeps no memory between steps."""
+
+
+def load_bc_policy(folder: Path) -> tuple[BCPolicy, dict[str, Any]]:
+    """The BC policy in `folder` (a `serl train-bc --out` folder) and its `bc.json` summary.
+
+    Restores the latest checkpoint's `policy` item into the template its summary describes (no env is built, no
+    optimizer is read). `RunDirError` names a folder, summary or checkpoint that is missing or does not fit."""
+    from serl_stack.agents.networks import identity_obs_norm, make_actor
+    from serl_stack.checkpoint import POLICY_ITEM, Checkpointer
+
+    summary = read_bc_summary(folder)
+    steps = checkpoint_steps(folder)
+    if not steps:
+        raise RunDirError(f"{folder}: no checkpoint in {folder / CHECKPOINTS}; expected the one `serl train-bc` wrote")
+    obs_dim, action_dim = int(summary["obs_dim"]), int(summary["action_dim"])
+    hidden = tuple(int(h) for h in summary["hidden_dims"])
+    zeros = jnp.zeros((1, obs_dim), jnp.float32)
+    template = {"actor": make_actor(action_dim, hidden).init(jax.random.PRNGKey(0), zeros)["params"],
+                "obs_norm": identity_obs_norm(obs_dim)}
+    checkpoints = Checkpointer(folder / CHECKPOINTS)
+    try:
+        differences = _shape_differences(checkpoints.stored_shapes(steps[-1], POLICY_ITEM), template)
+        if differences:
+            raise RunDirError(f"checkpoint {steps[-1]} in {folder / CHECKPOINTS} does not fit {folder / BC_SUMMARY}: "
+                              + "; ".join(differences))
+        params, _ = checkpoints.restore_policy(template, steps[-1])
+    finally:
+        checkpoints.close()
+    policy = BCPolicy(params, tuple(summary["obs_keys"]), action_dim, hidden, float(summary["std_floor"]))
+    return policy, summary
+
+
+__all__ = ["BCPolicy", "EvalError", "Policy", "PolicyRunner", "evaluate", "example_observation", "load_bc_policy",
+           "load_policy", "read_bc_summary"]

@@ -174,6 +174,12 @@ class Learner:
                       flush=True)
             if u.mesh is not None:
                 print(f"learner: data parallel over {u.mesh.devices.size} devices", flush=True)
+            bc = self.cfg.agent.bc
+            if u.prior is not None:
+                how = (f"dual descent toward {bc.kl_target:g} nats per action dimension" if bc.lambda_mode == "dual"
+                       else f"lambda {bc.lambda_init:g} fading to 0 over {bc.schedule_updates} updates")
+                print(f"learner: the actor is regularized toward the BC prior in {bc.prior_run} ({how}); "
+                      "learner/bc_lambda and learner/bc_kl in TensorBoard", flush=True)
         self.updater.insert(obs, action, float(tr["reward"]), next_obs, tr["terminated"], tr["truncated"])
         self.env_steps += 1
         self.actor_steps[actor_id] += 1

@@ -4,8 +4,9 @@ Owns: `preflight(cfg, role)`, what `serl config`, `serl train`, `serl learner` a
 loading the config and before they start anything. The config's own ranges and cross-field rules are
 `config.validate`'s (run on every load); these checks look at the world: the env builds and has the observation
 keys the agent asks for (`envs.preflight`), the conservative mixers' baseline exists, the demonstrations folder
-holds demonstrations of this task, the CurveZMQ key files load, fixed ports are free (learner) or set (actor),
-and an actor's id fits `train.num_actors`. Every error is a `ConfigError` naming the field. No JAX: the `serl
+holds demonstrations of this task, the behaviour-cloned prior of `agent.bc.*` is a `serl train-bc` folder of this
+task and observation keys, the CurveZMQ key files load, fixed ports are free (learner) or set (actor), and an
+actor's id fits `train.num_actors`. Every error is a `ConfigError` naming the field. No JAX: the `serl
 train` parent process runs this.
 """
 
@@ -57,6 +58,30 @@ def check_demos(cfg: Config) -> None:
                           f"expected this run's env.id {cfg.env.id!r}")
 
 
+def check_bc_prior(cfg: Config) -> None:
+    """`agent.bc.prior_run`, with `agent.bc.enabled`, is a `serl train-bc` folder for this task and these observation
+    keys (its checkpoint's shapes and the action size are checked again when the learner restores it)."""
+    bc = cfg.agent.bc
+    if not bc.enabled:
+        return
+    from pathlib import Path
+
+    from serl_stack.errors import RunDirError
+    from serl_stack.rundir import read_bc_summary
+
+    try:
+        summary = read_bc_summary(Path(bc.prior_run).expanduser())
+    except RunDirError as e:
+        raise ConfigError(f"agent.bc.prior_run: {e}") from e
+    if summary.get("env_id", cfg.env.id) != cfg.env.id:
+        raise ConfigError(f"agent.bc.prior_run: {bc.prior_run} was cloned on env.id {summary['env_id']!r}, expected "
+                          f"this run's env.id {cfg.env.id!r}")
+    keys = list(cfg.agent.obs_keys)
+    if keys and list(summary["obs_keys"]) != keys:
+        raise ConfigError(f"agent.bc.prior_run: {bc.prior_run} sees the observation keys {summary['obs_keys']}, "
+                          f"expected this agent's {keys} (agent.obs_keys; train the prior with the same config)")
+
+
 def check_keys(cfg: Config, role: Role) -> None:
     """With `transport.curve`, the key files the role needs load (the learner's allow-list included)."""
     from serl_stack.transport.auth import curve_client_from_config, curve_server_from_config
@@ -90,6 +115,7 @@ def preflight(cfg: Config, role: Role) -> None:
     check_mixing(cfg)
     if role in ("config", "train", "learner"):
         check_demos(cfg)
+        check_bc_prior(cfg)
     if role in ("train", "learner"):
         check_ports_free(cfg)
     if role == "actor":

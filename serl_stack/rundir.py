@@ -4,14 +4,17 @@ Owns: the names of what a run folder holds (`config.yaml`, `transitions/`, `chec
 telling whether a folder already holds a run (starting over in it is refused unless the user resumes it), reading
 the config a run was trained with, writing it, listing a run's finished checkpoints; and which of the run's
 `train.num_actors` actors an actor id is (`actor_index`) and its share of the run's env steps (`share`), which the
-actors and the learner must agree on.
+actors and the learner must agree on; and the summary (`bc.json`) that marks a `serl train-bc` folder
+(`read_bc_summary`, which preflight reads before any process starts).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 from serl_stack.config import Config, ConfigError, dump, load
 from serl_stack.errors import RunDirError
@@ -91,3 +94,28 @@ def actor_index(actor_id: str, num_actors: int) -> int:
         raise ConfigError(f"transport.actor_id: got {actor_id!r}, expected an id ending in -<i> with i in "
                           f"0..{num_actors - 1} (train.num_actors={num_actors}), e.g. actor-{num_actors - 1}")
     return int(m.group(1))
+
+
+BC_SUMMARY = "bc.json"
+"""What `serl train-bc` writes beside its checkpoint: the policy's shape (observation keys, sizes, hidden dims,
+std floor), how it was trained, its validation loss and its evaluation."""
+BC_KIND = "serl_stack.bc"
+"""`bc.json`'s `kind`: tells a BC folder from a `serl train` run folder."""
+
+
+def read_bc_summary(folder: Path) -> dict[str, Any]:
+    """The `bc.json` of a `serl train-bc --out` folder; `RunDirError` naming what is missing."""
+    path = folder / BC_SUMMARY
+    if not path.is_file():
+        what = "is not a folder" if not folder.is_dir() else f"has no {BC_SUMMARY}"
+        raise RunDirError(f"{folder} {what}; expected the --out folder of `serl train-bc`")
+    try:
+        summary = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise RunDirError(f"{path}: not valid JSON: {e}") from e
+    missing = [k for k in ("kind", "obs_keys", "obs_dim", "action_dim", "hidden_dims", "std_floor")
+               if k not in summary]
+    if summary.get("kind") != BC_KIND or missing:
+        raise RunDirError(f"{path}: kind {summary.get('kind')!r}, missing {missing}; expected a {BC_KIND!r} summary "
+                          "written by `serl train-bc`")
+    return summary

@@ -1,9 +1,10 @@
 """The learner's update machinery, without the process around it.
 
 Owns: the replay buffer (on the host, the source of truth) and its device mirror, the demonstrations and how
-they are mixed into every minibatch, the agent, the update counter, the sampling randomness, and which of these
-a checkpoint holds. `serl_stack.learner.Learner` feeds it transitions from the transport and decides when to
-step; tests and benchmarks drive it directly.
+they are mixed into every minibatch, the behaviour-cloned prior of `agent.bc.*` (loaded once from
+`agent.bc.prior_run` and checked against this agent's observation keys and action size), the agent, the update
+counter, the sampling randomness, and which of these a checkpoint holds. `serl_stack.learner.Learner` feeds it
+transitions from the transport and decides when to step; tests and benchmarks drive it directly.
 
 Sampling is a pure function of (seed, update index): update i samples with `fold_in(PRNGKey(seed), i)` inside
 the jitted update (or, on the host path, from a numpy Generator whose state goes into the checkpoint), so a run
@@ -20,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from serl_stack.agents.sharding import data_mesh, replicate, shard_agent
-from serl_stack.config import Config, check_section
+from serl_stack.config import Config, ConfigError, check_section
 from serl_stack.data.demos import DemoFormatError, MixedSampler, replay_from_demos
 from serl_stack.data.device_mix import DeviceMix
 from serl_stack.data.device_replay import REPLAY_KEYS, DeviceReplay
@@ -66,6 +67,8 @@ class Updater:
         if cfg.replay.demo_dir:
             self.demos = self._load_demos(cfg.replay.demo_dir)
             self._mixed = MixedSampler(self.replay, self.demos, cfg.replay.demo_fraction)
+        self.prior: Any = self._load_prior() if cfg.agent.bc.enabled else None
+        """`agents.bc.BCPrior` the actor is regularized toward (agent.bc.enabled), or None."""
 
     # ------------------------------------------------------------------------------------------- data
     def _load_demos(self, directory: str) -> ReplayBuffer:
@@ -82,6 +85,28 @@ class Updater:
                 f"the env's are {self.replay.action_shape}"
             )
         return demos
+
+    def _load_prior(self) -> Any:
+        """The `serl train-bc` policy in `agent.bc.prior_run`, as the agent's prior; `ConfigError` naming the field
+        when it is missing or sees other observation keys or another action size than this agent."""
+        from pathlib import Path
+
+        from serl_stack.agents.bc import BCPrior
+        from serl_stack.errors import RunDirError
+        from serl_stack.inference import load_bc_policy
+
+        where = self.cfg.agent.bc.prior_run
+        try:
+            policy, _ = load_bc_policy(Path(where).expanduser())
+        except RunDirError as e:
+            raise ConfigError(f"agent.bc.prior_run: {e}") from e
+        if policy.keys != self.keys:
+            raise ConfigError(f"agent.bc.prior_run: {where} sees the observation keys {list(policy.keys)}, expected "
+                              f"this agent's {list(self.keys)} (agent.obs_keys; train the prior with the same config)")
+        if policy.action_dim != self.action_dim:
+            raise ConfigError(f"agent.bc.prior_run: {where} acts in {policy.action_dim} dimensions, expected this "
+                              f"env's {self.action_dim}")
+        return BCPrior(policy.params, policy.hidden_dims, policy.std_floor)
 
     def insert(
         self,
@@ -134,7 +159,7 @@ class Updater:
         from serl_stack.agents.sac import SACAgent  # deferred: building the agent compiles; keep import light
 
         return SACAgent.create(self.cfg.train.seed, self.obs_dim, self.action_dim, self.cfg.agent, obs_norm,
-                               self.image_shapes or None)
+                               self.image_shapes or None, prior=self.prior)
 
     def init_agent(self) -> None:
         """Create the agent; its observation standardization comes from the data collected so far and the

@@ -152,6 +152,17 @@ RULE_CASES: dict[str, tuple[str, list[str], list[str]]] = {
     "transport.params_port != transport.transitions_port": (
         "transport.params_port", ["transport.transitions_port=5555", "transport.params_port=5555"],
         ["transport.transitions_port=5555", "transport.params_port=5556"]),
+    "agent.bc.enabled needs agent.bc.prior_run": (
+        "agent.bc.prior_run", ["agent.bc.enabled=true"], ["agent.bc.enabled=true", "agent.bc.prior_run=runs/bc"]),
+    "agent.bc.init_actor_from_bc needs agent.bc.enabled": (
+        "agent.bc.init_actor_from_bc", ["agent.bc.init_actor_from_bc=true"],
+        ["agent.bc.init_actor_from_bc=true", "agent.bc.enabled=true", "agent.bc.prior_run=runs/bc"]),
+    "agent.bc.lambda_mode: dual needs agent.bc.lambda_init > 0": (
+        "agent.bc.lambda_init", ["agent.bc.lambda_init=0"],
+        ["agent.bc.lambda_init=0", "agent.bc.lambda_mode=schedule"]),
+    "agent.bc.enabled needs a state-only agent (no agent.image_keys)": (
+        "agent.bc.enabled", ["agent.bc.enabled=true", "agent.bc.prior_run=runs/bc", "agent.image_keys=[images/front]"],
+        ["agent.bc.enabled=true", "agent.bc.prior_run=runs/bc"]),
     "train.stop_at_success > 0 needs train.eval_every > 0": (
         "train.stop_at_success", ["train.stop_at_success=0.9"], ["train.stop_at_success=0.9", "train.eval_every=500"]),
     "train.total_env_steps >= train.num_actors": (

@@ -1,4 +1,5 @@
-"""Tests of the pure SAC losses (`serl_stack.agents.losses`) against values worked out by hand.
+"""Tests of the pure SAC losses and the demonstration regularizer's pieces (`serl_stack.agents.losses`) against
+values worked out by hand.
 
 Every expected number is written next to its arithmetic, so a reader can check it without running anything.
 `tests/test_sac.py` checks that the agent feeds these functions the right arrays (keys, subset, temperature).
@@ -10,7 +11,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from serl_stack.agents.losses import actor_loss, critic_loss, td_target, temperature_loss
+from serl_stack.agents.losses import (
+    Q_SCALE_FLOOR,
+    actor_loss,
+    critic_loss,
+    kl_regularizer,
+    lambda_loss,
+    q_scale,
+    scheduled_lambda,
+    td_target,
+    temperature_loss,
+)
 
 
 def f32(x) -> jax.Array:
@@ -122,3 +133,66 @@ def test_temperature_loss_holds_the_entropy_constant():
     # The entropy is a measurement of the policy, not something the temperature step may move.
     grad = jax.grad(lambda e: temperature_loss(f32(0.5), e, -2.0)[0])(f32(-3.0))
     assert float(grad) == 0.0
+
+
+# ------------------------------------------------------------------------------------------ demonstration regularizer
+
+
+def test_td_target_subtracts_the_value_penalty_from_the_next_state_value():
+    # One critic, Q' = [2, 2], no entropy, penalty [0.5, -1], reward 1, discount 0.5, masks [1, 0]:
+    # [1 + 0.5 * (2 - 0.5), 1 + 0 * (...)] = [1.75, 1.0] (a terminal step ignores the penalty like the rest of s').
+    target = td_target(f32([1.0, 1.0]), f32([1.0, 0.0]), f32([[2.0, 2.0]]), f32([0.0, 0.0]), 0.0, 0.5,
+                       next_penalty=f32([0.5, -1.0]))
+    np.testing.assert_allclose(target, [1.75, 1.0], rtol=1e-6)
+
+
+def test_q_scale_is_the_batch_mean_absolute_ensemble_mean_floored_and_constant():
+    # Ensemble means [(3 + 5) / 2, (-2 + -4) / 2] = [4, -3]; mean |.| = 3.5. A critic near 0 everywhere gives the
+    # floor 1.0 instead (Q_SCALE_FLOOR), so the regularizer does not vanish while the critic knows nothing.
+    assert Q_SCALE_FLOOR == 1.0
+    qs = f32([[3.0, -2.0], [5.0, -4.0]])
+    assert float(q_scale(qs)) == 3.5
+    assert float(q_scale(f32([[0.1, -0.2], [0.0, 0.3]]))) == 1.0
+    np.testing.assert_array_equal(jax.grad(lambda q: q_scale(q))(qs), np.zeros((2, 2)))
+
+
+def test_kl_regularizer_is_the_weighted_mean_log_ratio_with_its_pathwise_gradient():
+    # log pi = [-1, 0.5], log pi_BC = [-3, 1]: log ratios [2, -0.5], mean 0.75 (the MC KL estimate; one sample can
+    # be negative). lam 2, scale 3: loss 2 * 3 * 0.75 = 4.5.
+    lp, prior_lp = f32([-1.0, 0.5]), f32([-3.0, 1.0])
+    loss, info = kl_regularizer(lp, prior_lp, 2.0, 3.0)
+    assert float(loss) == 4.5 and float(info["bc_loss"]) == 4.5 and float(info["bc_kl"]) == 0.75
+    assert set(info) == {"bc_kl", "bc_loss"}
+    # d loss / d log pi = lam * scale / B = 3; d / d log pi_BC = -3: lower the policy's own log-density (spread),
+    # raise the prior's density of the sampled actions (move toward it). lambda and the scale are constants.
+    g = jax.grad(lambda a, b, lam, s: kl_regularizer(a, b, lam, s)[0], argnums=(0, 1, 2, 3))(
+        lp, prior_lp, f32(2.0), f32(3.0))
+    np.testing.assert_allclose(g[0], [3.0, 3.0], rtol=1e-6)
+    np.testing.assert_allclose(g[1], [-3.0, -3.0], rtol=1e-6)
+    assert float(g[2]) == 0.0 and float(g[3]) == 0.0
+
+
+def test_kl_regularizer_with_lambda_zero_adds_exact_zeros():
+    # What plain-SAC equivalence rests on: a finite estimate times a traced 0 is a loss of 0 and gradients of 0.
+    lp, prior_lp = f32([-1.0, 0.5]), f32([-3.0, 1.0])
+    loss, _ = jax.jit(kl_regularizer)(lp, prior_lp, f32(0.0), f32(7.0))
+    g = jax.grad(lambda a, b: kl_regularizer(a, b, f32(0.0), f32(7.0))[0], argnums=(0, 1))(lp, prior_lp)
+    assert float(loss) == 0.0
+    np.testing.assert_array_equal(g[0], [0.0, 0.0])
+    np.testing.assert_array_equal(g[1], [0.0, 0.0])
+
+
+def test_scheduled_lambda_falls_linearly_to_zero_and_stays_there():
+    # lambda_init 2 over 100 updates: step 0 -> 2, 25 -> 1.5, 50 -> 1, 100 -> 0, 250 -> 0 (never negative).
+    got = [float(scheduled_lambda(jnp.asarray(s, jnp.int32), 2.0, 100)) for s in (0, 25, 50, 100, 250)]
+    np.testing.assert_allclose(got, [2.0, 1.5, 1.0, 0.0, 0.0], rtol=1e-6)
+
+
+def test_lambda_loss_raises_lambda_while_the_kl_is_above_its_target():
+    # Target 2 nats. KL 5 (above): loss 0.5 * (2 - 5) = -1.5, d/d lambda = -3 < 0: descent raises lambda.
+    loss, info = lambda_loss(f32(0.5), f32(5.0), 2.0)
+    assert float(loss) == -1.5 and float(info["bc_lambda_loss"]) == -1.5
+    assert float(jax.grad(lambda lam: lambda_loss(lam, f32(5.0), 2.0)[0])(f32(0.5))) == -3.0
+    # KL 1 (below): gradient 2 - 1 = +1, descent lowers it; the KL is a measurement (no gradient into it).
+    assert float(jax.grad(lambda lam: lambda_loss(lam, f32(1.0), 2.0)[0])(f32(0.5))) == 1.0
+    assert float(jax.grad(lambda kl: lambda_loss(f32(0.5), kl, 2.0)[0])(f32(1.0))) == 0.0

@@ -1,10 +1,12 @@
 """The SAC losses as pure functions of arrays.
 
 Owns: the TD target (`td_target`), the critic loss (`critic_loss`), the actor loss (`actor_loss`) and the
-temperature loss (`temperature_loss`). Each takes the arrays the networks produced (Q-values, log-probabilities,
-the temperature) and returns plain arrays, so it can be checked against numbers worked out by hand without
-building an agent. `sac.py` runs the networks, draws the random numbers and applies the gradients; nothing here
-knows about optimizers, train states, RNG keys or I/O.
+temperature loss (`temperature_loss`); and the demonstration regularizer's pieces (DESIGN.md): the Monte-Carlo
+KL term toward a behaviour-cloned prior (`kl_regularizer`), TD3+BC's Q normalization (`q_scale`), the weight
+lambda's linear schedule (`scheduled_lambda`) and its dual-descent loss (`lambda_loss`). Each takes the arrays the
+networks produced (Q-values, log-probabilities, the temperature) and returns plain arrays, so it can be checked
+against numbers worked out by hand without building an agent. `sac.py` runs the networks, draws the random
+numbers and applies the gradients; nothing here knows about optimizers, train states, RNG keys or I/O.
 
 Shapes: E = ensemble size, B = batch size. Losses return `(loss, info)` with `info` holding the scalar
 diagnostics under the names the agent reports.
@@ -26,6 +28,7 @@ def td_target(
     temperature: jax.Array | float,
     discount: float,
     subset_idx: jax.Array | None = None,
+    next_penalty: jax.Array | None = None,
 ) -> jax.Array:
     """The soft TD target `r + discount * mask * (min_{i in S} Q'_i(s', a') - temperature * log pi(a'|s'))`, (B,).
 
@@ -33,12 +36,15 @@ def td_target(
     `S` is the whole ensemble when `subset_idx` is None, else the critics at `subset_idx` (RLPD's random subset:
     the min over a few critics is less pessimistic than the min over all E, which grows more negative with E).
     `masks` (B,) = 1 - terminated: a terminal step's target is its reward alone; a truncated one still
-    bootstraps (mask 1), because the episode was cut, not ended.
+    bootstraps (mask 1), because the episode was cut, not ended. `next_penalty` (B,), when given, is subtracted
+    from the next-state value too (BRAC's value penalty: lambda times the KL to the prior at s').
     """
     if subset_idx is not None:
         next_qs = next_qs[subset_idx]
     # The entropy bonus of the next action belongs to the soft value of s' (maximum-entropy backup).
     next_v = next_qs.min(axis=0) - temperature * next_log_probs
+    if next_penalty is not None:
+        next_v = next_v - next_penalty
     return rewards + discount * masks * next_v
 
 
@@ -77,3 +83,53 @@ def temperature_loss(
     """
     loss = temperature * (jax.lax.stop_gradient(entropy) - target_entropy)
     return loss, {"temperature_loss": loss}
+
+
+# ----------------------------------------------------------------------------------- demonstration regularizer
+
+Q_SCALE_FLOOR = 1.0
+"""`q_scale` never falls below this (reward units): a critic that still reads ~0 everywhere (sparse rewards, the
+first updates) would otherwise switch the regularizer off exactly when the prior matters most."""
+
+
+def q_scale(qs: jax.Array) -> jax.Array:
+    """TD3+BC's normalizer, `mean_b |mean_i Q_i(s_b, a_b)|` over the batch (floored at `Q_SCALE_FLOOR`), held
+    constant: the KL term is multiplied by it instead of Q being divided by it.
+
+    `- Q + lambda * scale * KL` is `scale` times `- Q / scale + lambda * KL` (TD3+BC's form, its alpha = 1/lambda),
+    so lambda weighs the KL against a unit-scale Q on every task, while the SAC part keeps its own scale: the
+    temperature means what it meant, and lambda = 0 leaves SAC's loss, and its gradients, exactly as they were.
+    """
+    return jax.lax.stop_gradient(jnp.maximum(jnp.mean(jnp.abs(qs.mean(axis=0))), Q_SCALE_FLOOR))
+
+
+def kl_regularizer(
+    log_probs: jax.Array, prior_log_probs: jax.Array, lam: jax.Array | float, scale: jax.Array | float = 1.0
+) -> tuple[jax.Array, Info]:
+    """`lam * scale * mean(log pi(a|s) - log pi_BC(a|s))` for reparameterized `a ~ pi(.|s)`: a Monte-Carlo
+    estimate of `lam * scale * KL(pi(.|s) || pi_BC(.|s))` averaged over the batch, added to `actor_loss`.
+
+    `log_probs` and `prior_log_probs` (B,) must both depend on the actor's parameters through `a` (and
+    `log_probs` also directly) for the gradient to be the KL's pathwise gradient. `lam` and `scale` are constants
+    here (lambda has its own loss). Reports the estimate as `bc_kl`, the term as `bc_loss`.
+    """
+    kl = jnp.mean(log_probs - prior_log_probs)
+    weight = jax.lax.stop_gradient(jnp.asarray(lam, kl.dtype) * scale)
+    loss = weight * kl
+    return loss, {"bc_kl": kl, "bc_loss": loss}
+
+
+def scheduled_lambda(step: jax.Array, lambda_init: float, schedule_updates: int) -> jax.Array:
+    """`lambda_init * max(0, 1 - step / schedule_updates)`: a linear fade to 0 over `schedule_updates` updates."""
+    frac = jnp.clip(1.0 - jnp.asarray(step, jnp.float32) / schedule_updates, 0.0, 1.0)
+    return jnp.float32(lambda_init) * frac
+
+
+def lambda_loss(lam: jax.Array, kl: jax.Array, kl_target: float) -> tuple[jax.Array, Info]:
+    """`lam * (kl_target - kl)`: its gradient w.r.t. lambda is `kl_target - kl` (dual descent on KL <= target).
+
+    So a descent step raises lambda while the measured KL is above the target (more weight on staying near the
+    prior) and lowers it below. `kl` is a measurement of the current policy, held constant.
+    """
+    loss = lam * (kl_target - jax.lax.stop_gradient(kl))
+    return loss, {"bc_lambda_loss": loss}

@@ -7,7 +7,10 @@ target update after each) and then one actor and one temperature step on the las
 this is standard SAC. The TD target takes the min over the whole critic ensemble or, RLPD-style
 (`critic_subset`), over a random subset drawn per critic step.
 `update_from_replay` runs the same update on a batch sampled from a `DeviceReplay` inside the same jit.
-Nothing here does I/O.
+With `agent.bc.enabled` (a `BCPrior` given to `create`), the actor loss gains losses.py's KL term toward the
+behaviour-cloned prior, weighted by lambda (dual descent toward a KL target, one step after each actor step, or a
+linear schedule over actor steps), optionally the TD target's value penalty, and the actor may start from the
+prior's weights; with it off, no field, op or key of the update changes. Nothing here does I/O.
 
 Batch format (all `jax`/`numpy` arrays, N = utd * batch_size): "observations" (N, D) float32, "actions"
 (N, A) in [-1, 1], "rewards" (N,), "next_observations" (N, D), "masks" (N,) = 1 - terminated (a truncated
@@ -27,8 +30,18 @@ import optax
 from flax import struct
 from flax.training.train_state import TrainState
 
+from serl_stack.agents.bc import BCPrior, Regularizer, fold_obs_norm, make_regularizer, prior_log_prob
 from serl_stack.agents.encoders import augment, example_obs, features, make_encoder
-from serl_stack.agents.losses import actor_loss, critic_loss, td_target, temperature_loss
+from serl_stack.agents.losses import (
+    actor_loss,
+    critic_loss,
+    kl_regularizer,
+    lambda_loss,
+    q_scale,
+    scheduled_lambda,
+    td_target,
+    temperature_loss,
+)
 from serl_stack.agents.networks import (
     Temperature,
     identity_obs_norm,
@@ -111,6 +124,12 @@ class SACAgent(struct.PyTreeNode):
     batch_sharding: Any = struct.field(pytree_node=False, default=None)
     """Data parallelism: a `jax.sharding.Sharding` for `(utd, batch, ...)` minibatches (batch axis split over
     devices, parameters replicated; see `agents/sharding.py`), or None on one device."""
+    prior: Any = None
+    """Demonstration regularization: the BC prior's `{"actor", "obs_norm"}`, held fixed (never trained); None: off."""
+    bc_lambda: TrainState | None = None
+    """`agent.bc.lambda_mode: dual`: the multiplier lambda (learned through its log); None otherwise."""
+    bc: Regularizer | None = struct.field(pytree_node=False, default=None)
+    """The regularizer's settings (None: plain SAC)."""
 
     @classmethod
     def create(
@@ -121,12 +140,14 @@ class SACAgent(struct.PyTreeNode):
         cfg: AgentConfig,
         obs_norm: dict[str, Any] | None = None,
         image_shapes: dict[str, tuple[int, ...]] | None = None,
+        prior: BCPrior | None = None,
     ) -> SACAgent:
         """A freshly initialized agent for flat observations of size `obs_dim` and actions in [-1, 1]^A.
 
         `obs_norm` = {"mean": (D,), "std": (D,)} standardizes observations (typically statistics of the
         warm-up data); None leaves them unchanged. `image_shapes` = {camera: (H, W, C)} makes a pixel agent
         (with `cfg.image_keys` set): observations are then `{"state": (D,), "images": {camera: uint8}}`.
+        `prior` is the behaviour-cloned policy `cfg.bc.enabled` regularizes toward (required then, unused else).
         """
         _check_config(cfg, obs_dim, action_dim)
         if obs_norm is None:
@@ -151,7 +172,14 @@ class SACAgent(struct.PyTreeNode):
             obs = jnp.zeros((1, obs_dim), jnp.float32)
 
         actor_def = make_actor(action_dim, cfg.hidden_dims)
-        actor = _train_state(actor_def.apply, actor_def.init(actor_key, obs)["params"], optax.adam(cfg.actor_lr))
+        actor_params = actor_def.init(actor_key, obs)["params"]
+        bc, prior_params, bc_lambda = None, None, None
+        if cfg.bc.enabled:
+            bc, prior_params, bc_lambda = make_regularizer(cfg, obs_dim, action_dim, prior)
+            if cfg.bc.init_actor_from_bc:
+                # Same function as the prior's (mean and, above its floor, std) under this agent's standardization.
+                actor_params = fold_obs_norm(prior_params["actor"], prior_params["obs_norm"], norm)
+        actor = _train_state(actor_def.apply, actor_params, optax.adam(cfg.actor_lr))
         critic_def = make_critic(cfg)
         critic_params = critic_def.init(critic_key, obs, act)["params"]
         critic = _train_state(critic_def.apply, critic_params, optax.adam(cfg.critic_lr))
@@ -175,6 +203,9 @@ class SACAgent(struct.PyTreeNode):
             critic_subset=int(cfg.critic_subset),
             encoder=encoder,
             drq_pad=int(cfg.drq_pad) if encoder is not None else 0,
+            prior=prior_params,
+            bc_lambda=bc_lambda,
+            bc=bc,
         )
 
     # ------------------------------------------------------------------------------------------- inference
@@ -218,6 +249,18 @@ class SACAgent(struct.PyTreeNode):
     def _temperature(self) -> jax.Array:
         return self.temp.apply_fn({"params": self.temp.params})
 
+    def _bc_weight(self) -> jax.Array:
+        """lambda now: the dual multiplier, or the schedule at this actor step (a traced value either way)."""
+        assert self.bc is not None
+        if self.bc_lambda is not None:
+            return self.bc_lambda.apply_fn({"params": self.bc_lambda.params})
+        return scheduled_lambda(self.actor.step, self.bc.cfg.lambda_init, self.bc.cfg.schedule_updates)
+
+    def _prior_log_prob(self, observations: jax.Array, actions: jax.Array) -> jax.Array:
+        """log pi_BC(a|s) at raw state observations (the prior standardizes them with its own statistics)."""
+        assert self.bc is not None
+        return prior_log_prob(self.prior, observations, actions, self.bc.prior_hidden_dims, self.bc.std_floor)
+
     def _critic_step(self, batch: Batch) -> tuple[SACAgent, Info]:
         num_critics = jax.tree.leaves(self.target_critic.params)[0].shape[0]
         use_subset = 0 < self.critic_subset < num_critics
@@ -241,8 +284,16 @@ class SACAgent(struct.PyTreeNode):
         subset = (
             jax.random.choice(subset_key, num_critics, (self.critic_subset,), replace=False) if use_subset else None
         )
+        penalty = None
+        if self.bc is not None and self.bc.cfg.critic_penalty:
+            # BRAC's value penalty, lambda * KL(pi || pi_BC) at s', in reward units: times (1 - discount) * q_scale
+            # with the normalization, so summed over the horizon it weighs as the actor's KL term does.
+            scale = (1.0 - self.discount) * q_scale(next_qs) if self.bc.cfg.q_normalize else 1.0
+            kl_next = next_log_probs - self._prior_log_prob(next_observations, next_actions)
+            penalty = self._bc_weight() * scale * kl_next
         target_q = td_target(
-            batch["rewards"], batch["masks"], next_qs, next_log_probs, self._temperature(), self.discount, subset
+            batch["rewards"], batch["masks"], next_qs, next_log_probs, self._temperature(), self.discount, subset,
+            penalty,
         )
 
         def loss_fn(params: Any, encoder_params: Any) -> tuple[jax.Array, Info]:
@@ -260,6 +311,8 @@ class SACAgent(struct.PyTreeNode):
         critic = self.critic.apply_gradients(grads=grads)
         target_params = optax.incremental_update(critic.params, self.target_critic.params, self.tau)
         target_critic = self.target_critic.replace(params=target_params)
+        if penalty is not None:
+            info = {**info, "bc_penalty": jax.lax.stop_gradient(penalty).mean()}
         return self.replace(critic=critic, target_critic=target_critic, encoder=encoder, rng=rng), info
 
     def _actor_step(self, batch: Batch) -> tuple[SACAgent, Info]:
@@ -272,12 +325,19 @@ class SACAgent(struct.PyTreeNode):
             observations = augment(aug_key, observations, self.drq_pad)
         # The actor trains on the encoder's features but never into the encoder (DrQ-v2).
         x = jax.lax.stop_gradient(self._features(observations))
+        lam = self._bc_weight() if self.bc is not None else None
 
         def actor_loss_fn(params: Any) -> tuple[jax.Array, Info]:
             mean, log_std = self.actor.apply_fn({"params": params}, x)
             actions, log_probs = tanh_gaussian_sample(mean, log_std, key)
             qs = self.critic.apply_fn({"params": self.critic.params}, x, actions)
-            return actor_loss(log_probs, qs, temperature)
+            loss, info = actor_loss(log_probs, qs, temperature)
+            if self.bc is None:
+                return loss, info
+            # The same samples score the KL to the prior: no key is drawn that plain SAC would not draw.
+            scale = q_scale(qs) if self.bc.cfg.q_normalize else jnp.float32(1.0)
+            reg, reg_info = kl_regularizer(log_probs, self._prior_log_prob(observations, actions), lam, scale)
+            return loss + reg, {**info, **reg_info, "bc_q_scale": scale}
 
         grads, actor_info = jax.grad(actor_loss_fn, has_aux=True)(self.actor.params)
         actor = self.actor.apply_gradients(grads=grads)
@@ -289,7 +349,20 @@ class SACAgent(struct.PyTreeNode):
         grads, temp_info = jax.grad(temp_loss_fn, has_aux=True)(self.temp.params)
         temp = self.temp.apply_gradients(grads=grads)
         info = {**actor_info, **temp_info, "temperature": temperature}
-        return self.replace(actor=actor, temp=temp, rng=rng), info
+        if self.bc is None:
+            return self.replace(actor=actor, temp=temp, rng=rng), info
+        bc_lambda = self.bc_lambda
+        if bc_lambda is not None:
+            def lambda_loss_fn(params: Any) -> tuple[jax.Array, Info]:
+                # Dual descent on KL <= target with the KL the actor had before this step's update.
+                lam_now = bc_lambda.apply_fn({"params": params})
+                return lambda_loss(lam_now, actor_info["bc_kl"], self.bc.kl_target)
+
+            grads, lambda_info = jax.grad(lambda_loss_fn, has_aux=True)(bc_lambda.params)
+            bc_lambda = bc_lambda.apply_gradients(grads=grads)
+            info = {**info, **lambda_info}
+        info = {**info, "bc_lambda": lam}
+        return self.replace(actor=actor, temp=temp, rng=rng, bc_lambda=bc_lambda), info
 
     @jax.jit
     def critic_step(self, batch: Batch) -> tuple[SACAgent, Info]:
