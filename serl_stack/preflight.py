@@ -76,7 +76,7 @@ def check_bc_prior(cfg: Config) -> None:
     if summary.get("env_id", cfg.env.id) != cfg.env.id:
         raise ConfigError(f"agent.bc.prior_run: {bc.prior_run} was cloned on env.id {summary['env_id']!r}, expected "
                           f"this run's env.id {cfg.env.id!r}")
-    keys = list(cfg.agent.obs_keys)
+    keys = sorted(cfg.agent.obs_keys)  # the agent's vector is in sorted key order (data/obs.vector_keys), as bc.json's
     if keys and list(summary["obs_keys"]) != keys:
         raise ConfigError(f"agent.bc.prior_run: {bc.prior_run} sees the observation keys {summary['obs_keys']}, "
                           f"expected this agent's {keys} (agent.obs_keys; train the prior with the same config)")

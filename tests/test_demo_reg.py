@@ -349,13 +349,13 @@ def test_preflight_refuses_a_missing_prior_or_one_of_another_task_before_any_pro
     from serl_stack.config import load
     from serl_stack.preflight import check_bc_prior, preflight
 
-    keys = ["state/tcp_pose", "state/gripper_pos"]
-    base = ["agent.bc.enabled=true", f"agent.obs_keys={keys}"]
+    keys = ["state/gripper_pos", "state/tcp_pose"]  # as `serl train-bc` writes them: sorted
+    base = ["agent.bc.enabled=true", "agent.obs_keys=[state/tcp_pose, state/gripper_pos]"]  # the config's order
     with pytest.raises(ConfigError, match=r"agent.bc.prior_run: .*nowhere is not a folder"):
         preflight(load(None, [*base, f"agent.bc.prior_run={tmp_path / 'nowhere'}"]), "learner")
     folder = fake_bc_folder(tmp_path, keys, OBS_DIM, ACTION_DIM)
     check_bc_prior(load(None, [*base, f"agent.bc.prior_run={folder}"]))  # the folder fits: no error
-    with pytest.raises(ConfigError, match=r"sees the observation keys \['state/tcp_pose', 'state/gripper_pos'\], "
+    with pytest.raises(ConfigError, match=r"sees the observation keys \['state/gripper_pos', 'state/tcp_pose'\], "
                                           r"expected this agent's \['state/tcp_pose'\]"):
         check_bc_prior(load(None, ["agent.bc.enabled=true", "agent.obs_keys=[state/tcp_pose]",
                                    f"agent.bc.prior_run={folder}"]))
