@@ -32,8 +32,9 @@ if TYPE_CHECKING:
 
 SNAPSHOT_DIR = "mixing-snapshots"
 MIXER_STATE = "mixer-{actor_id}.msgpack"
-"""The mixer's state (U's baseline episodes, kappa's calibration runs, the episode count), rewritten after every
-episode so a restarted actor continues with it instead of repeating the baseline warm-up."""
+"""The mixer's state (U's baseline episodes, L's learned returns, StepMix's step data and kappa's calibration
+runs, the coin generator, the episode count), rewritten after every episode so a restarted actor continues with
+it instead of repeating the baseline warm-up."""
 
 
 def check_mixing(cfg: Config) -> None:
@@ -90,13 +91,16 @@ def state_vector(agent_obs: Any) -> np.ndarray:
 
 
 class MixedActing:
-    """One training episode's actions under a mixer: `begin_episode()`, then per step `act(obs, key)` and
-    `record_reward(r)`, then `end_episode()` for the log record (eps_k or the switch step, L, U, kappa, return).
+    """One training episode's actions under a mixer: `begin_episode()` (the mixer draws the episode's mixture
+    there, before the first observation), then per step `act(obs, key)` and `record_reward(r)`, then
+    `end_episode()` for the log record (eps_k or the switch plan, L, U, kappa, return).
 
-    The learned policy acts through `runner` (its current parameters, sampled unless `deterministic`); L comes
-    from the critic that the learner broadcasts with them. The baseline acts deterministically. Until the first
-    parameters arrive every episode is a baseline warm-up episode (`mixer.learned_available`), so the actor never
-    waits on the learner to act. The observation is converted for the agent once per step.
+    The learned policy acts through `runner` (its current parameters, sampled unless `deterministic`); the mixers'
+    L comes from the returns of the learned policy's own episodes, and StepMix also asks, while the baseline acts,
+    for the bound of the critic the learner broadcasts with the parameters (`mixer.needs_bound`). The baseline
+    acts deterministically. Until the first parameters arrive every episode is a baseline warm-up episode
+    (`mixer.learned_available`), so the actor never waits on the learner to act. The observation is converted for
+    the agent once per step.
     """
 
     def __init__(

@@ -191,9 +191,9 @@ def test_baseline_acts_until_the_first_parameters_arrive(env) -> None:
 
 
 def test_stepmix_switches_to_the_runners_policy_when_the_bound_holds(env) -> None:
-    """A baseline worth nothing (U = 0) makes the bound hold at step 0: the learned policy then acts for the whole
-    episode, with exactly the runner's actions, and the bound came from the broadcast critic (trusted here:
-    kappa = 1 before any calibration)."""
+    """A baseline worth nothing (U = 0) makes every plan switch at step 0: the learned policy then acts for the
+    whole episode, with exactly the runner's actions, and the bound at the switch state (which calibrates kappa)
+    came from the broadcast critic (trusted here: kappa = 1 before any calibration)."""
     cfg = _cfg("stepmix", kappa=1.0)
     runner, agent = _runner(env, cfg)
     baseline = Still(env.action_space.shape[0])
@@ -209,8 +209,8 @@ def test_stepmix_switches_to_the_runners_policy_when_the_bound_holds(env) -> Non
     # L is the broadcast critic's bound at s1, with the value half of the step's key.
     _, value_key = jax.random.split(jax.random.PRNGKey(0))
     expected = ValueBound.from_q_values(runner.q_values(runner.observe(obs), value_key)).lower(1.0)
-    assert fields["kappa"] == 1.0
-    assert fields["upper"] == 0.0 and fields["lower"] == pytest.approx(expected, abs=1e-6)
+    assert fields["kappa"] == 1.0 and fields["upper"] == 0.0 and fields["planned_switch"] == 0.0
+    assert fields["lower_at_switch"] == pytest.approx(expected, abs=1e-6)  # what calibrates kappa at the end
     env.step(action)
     acting.record_reward(0.0)
     record = acting.end_episode()

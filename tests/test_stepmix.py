@@ -1,5 +1,6 @@
 """Behaviour of conservative baseline mixing (serl_stack.safety.stepmix): the EpsMix probability, the value
-bounds it compares, the per-episode constraint on a bandit with known values, and StepMix's switching."""
+bounds the mixers compare, the per-episode constraint on a bandit with known values, and StepMix's switch plan.
+The guarantee over random resets and the hand-over to a better learned policy: tests/test_mixer_guarantee.py."""
 
 from __future__ import annotations
 
@@ -10,13 +11,24 @@ from hypothesis import strategies as st
 
 from serl_stack.config import AgentConfig, MixingConfig
 from serl_stack.safety.estimates import (
+    BaselineSteps,
     BaselineValue,
     KappaCalibrator,
-    StepBaselineValue,
+    LearnedValue,
+    PrefixBounds,
     ValueBound,
     learned_lower_bound,
 )
-from serl_stack.safety.stepmix import BASELINE, LEARNED, EpsMix, StepMix, epsmix_epsilon, make_mixer
+from serl_stack.safety.stepmix import (
+    BASELINE,
+    LEARNED,
+    NEVER,
+    EpsMix,
+    StepMix,
+    epsmix_epsilon,
+    make_mixer,
+    stepmix_plan,
+)
 
 values = st.floats(0.0, 1e6, allow_nan=False, allow_infinity=False)
 alphas = st.floats(1e-3, 1 - 1e-3)
@@ -200,36 +212,48 @@ def test_calibration_averages_the_clipped_bounds() -> None:
     assert cal.kappa >= 50.0  # unclipped, kappa = 0 would "fit": (5 - 100) / 2 < 0
 
 
-def test_epsmix_with_the_default_kappa_runs_the_learned_policy_alpha_of_the_time() -> None:
-    mixer = make_mixer(MixingConfig(mode="epsmix", baseline_episodes=2), discount=0.9, rng=np.random.default_rng(0))
+def test_epsmix_runs_the_learned_policy_alpha_of_the_time_until_its_returns_exist() -> None:
+    """L comes from the learned policy's own returns: 0 (eps = alpha) until calibration_runs of them exist,
+    whatever a critic would claim (EpsMix asks for no bound)."""
+    cfg = MixingConfig(mode="epsmix", baseline_episodes=2, calibration_runs=3, cap_runs=3)
+    mixer = make_mixer(cfg, discount=0.9, rng=np.random.default_rng(0))
+    assert isinstance(mixer, EpsMix)
     for _ in range(2):
         mixer.begin_episode()
-        mixer.choose(np.zeros(1), None)
+        mixer.choose(np.zeros(1))
         mixer.record_reward(1.0)
         mixer.end_episode()
+    learned_returns = []
+    while len(learned_returns) < 3:
+        mixer.begin_episode()
+        assert not mixer.needs_bound
+        fields = mixer.log_fields()
+        assert fields["lower"] == 0.0 and fields["epsilon"] == pytest.approx(0.2)
+        assert fields["learned_runs"] == len(learned_returns)
+        choice = mixer.choose(np.zeros(1))
+        mixer.record_reward(2.0 if choice == LEARNED else 1.0)  # the learned policy earns more
+        if choice == LEARNED:
+            learned_returns.append(2.0)
+        mixer.end_episode()
     mixer.begin_episode()
-    mixer.choose(np.zeros(1), ValueBound(100.0, 0.0))  # a critic that claims everything
-    fields = mixer.log_fields()
-    assert fields["lower"] == 0.0 and fields["epsilon"] == pytest.approx(0.2)
-    assert fields["kappa"] == -1.0 and fields["cap"] == -1.0  # not calibrated yet (logged as -1)
+    assert mixer.log_fields()["lower"] == 2.0 and mixer.log_fields()["epsilon"] == 1.0  # no spread: L = 2
 
 
 # ------------------------------------------------------------------------------------------------- EpsMix
 
 
 def test_epsmix_keeps_the_bandit_constraint() -> None:
-    """Two arms with known means; the learned arm is worse than the baseline. U from baseline samples, L from a
-    noisy LCB (an estimate with Gaussian error, minus kappa times its std)."""
-    v_b, v_pi, alpha, noise = 0.7, 0.4, 0.2, 0.05
-    cfg = MixingConfig(mode="epsmix", alpha=alpha, kappa=2.0, baseline_episodes=30, confidence=0.95)
+    """Two arms with known means; the learned arm is worse than the baseline. U from baseline samples, L from the
+    learned arm's own pulls."""
+    v_b, v_pi, alpha = 0.7, 0.4, 0.2
+    cfg = MixingConfig(mode="epsmix", alpha=alpha, baseline_episodes=30, confidence=0.95)
     mixer = make_mixer(cfg, discount=1.0, rng=np.random.default_rng(0))
     assert isinstance(mixer, EpsMix)
     rng = np.random.default_rng(1)
     held, eps_seen = [], []
     for _ in range(1000):
         mixer.begin_episode()
-        bound = ValueBound(v_pi + rng.normal(0.0, noise), noise) if mixer.needs_bound else None
-        choice = mixer.choose(np.zeros(1), bound)
+        choice = mixer.choose(np.zeros(1))
         mixer.record_reward(float(rng.random() < (v_pi if choice == LEARNED else v_b)))
         fields = mixer.end_episode()
         if not fields["warmup"]:
@@ -239,109 +263,161 @@ def test_epsmix_keeps_the_bandit_constraint() -> None:
     fraction = float(np.mean(held))
     assert len(held) == 970
     assert fraction >= 0.95, f"mixed value >= (1 - alpha) V^b in only {fraction:.3f} of {len(held)} episodes"
-    # It still explores: the learned arm runs in a real share of episodes.
-    assert np.mean(eps_seen) > 0.1, f"mean eps {np.mean(eps_seen):.3f}"
+    # It still explores: the learned arm runs in a real share of episodes, more than alpha once L > 0.
+    assert np.mean(eps_seen) > alpha, f"mean eps {np.mean(eps_seen):.3f}"
 
 
 def test_epsmix_log_fields_and_negative_rewards() -> None:
-    mixer = make_mixer(MixingConfig(mode="epsmix", baseline_episodes=2, kappa=1.0), discount=0.9,
-                       rng=np.random.default_rng(0))
+    mixer = make_mixer(MixingConfig(mode="epsmix", baseline_episodes=2), discount=0.9, rng=np.random.default_rng(0))
     assert isinstance(mixer, EpsMix)
     for rewards in ([1.0, 0.0], [0.0, 1.0]):
         mixer.begin_episode()
-        assert not mixer.needs_bound
+        assert mixer.log_fields()["warmup"] == 1.0
         for r in rewards:
-            assert mixer.choose(np.zeros(2), None) == BASELINE
+            assert mixer.choose(np.zeros(2)) == BASELINE
             mixer.record_reward(r)
         assert mixer.end_episode()["warmup"] == 1.0
     mixer.begin_episode()
-    assert mixer.needs_bound
-    with pytest.raises(ValueError, match="bound None"):
-        mixer.choose(np.zeros(2), None)
-    mixer.choose(np.zeros(2), ValueBound(5.0, 0.1))
-    assert not mixer.needs_bound
+    fields = mixer.log_fields()
+    assert {"epsilon", "lower", "upper", "learned", "learned_runs"} <= fields.keys()
+    assert fields["upper"] > 0.9 and fields["epsilon"] == pytest.approx(0.2)
+    mixer.choose(np.zeros(2))
+    with pytest.raises(ValueError, match="one record_reward per step"):
+        mixer.choose(np.zeros(2))
     with pytest.raises(ValueError, match=r"episode 2 step 0: reward -1\.0"):
         mixer.record_reward(-1.0)
     mixer.record_reward(0.5)
-    fields = mixer.end_episode()
-    assert fields["epsilon"] == 1.0 and fields["learned"] == 1.0 and fields["return"] == 0.5
-    assert {"lower", "upper", "kappa"} <= fields.keys()
+    assert mixer.end_episode()["return"] == 0.5
+
+
+def test_learned_value_and_prefix_bounds_refuse_bad_data() -> None:
+    with pytest.raises(ValueError, match="min_runs"):
+        LearnedValue(0.95, window=5, min_runs=10)
+    learned = LearnedValue(0.95, window=3, min_runs=2)
+    with pytest.raises(ValueError, match="realized_return: got -1"):
+        learned.observe(-1.0)
+    for r in (1.0, 3.0, 5.0, 7.0):
+        learned.observe(r)
+    assert learned.n == 3 and 0.0 < learned.lower() < 5.0  # the window keeps the newest three: mean 5
+    prefixes = PrefixBounds(0.95, discount=1.0, window=4)
+    with pytest.raises(ValueError, match="planned switch step 0"):
+        prefixes.add_episode([ValueBound(1.0, 0.0)] * 2, planned=0)
+    steps = BaselineSteps(0.95)
+    with pytest.raises(ValueError, match="1 baseline episode"):
+        steps.add_episode([1.0]) or steps.slack_upper(0.2)
+
+
+def test_prefix_bounds_count_an_ended_episode_as_no_tail() -> None:
+    """Episodes planned to switch at 3: one reached it (bounds at steps 0-3), one ended after 2 steps (no learned
+    tail at steps 2 and 3: 0 there), both unknown beyond 3."""
+    prefixes = PrefixBounds(0.95, discount=1.0)
+    prefixes.add_episode([ValueBound(2.0, 0.0)] * 4, planned=3)
+    prefixes.add_episode([ValueBound(2.0, 0.0)] * 2, planned=3)
+    tails = prefixes.tail_lower(6, kappa=0.0, cap=np.inf)
+    assert tails[0] == tails[1] == 2.0
+    assert 0.0 <= tails[2] < 1.0  # the mean of 2 and 0 with its t-bound
+    assert tails[4] == tails[5] == 0.0  # nobody reached step 4 under the baseline
+    assert np.all(prefixes.tail_lower(6, kappa=np.inf, cap=np.inf) == 0.0)  # an untrusted critic: no tails
 
 
 # ------------------------------------------------------------------------------------------------ StepMix
 
 
-def _warm_stepmix(cfg: MixingConfig, episodes: list[tuple[np.ndarray, list[float]]]) -> StepMix:
-    mixer = make_mixer(cfg, discount=1.0, rng=np.random.default_rng(0))
-    assert isinstance(mixer, StepMix)
-    for states, rewards in episodes:
-        mixer.begin_episode()
-        for s, r in zip(states, rewards, strict=True):
-            assert mixer.choose(s, None) == BASELINE
-            mixer.record_reward(r)
-        mixer.end_episode()
-    assert not mixer.warming_up
-    return mixer
+def test_stepmix_plan_meets_the_line_exactly_between_neighbouring_steps() -> None:
+    """S_hat rising with the switch step (the learned tail worth less than the baseline's): the plan is the two
+    neighbours around S_hat = 0, weighted so the average is exactly 0."""
+    h, alpha, upper = 10, 0.2, 1.0
+    slack = (1 - alpha) * np.linspace(1.0, 0.1, h) - alpha * np.linspace(0.0, 0.9, h)
+    steps = np.arange(h) / h
+    for tail in (0.5 * (1 - steps), 0.5 * (1 - steps**2)):  # S_hat linear (all pairs tie), then concave
+        a, b, p = stepmix_plan(tail, slack, baseline_lower=0.9, upper=upper, alpha=alpha)
+        s = tail - slack
+        assert abs(a - b) == 1 and s[a] < 0 <= s[b], (a, b)
+        assert p * s[a] + (1 - p) * s[b] == pytest.approx(0.0, abs=1e-12)
+        assert p * (h - a) + (1 - p) * (h - b) > epsmix_epsilon(float(tail[0]), upper, alpha) * h
 
 
-def _run(mixer: StepMix, states: np.ndarray, rewards: list[float], bounds: list[ValueBound | None]) -> list[str]:
-    mixer.begin_episode()
-    choices = []
-    for s, r, b in zip(states, rewards, bounds, strict=True):
-        choices.append(mixer.choose(s, b if mixer.needs_bound else None))
-        mixer.record_reward(r)
-    mixer.end_episode()
-    return choices
+def test_stepmix_plan_runs_the_learned_policy_when_its_bound_covers_the_line() -> None:
+    slack = np.array([0.8, 0.5, 0.2])
+    assert stepmix_plan(np.array([0.85, 0.0, 0.0]), slack, 0.9, 1.0, 0.2) == (0, 0, 1.0)
+    # A baseline worth nothing: any policy meets the line.
+    assert stepmix_plan(np.zeros(3), np.zeros(3), 0.0, 0.0, 0.2) == (0, 0, 1.0)
 
 
-def test_stepmix_never_switches_when_the_bound_never_holds_and_at_once_when_it_always_does() -> None:
-    horizon = 10
-    states = np.stack([np.full(2, t, float) for t in range(horizon)])
-    cfg = MixingConfig(mode="stepmix", alpha=0.2, baseline_episodes=3, kappa=1.0)  # a critic we trust
-    mixer = _warm_stepmix(cfg, [(states, [1.0] * horizon)] * 3)
+def test_stepmix_plan_without_a_trusted_critic_on_a_sparse_task_is_epsmix() -> None:
+    """Terminal reward: nothing is banked before the last step, so with L = 0 no switch step is feasible on its
+    own. The best mixture is EpsMix's: the learned policy from step 0 with probability eps, else never."""
+    h, alpha, upper = 10, 0.2, 0.5
+    slack = np.full(h, (1 - alpha) * upper)
+    a, b, p = stepmix_plan(np.zeros(h), slack, baseline_lower=0.45, upper=upper, alpha=alpha)
+    assert (a, b) == (0, NEVER) and p == pytest.approx(epsmix_epsilon(0.0, upper, alpha))
 
-    choices = _run(mixer, states, [0.0] * horizon, [ValueBound(0.0, 0.0)] * horizon)
-    assert choices == [BASELINE] * horizon and mixer.log_fields()["switch_step"] == -1.0
 
-    # Holds from step 0, then the bound collapses: the switch happened once and persists.
-    bounds = [ValueBound(100.0, 0.0)] + [ValueBound(0.0, 0.0)] * (horizon - 1)
-    choices = _run(mixer, states, [0.0] * horizon, bounds)
-    assert choices == [LEARNED] * horizon
-    fields = mixer.log_fields()
-    assert fields["switch_step"] == 0.0 and fields["lower_at_switch"] == 100.0
-    assert {"lower", "upper", "upper_s1", "kappa", "return"} <= fields.keys()
+def test_stepmix_plan_rejects_mismatched_shapes() -> None:
+    with pytest.raises(ValueError, match="expected the same shape"):
+        stepmix_plan(np.zeros(3), np.zeros(2), 0.0, 1.0, 0.2)
 
 
 def test_stepmix_keeps_the_constraint_where_switching_on_banked_reward_alone_would_not() -> None:
-    """The baseline succeeds (0.2 per step) on half the resets and earns nothing on the others: V^b = 1. The
-    learned policy earns nothing anywhere (L = 0 is exact). Switching once G_t >= (1 - alpha) U would bank 0.8
-    on good resets and keep the failures: value 0.4 < 0.75. StepMix's rule gives 0.8."""
+    """The baseline earns 0.2 per step on half the resets and nothing on the others: V^b = 1. The learned policy
+    earns nothing anywhere (the critic says so exactly, and is trusted: kappa = 0). Switching once this episode's
+    own banked reward covers (1 - alpha) U would keep the failures and switch only on good resets: value 0.4.
+    StepMix plans before s1 from averages; each plan's exact value meets (1 - alpha) V^b = 0.75."""
     horizon, alpha = 10, 0.25
-    good = (np.ones((horizon, 1)), [0.2] * horizon)
-    bad = (np.zeros((horizon, 1)), [0.0] * horizon)
-    mixer = _warm_stepmix(MixingConfig(mode="stepmix", alpha=alpha, baseline_episodes=40), [good, bad] * 20)
-    zero = [ValueBound(0.0, 0.0)] * horizon
-    returns = {}
-    for name, (states, baseline_rewards) in (("good", good), ("bad", bad)):
+    cfg = MixingConfig(mode="stepmix", alpha=alpha, baseline_episodes=40, kappa=0.0)
+    mixer = make_mixer(cfg, discount=1.0, rng=np.random.default_rng(0))
+    assert isinstance(mixer, StepMix)
+    world = np.random.default_rng(1)
+
+    def value(tau: int) -> float:  # baseline for steps < tau on both reset types, then nothing
+        return 0.5 * 0.2 * (horizon if tau == NEVER else min(tau, horizon))
+
+    values: list[float] = []
+    switches: set[float] = set()
+    for _ in range(300):
+        good = bool(world.random() < 0.5)
         mixer.begin_episode()
-        for t, s in enumerate(states):
-            choice = mixer.choose(s, zero[t] if mixer.needs_bound else None)
-            mixer.record_reward(baseline_rewards[t] if choice == BASELINE else 0.0)
-        returns[name] = (mixer.end_episode()["return"], mixer.log_fields()["switch_step"])
-    assert returns["good"] == (pytest.approx(1.6), 8.0)
-    assert returns["bad"] == (0.0, 0.0)
-    value = 0.5 * returns["good"][0] + 0.5 * returns["bad"][0]
-    assert value >= (1 - alpha) * 1.0
+        fields = mixer.log_fields()
+        if not fields["warmup"]:
+            a, b, p = int(fields["switch_a"]), int(fields["switch_b"]), fields["p_a"]
+            values.append(p * value(a) + (1 - p) * value(b))
+        for t in range(horizon):
+            bound = ValueBound(0.0, 0.0) if mixer.needs_bound else None
+            choice = mixer.choose(np.array([float(good), t]), bound)
+            mixer.record_reward(0.2 if (good and choice == BASELINE) else 0.0)
+        switches.add(mixer.end_episode()["switch_step"])
+    assert len(values) == 260 and min(values) >= (1 - alpha) * 1.0 - 1e-9, min(values)
+    assert 0.0 in switches  # the learned policy did act (here EpsMix's pair is StepMix's best plan)
 
 
-def test_step_baseline_value_needs_data_and_matching_shapes() -> None:
-    value = StepBaselineValue(0.95)
-    with pytest.raises(ValueError, match="0 baseline episode"):
-        value.upper(np.zeros(2), 0)
-    with pytest.raises(ValueError, match="states shape"):
-        value.add_episode(np.zeros((3, 2)), [1.0, 1.0])
-    with pytest.raises(ValueError, match=r"episode 0 step 1: reward -2\.0"):
-        value.add_episode(np.zeros((2, 2)), [1.0, -2.0])
+def test_stepmix_needs_a_bound_up_to_its_switch_and_logs_its_plan() -> None:
+    cfg = MixingConfig(mode="stepmix", baseline_episodes=2, kappa=1.0)
+    mixer = make_mixer(cfg, discount=1.0, rng=np.random.default_rng(0))
+    assert isinstance(mixer, StepMix)
+    for _ in range(2):
+        mixer.begin_episode()
+        for _t in range(4):
+            assert not mixer.needs_bound and mixer.choose(np.zeros(1), None) == BASELINE
+            mixer.record_reward(0.0)
+        mixer.end_episode()
+    mixer.begin_episode()  # a worthless baseline: U = 0, the learned policy from step 0
+    fields = mixer.log_fields()
+    assert fields["planned_switch"] == 0.0 and fields["upper"] == 0.0
+    assert {"switch_a", "switch_b", "p_a", "lower", "learned_lower", "kappa", "horizon"} <= fields.keys()
+    assert mixer.needs_bound
+    with pytest.raises(ValueError, match="bound None"):
+        mixer.choose(np.zeros(1), None)
+    fresh = make_mixer(cfg, discount=1.0, rng=np.random.default_rng(0))
+    fresh.load_state(mixer.state())
+    fresh._steps = 0  # the refused call above had counted its step
+    assert fresh.choose(np.zeros(1), ValueBound(3.0, 0.5)) == LEARNED
+    assert not fresh.needs_bound
+    fresh.record_reward(1.0)
+    assert fresh.choose(np.zeros(1), None) == LEARNED
+    fresh.record_reward(1.0)
+    record = fresh.end_episode()
+    assert record["switch_step"] == 0.0 and record["return"] == 2.0
+    assert fresh.learned.n == 1  # a whole learned episode: its return feeds L
 
 
 # --------------------------------------------------------------------------------------------- make_mixer

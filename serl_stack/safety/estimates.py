@@ -1,16 +1,19 @@
 """Value estimates for conservative baseline mixing (see stepmix.py): what the mixers compare.
 
-Owns: `BaselineValue` (an upper confidence estimate U of the baseline's value from Monte-Carlo returns of its
-episodes), `StepBaselineValue` (the same for mid-episode states), the critic-ensemble lower bound L of the learned
-policy's value (`ValueBound`, `learned_lower_bound`; the critic's Q-values come from
-`agents.policy.make_value_fn`) and its online-calibrated kappa (`KappaCalibrator`). The stateful ones have
-`state()` / `load_state()` (their settings and data as plain values and numpy arrays) so a mixer survives an
-actor restart; the on-disk form of that state is safety/mixer_state.py's. Pure numpy.
+Owns: `BaselineValue` (an upper confidence estimate U of the baseline's value over the reset distribution, from
+Monte-Carlo returns of an unbiased sample of its episodes), `BaselineSteps` (the same episodes step by step, for
+StepMix's switch family), `LearnedValue` (the lower bound L of the learned policy's value over the reset
+distribution, from the realized returns of its own whole episodes), the critic-ensemble bound at one state
+(`ValueBound`, `learned_lower_bound`; the critic's Q-values come from `agents.policy.make_value_fn`), its
+online-calibrated kappa and cap (`KappaCalibrator`) and the bounds at the baseline's states (`PrefixBounds`).
+The stateful ones have `state()` / `load_state()` (their settings and data as plain values and numpy arrays) so
+a mixer survives an actor restart; the on-disk form of that state is safety/mixer_state.py's. Pure numpy.
 
 Conventions. Rewards must be >= 0 (the paper's V in [0, H]; the bound arguments need it). Values and returns are
 discounted with the critic's `discount`, because L comes from that critic: U and L must measure the same
 quantity. s1 is drawn from the reset distribution, so "V(s1)" is its expectation over resets, which is what
-Monte-Carlo returns of baseline episodes estimate.
+Monte-Carlo returns of episodes estimate, provided the choice of which episodes enter an estimate does not depend
+on s1 or on how the episode goes (docs/safety.md).
 """
 
 from __future__ import annotations
@@ -52,8 +55,13 @@ def check_saved_settings(owner: str, state: Mapping[str, Any], **mine: Any) -> N
 
 def _t_upper(x: np.ndarray, confidence: float) -> float:
     """One-sided Student-t upper bound of the mean of `x` at `confidence`."""
-    n = len(x)
-    return float(x.mean() + stats.t.ppf(confidence, n - 1) * x.std(ddof=1) / np.sqrt(n))
+    return float(_t_bound(np.asarray(x, np.float64)[:, None], confidence, +1.0)[0])
+
+
+def _t_bound(x: np.ndarray, confidence: float, sign: float) -> np.ndarray:
+    """Per column of `x` (n, k): the one-sided Student-t upper (sign +1) or lower (sign -1) bound of the mean."""
+    n = x.shape[0]
+    return x.mean(0) + sign * stats.t.ppf(confidence, n - 1) * x.std(0, ddof=1) / np.sqrt(n)
 
 
 # --------------------------------------------------------------------------------------------- baseline value
@@ -128,99 +136,185 @@ class BaselineValue:
         self._returns = [float(x) for x in returns]
 
 
-class StepBaselineValue:
-    """Û^b(s, t): an upper estimate of the baseline's value (discounted return-to-go) at a mid-episode state.
+class BaselineSteps:
+    """The per-step returns of whole baseline episodes, for StepMix's switch family (stepmix.py).
 
-    Choice: per-episode nearest neighbours, numpy only. Each stored baseline episode contributes its state
-    nearest to the query (features: states standardized per dimension, plus t / longest episode, because on a
-    finite horizon the return-to-go depends on the steps left); the `k` episodes whose nearest states are
-    closest give k returns-to-go, and Û = their mean + t_{k-1, conf} * std / sqrt(k). Taking one neighbour per
-    episode keeps the k samples independent (consecutive states of one episode are not), so the t-bound means
-    something. No model class to pick, exact on states it has seen; it degrades far from the baseline's data,
-    which is where StepMix keeps running the baseline anyway (the baseline visits those states).
+    Each episode is kept as its discounted return-to-go g_t (g_0 = its return). For a switch step tau (baseline
+    for steps t < tau, learned from tau on) the episode gives R_tau = g^tau g_tau, the part of the return the
+    baseline earns from tau on, and G_tau = g_0 - R_tau, what it banked before (g = discount; both 0 / g_0 past
+    the episode's end). `slack_upper` bounds the mean of Z_tau = (1 - alpha) R_tau - alpha G_tau from above: the
+    baseline's share of the constraint that a learned tail must cover (module docstring of stepmix.py).
+    Only episodes whose length the mixer did not select on may enter (warm-up and never-switch episodes): then
+    they are iid draws of the baseline's episode. The newest `window` are kept (a FIFO of iid draws stays iid;
+    it bounds the saved state).
     """
 
-    def __init__(self, confidence: float, discount: float = 1.0, k: int = 10) -> None:
+    def __init__(self, confidence: float, discount: float = 1.0, window: int = 500) -> None:
         if not 0.0 < confidence < 1.0:
             raise ValueError(f"mixing.confidence: got {confidence!r}, expected in (0, 1)")
-        if k < 2:
-            raise ValueError(f"k: got {k!r}, expected >= 2 neighbours")
-        self.confidence, self.discount, self.k = confidence, discount, k
-        self._episodes: list[tuple[np.ndarray, np.ndarray]] = []
-        self._cache: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float] | None = None
+        if window < 2:
+            raise ValueError(f"window: got {window!r}, expected >= 2 episodes")
+        self.confidence, self.discount, self.window = confidence, discount, window
+        self._episodes: deque[np.ndarray] = deque(maxlen=window)
 
     @property
     def n(self) -> int:
         return len(self._episodes)
 
-    def add_episode(self, states: np.ndarray, rewards: Sequence[float] | np.ndarray) -> None:
-        """One baseline episode: `states` (T, D) where each action was taken, `rewards` (T,)."""
-        s = np.asarray(states, np.float64)
-        r = check_rewards(rewards, f"StepBaselineValue: episode {self.n}")
-        if s.ndim != 2 or len(s) != len(r) or len(s) == 0:
-            raise ValueError(f"StepBaselineValue.add_episode: states shape {s.shape} with {len(r)} rewards, "
-                             "expected (T, D) states with T = len(rewards) >= 1")
-        if self._episodes and s.shape[1] != self._episodes[0][0].shape[1]:
-            raise ValueError(f"StepBaselineValue.add_episode: state dim {s.shape[1]}, expected "
-                             f"{self._episodes[0][0].shape[1]} like the earlier episodes")
-        self._episodes.append((s, discounted_returns_to_go(r, self.discount)))
-        self._cache = None
+    @property
+    def horizon(self) -> int:
+        """The longest stored episode (the switch family's steps are 0 .. horizon - 1, then "never")."""
+        return max((len(g) for g in self._episodes), default=0)
 
-    def _tables(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
-        # Padded (episodes, T_max, D+1) features: one vectorized distance computation per query.
-        if self._cache is None:
-            all_states = np.concatenate([s for s, _ in self._episodes])
-            mean, std = all_states.mean(0), np.maximum(all_states.std(0), 1e-8)
-            horizon = float(max(len(s) for s, _ in self._episodes))
-            t_max = int(horizon)
-            feats = np.full((self.n, t_max, all_states.shape[1] + 1), np.inf)
-            rtg = np.zeros((self.n, t_max))
-            for i, (s, g) in enumerate(self._episodes):
-                feats[i, : len(s), :-1] = (s - mean) / std
-                feats[i, : len(s), -1] = np.arange(len(s)) / horizon
-                rtg[i, : len(s)] = g
-            self._cache = (feats, rtg, mean, std, horizon)
-        return self._cache
+    def add_episode(self, rewards: Sequence[float] | np.ndarray) -> None:
+        r = check_rewards(rewards, f"BaselineSteps: episode {self.n}")
+        self._episodes.append(discounted_returns_to_go(r, self.discount))
 
-    def upper(self, state: np.ndarray, t: int) -> float:
-        """Û^b(state, t) (see the class docstring); needs >= 2 baseline episodes."""
+    def slack_upper(self, alpha: float) -> tuple[np.ndarray, float]:
+        """(upper bounds of E[Z_tau] for tau = 0 .. horizon - 1, lower bound of E[return] clipped at 0)."""
         if self.n < 2:
-            raise ValueError(f"StepBaselineValue.upper: {self.n} baseline episode(s), expected >= 2")
-        feats, rtg, mean, std, horizon = self._tables()
-        q = np.append((np.asarray(state, np.float64).reshape(-1) - mean) / std, t / horizon)
-        d = np.sum((feats - q) ** 2, axis=-1)  # padding is inf: never the nearest
-        nearest = np.argmin(d, axis=1)
-        rows = np.arange(self.n)
-        k = min(self.k, self.n)
-        pick = np.argsort(d[rows, nearest], kind="stable")[:k]
-        return max(_t_upper(rtg[pick, nearest[pick]], self.confidence), 0.0)
+            raise ValueError(f"BaselineSteps.slack_upper: {self.n} baseline episode(s), expected >= 2")
+        h = self.horizon
+        g = np.zeros((self.n, h + 1))
+        for i, rtg in enumerate(self._episodes):
+            g[i, : len(rtg)] = rtg
+        tail = g[:, :h] * self.discount ** np.arange(h)  # R_tau
+        z = (1.0 - alpha) * tail - alpha * (g[:, :1] - tail)
+        return _t_bound(z, self.confidence, +1.0), max(_t_bound(g[:, :1], self.confidence, -1.0)[0], 0.0)
 
     def state(self) -> dict[str, Any]:
-        """Settings and the stored episodes (states (T, D), discounted returns-to-go (T,)), for saving."""
-        return {"confidence": self.confidence, "discount": self.discount, "k": self.k,
-                "states": [s.copy() for s, _ in self._episodes],
-                "returns_to_go": [g.copy() for _, g in self._episodes]}
+        return {"confidence": self.confidence, "discount": self.discount, "window": self.window,
+                "returns_to_go": [g.copy() for g in self._episodes]}
 
     def load_state(self, state: Mapping[str, Any]) -> None:
-        """Take the episodes of `state()` from an estimate with the same settings (ValueError otherwise)."""
-        check_saved_settings("StepBaselineValue", state, confidence=self.confidence, discount=self.discount,
-                             k=self.k)
-        states, rtgs = list(state["states"]), list(state["returns_to_go"])
-        if len(states) != len(rtgs):
-            raise ValueError(f"StepBaselineValue: {len(states)} state arrays and {len(rtgs)} returns-to-go arrays, "
-                             "expected one of each per episode")
+        check_saved_settings("BaselineSteps", state, confidence=self.confidence, discount=self.discount,
+                             window=self.window)
+        episodes = [np.array(g, np.float64) for g in state["returns_to_go"]]
+        for i, g in enumerate(episodes):
+            if g.ndim != 1 or not np.all(np.isfinite(g) & (g >= 0)):
+                raise ValueError(f"BaselineSteps.returns_to_go[{i}]: got shape {g.shape}, expected a 1-D array of "
+                                 "finite returns-to-go >= 0")
+        if len(episodes) > self.window:
+            raise ValueError(f"BaselineSteps.returns_to_go: {len(episodes)} episodes, expected <= {self.window}")
+        self._episodes = deque(episodes, maxlen=self.window)
+
+
+class LearnedValue:
+    """L of the learned policy over the reset distribution: the one-sided `confidence` lower bound (Student-t,
+    clipped at 0) of the realized discounted returns of its last `window` whole episodes from s1.
+
+    Valid when those episodes began at s1 drawn from the reset distribution independently of the choice to run
+    the learned policy (EpsMix's coin and StepMix's switch step are drawn before s1 is seen), so each return is
+    an unbiased sample of E[V^pi(s1)] of the policy that ran it. 0 until `min_runs` returns exist: the mixers
+    then run the learned policy in about alpha of the episodes, which is what gathers them (no deadlock, sparse
+    or dense reward). The window forgets older policies; a policy that just got worse is overrated until its
+    returns fill the window (docs/safety.md).
+    """
+
+    def __init__(self, confidence: float, window: int = 20, min_runs: int = 10) -> None:
+        if not 0.0 < confidence < 1.0:
+            raise ValueError(f"mixing.confidence: got {confidence!r}, expected in (0, 1)")
+        if min_runs < 2 or window < min_runs:
+            raise ValueError(f"LearnedValue: window {window!r} and min_runs {min_runs!r}, expected "
+                             "2 <= min_runs <= window")
+        self.confidence, self.window, self.min_runs = confidence, window, min_runs
+        self._returns: deque[float] = deque(maxlen=window)
+
+    @property
+    def n(self) -> int:
+        return len(self._returns)
+
+    def observe(self, realized_return: float) -> None:
+        if not (np.isfinite(realized_return) and realized_return >= 0):
+            raise ValueError(f"realized_return: got {realized_return!r}, expected a finite return >= 0")
+        self._returns.append(float(realized_return))
+
+    def lower(self) -> float:
+        if self.n < self.min_runs:
+            return 0.0
+        return max(_t_bound(np.array(self._returns)[:, None], self.confidence, -1.0)[0], 0.0)
+
+    def state(self) -> dict[str, Any]:
+        return {"confidence": self.confidence, "window": self.window, "min_runs": self.min_runs,
+                "returns": np.array(self._returns, np.float64)}
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        check_saved_settings("LearnedValue", state, confidence=self.confidence, window=self.window,
+                             min_runs=self.min_runs)
+        returns = np.asarray(state["returns"], np.float64)
+        if returns.ndim != 1 or len(returns) > self.window or not np.all(np.isfinite(returns) & (returns >= 0)):
+            raise ValueError(f"LearnedValue.returns: got shape {returns.shape}, expected at most {self.window} "
+                             "finite returns >= 0")
+        self._returns = deque((float(x) for x in returns), maxlen=self.window)
+
+
+class PrefixBounds:
+    """The critic's bound at the states the baseline reaches at each step, for StepMix's learned tails.
+
+    Per episode: the ValueBound (mean, std) at each state the baseline acted in or handed over at, up to the
+    episode's planned switch step `planned` (drawn before s1), and that step. For a switch step tau, the episodes
+    with planned >= tau give iid samples of the baseline's state at tau (0 if the episode had ended before tau:
+    no learned tail there). `tail_lower` turns them, with the calibrator's current kappa and cap, into a lower
+    bound of E_b[g^tau V^pi(s_tau)]: Student-t over the per-episode g^tau L(s_tau), clipped at 0, and 0 where
+    fewer than 2 episodes reach tau. The bounds were computed by the critic of their episode's time, so this is
+    as good as the calibration; 0 (no trust) is always a valid value of it. The newest `window` episodes are kept.
+    """
+
+    def __init__(self, confidence: float, discount: float = 1.0, window: int = 100) -> None:
+        if window < 2:
+            raise ValueError(f"window: got {window!r}, expected >= 2 episodes")
+        self.confidence, self.discount, self.window = confidence, discount, window
+        self._episodes: deque[tuple[np.ndarray, int]] = deque(maxlen=window)
+
+    @property
+    def n(self) -> int:
+        return len(self._episodes)
+
+    def add_episode(self, bounds: Sequence[ValueBound], planned: int) -> None:
+        """`bounds` at steps 0, 1, ... of one episode (as far as it reached, at most planned + 1 of them)."""
+        if planned < 0 or len(bounds) > planned + 1:
+            raise ValueError(f"PrefixBounds.add_episode: {len(bounds)} bounds for planned switch step {planned}, "
+                             "expected planned >= 0 and at most planned + 1 bounds")
+        arr = np.array([(b.mean, b.std) for b in bounds], np.float64).reshape(-1, 2)
+        self._episodes.append((arr, int(planned)))
+
+    def tail_lower(self, horizon: int, kappa: float, cap: float) -> np.ndarray:
+        """Lower bounds of E_b[g^tau V^pi(s_tau)] for tau = 0 .. horizon - 1."""
+        out = np.zeros(horizon)
+        if self.n < 2 or horizon == 0 or not np.isfinite(kappa):
+            return out  # kappa = inf: the critic is not trusted, L = 0 everywhere
+        x = np.full((self.n, horizon), np.nan)
+        for i, (b, planned) in enumerate(self._episodes):
+            reach = min(len(b), horizon)
+            x[i, : min(planned + 1, horizon)] = 0.0  # ended before tau: no tail
+            x[i, :reach] = np.minimum(np.maximum(b[:reach, 0] - kappa * b[:reach, 1], 0.0), cap)
+        x *= self.discount ** np.arange(horizon)
+        for tau in range(horizon):
+            col = x[~np.isnan(x[:, tau]), tau]
+            if len(col) >= 2:
+                out[tau] = max(_t_bound(col[:, None], self.confidence, -1.0)[0], 0.0)
+        return out
+
+    def state(self) -> dict[str, Any]:
+        return {"confidence": self.confidence, "discount": self.discount, "window": self.window,
+                "bounds": [b.copy() for b, _ in self._episodes],
+                "planned": np.array([p for _, p in self._episodes], np.int64)}
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        check_saved_settings("PrefixBounds", state, confidence=self.confidence, discount=self.discount,
+                             window=self.window)
+        bounds, planned = list(state["bounds"]), np.asarray(state["planned"]).reshape(-1)
+        if len(bounds) != len(planned) or len(bounds) > self.window:
+            raise ValueError(f"PrefixBounds: {len(bounds)} bound arrays and {len(planned)} planned steps, expected "
+                             f"one of each per episode, at most {self.window}")
         episodes = []
-        for i, (s_, g_) in enumerate(zip(states, rtgs, strict=True)):
-            s, g = np.array(s_, np.float64), np.array(g_, np.float64)
-            dim = episodes[0][0].shape[1] if episodes else "D"  # every episode has the first one's state dim
-            if s.ndim != 2 or len(s) == 0 or (episodes and s.shape[1] != dim) or g.shape != (len(s),):
-                raise ValueError(f"StepBaselineValue: episode {i} states shape {s.shape}, returns-to-go shape "
-                                 f"{g.shape}, expected (T, {dim}) and (T,) with T >= 1")
-            if not (np.all(np.isfinite(s)) and np.all(np.isfinite(g) & (g >= 0))):
-                raise ValueError(f"StepBaselineValue: episode {i} holds non-finite states or returns-to-go < 0, "
-                                 "expected finite states and returns-to-go >= 0")
-            episodes.append((s, g))
-        self._episodes, self._cache = episodes, None
+        for i, (b_, p) in enumerate(zip(bounds, planned, strict=True)):
+            b = np.array(b_, np.float64)
+            if b.ndim != 2 or b.shape[1] != 2 or not np.all(np.isfinite(b)) or p < 0 or len(b) > p + 1:
+                raise ValueError(f"PrefixBounds: episode {i} bounds shape {b.shape} with planned step {p}, expected "
+                                 "finite (T, 2) bounds with T <= planned + 1")
+            episodes.append((b, int(p)))
+        self._episodes = deque(episodes, maxlen=self.window)
 
 
 # --------------------------------------------------------------------------------------- learned lower bound
@@ -358,8 +452,3 @@ class KappaCalibrator:
                 raise ValueError(f"KappaCalibrator.{name}: got {value!r}, expected >= 0 (inf allowed)")
         self._runs = deque((tuple(float(x) for x in run) for run in runs), maxlen=maxlen)
         self._kappa, self._cap = kappa, cap
-
-
-# ----------------------------------------------------------------------------------------------- mixing
-
-

@@ -10,9 +10,10 @@ Pure numpy, msgpack and the standard library, so the actor and the benchmark rea
 
 A file is one msgpack map `{"format": FORMAT, "schema_version": SCHEMA_VERSION, "body": body}` with body
 `{"kind": "mixer", "mixer": <mixer>}` or `{"kind": "snapshot", "episode": int, "params": None | nested map of
-arrays, "mixer": None | <mixer>}`. <mixer> is `mixer_to_state`'s map: `_Mixer.state()` with the coin generator's
-128-bit integers as decimal strings (msgpack holds 64 bits). It carries the MixingConfig and discount it ran
-with, so a snapshot is rebuilt without the caller's config (`mixer_settings`).
+arrays, "mixer": None | <mixer>}`. <mixer> is `mixer_to_state`'s map: `_Mixer.state()` with the generator's
+128-bit integers (EpsMix's coin, StepMix's switch step) as decimal strings (msgpack holds 64 bits). It carries
+the MixingConfig and discount it ran with, so a snapshot is rebuilt without the caller's config
+(`mixer_settings`).
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ import numpy as np
 from serl_stack.config import MixingConfig
 from serl_stack.safety.stepmix import SAVED_SETTINGS, EpsMix, StepMix, make_mixer
 
-SCHEMA_VERSION = 1
-"""Bumped whenever a field changes meaning or goes away; a file of another version is refused, not guessed at."""
+SCHEMA_VERSION = 2
+"""Bumped whenever a field changes meaning or goes away; a file of another version is refused, not guessed at.
+2: mixtures drawn before s1 (issue 18): L from the learned policy's returns, StepMix's switch plan and generator."""
 FORMAT = "serl_stack.mixer_state"
 """The `format` tag of every file this module writes (tells it apart from other msgpack files)."""
 NDARRAY_EXT = 1
@@ -40,7 +42,7 @@ _ARRAY_KINDS = "biuf"  # bool, int, uint, float: object or void dtypes could car
 _MAX_NDIM = 32
 _RNG_KINDS: dict[str, Callable[[], np.random.BitGenerator]] = {"PCG64": np.random.PCG64,
                                                                "PCG64DXSM": np.random.PCG64DXSM}
-"""Bit generators EpsMix's coin may use here: their whole state is two 128-bit integers and two small ones."""
+"""Bit generators a mixer's coin may use here: their whole state is two 128-bit integers and two small ones."""
 _MIXER_CLASSES = {"epsmix": EpsMix, "stepmix": StepMix}
 
 
@@ -244,19 +246,23 @@ def _config(value: Any, path: str) -> dict[str, Any]:
 
 _BOUND = _record({"mean": _num, "std": _num})
 _BASELINE = _record({"confidence": _num, "discount": _num, "max_return": _optional(_num), "returns": _array("f", 1)})
-_STEP_BASELINE = _record({"confidence": _num, "discount": _num, "k": _int, "states": _list(_array("f", 2)),
-                          "returns_to_go": _list(_array("f", 1))})
+_BASELINE_STEPS = _record({"confidence": _num, "discount": _num, "window": _int,
+                           "returns_to_go": _list(_array("f", 1))})
+_LEARNED = _record({"confidence": _num, "window": _int, "min_runs": _int, "returns": _array("f", 1)})
+_PREFIXES = _record({"confidence": _num, "discount": _num, "window": _int, "bounds": _list(_array("f", 2)),
+                     "planned": _array("i", 1)})
 _CALIBRATOR = _record({"initial": _num, "target": _num, "window": _int, "min_runs": _int, "cap_window": _int,
                        "runs": _array("f", 2), "kappa": _num, "cap": _num})
 _RNG = _record({"bit_generator": _str, "state": _record({"state": _uint128, "inc": _uint128}), "has_uint32": _int,
                 "uinteger": _int})
 _COMMON = {"mode": _str, "config": _config, "episode": _int, "learned_available": _bool, "warmup": _optional(_bool),
-           "rewards": _array("f", 1), "states": _list(_array(_ARRAY_KINDS, None)), "fields": _map(_num),
-           "baseline": _BASELINE, "calibrator": _CALIBRATOR}
+           "rewards": _array("f", 1), "steps": _int, "fields": _map(_num), "baseline": _BASELINE,
+           "learned": _LEARNED, "rng": _RNG}
 _MIXER: dict[str, Check] = {
-    "epsmix": _record({**_COMMON, "rng": _RNG, "choice": _str, "bound": _optional(_BOUND)}),
-    "stepmix": _record({**_COMMON, "step_baseline": _STEP_BASELINE, "switch_step": _optional(_int),
-                        "switch_bound": _optional(_BOUND), "banked": _num}),
+    "epsmix": _record({**_COMMON, "choice": _str}),
+    "stepmix": _record({**_COMMON, "baseline_steps": _BASELINE_STEPS, "prefixes": _PREFIXES,
+                        "calibrator": _CALIBRATOR, "planned": _int, "switch_step": _optional(_int),
+                        "bounds": _array("f", 2), "switch_bound": _optional(_BOUND)}),
 }
 
 
@@ -292,14 +298,13 @@ def mixer_to_state(mixer: EpsMix | StepMix) -> dict[str, Any]:
     if not isinstance(mixer, (EpsMix, StepMix)):
         raise TypeError(f"mixer: got {type(mixer).__name__}, expected an EpsMix or a StepMix")
     state = mixer.state()
-    if isinstance(mixer, EpsMix):
-        rng = state["rng"]
-        if rng.get("bit_generator") not in _RNG_KINDS:
-            raise MixerStateError(f"EpsMix.rng: a {rng.get('bit_generator')} generator cannot be saved; expected one "
-                                  f"of {', '.join(_RNG_KINDS)} (np.random.default_rng gives PCG64)")
-        state["rng"] = {"bit_generator": rng["bit_generator"],
-                        "state": {"state": str(rng["state"]["state"]), "inc": str(rng["state"]["inc"])},
-                        "has_uint32": int(rng["has_uint32"]), "uinteger": int(rng["uinteger"])}
+    rng = state["rng"]
+    if rng.get("bit_generator") not in _RNG_KINDS:
+        raise MixerStateError(f"{type(mixer).__name__}.rng: a {rng.get('bit_generator')} generator cannot be saved; "
+                              f"expected one of {', '.join(_RNG_KINDS)} (np.random.default_rng gives PCG64)")
+    state["rng"] = {"bit_generator": rng["bit_generator"],
+                    "state": {"state": str(rng["state"]["state"]), "inc": str(rng["state"]["inc"])},
+                    "has_uint32": int(rng["has_uint32"]), "uinteger": int(rng["uinteger"])}
     return state
 
 
@@ -314,8 +319,8 @@ def mixer_settings(state: Any, source: str = "mixer state") -> tuple[MixingConfi
 
 
 def mixer_from_state(state: Any, cfg: MixingConfig, discount: float, source: str = "mixer state") -> EpsMix | StepMix:
-    """A mixer that continues exactly where the one `mixer_to_state` saved stood: the same coin flips, U, kappa,
-    cap and switch decisions. `cfg` must ask for its mode and agree on `stepmix.SAVED_SETTINGS`, and `discount`
+    """A mixer that continues exactly where the one `mixer_to_state` saved stood: the same coin flips, U, L,
+    kappa, cap and switch steps. `cfg` must ask for its mode and agree on `stepmix.SAVED_SETTINGS`, and `discount`
     (the critic's) must be the one its returns were discounted with; otherwise, and for any missing or malformed
     field, `MixerStateError` naming `source` and the problem."""
     mode = _mode_of(state, source)
@@ -327,14 +332,11 @@ def mixer_from_state(state: Any, cfg: MixingConfig, discount: float, source: str
     if saved_discount != discount:
         raise MixerStateError(f"{source}: the saved mixer's returns are discounted with {saved_discount!r}, but this "
                               f"run's agent.discount is {discount!r}; start a new run folder or restore the discount")
-    if mode == "epsmix":
-        kind = parsed["rng"]["bit_generator"]
-        if kind not in _RNG_KINDS:
-            raise MixerStateError(f"{source}: mixer.rng.bit_generator: got {kind!r:.40}, expected one of "
-                                  f"{', '.join(_RNG_KINDS)}")
-        rng = np.random.Generator(_RNG_KINDS[kind]())  # load_state sets its state
-    else:
-        rng = np.random.default_rng(0)  # StepMix draws no coin
+    kind = parsed["rng"]["bit_generator"]
+    if kind not in _RNG_KINDS:
+        raise MixerStateError(f"{source}: mixer.rng.bit_generator: got {kind!r:.40}, expected one of "
+                              f"{', '.join(_RNG_KINDS)}")
+    rng = np.random.Generator(_RNG_KINDS[kind]())  # load_state sets its state
     try:
         mixer = make_mixer(cfg, discount=discount, rng=rng, max_return=parsed["baseline"]["max_return"])
         if not isinstance(mixer, _MIXER_CLASSES[mode]):  # cannot happen: cfg.mode == mode, checked above
