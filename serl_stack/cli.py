@@ -137,7 +137,54 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reset seed of the first episode, then +1 each (default: the run's train.eval_seed)")
     p.add_argument("--video", type=Path, default=None, help="write every frame of every episode to this .mp4")
     p.add_argument("--fps", type=float, default=None, help="video frame rate (default: the env's env.control_hz)")
+    p = sub.add_parser("serve-policy", parents=[common],
+                       help="serve a trained or behaviour-cloned policy over ZeroMQ (a RemotePolicy's server)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run-dir", type=Path, help="a `serl train` run folder: serve its latest (or --step) policy")
+    which.add_argument("--bc", type=Path, help="a `serl train-bc --out` folder: serve its behaviour-cloned policy")
+    p.add_argument("--step", type=int, default=None, help="with --run-dir: checkpoint step (default: the latest)")
+    p.add_argument("--endpoint", default="tcp://127.0.0.1:5600",
+                   help="where to listen, e.g. tcp://0.0.0.0:5600 (port * picks a free one; default %(default)s)")
+    p.add_argument("--action-low", type=_floats, default=None,
+                   help="the range the policy's actions are in: one number or a comma list (default -1)")
+    p.add_argument("--action-high", type=_floats, default=None, help="as --action-low (default 1)")
+    p.add_argument("--name", default="", help="a name the clients see in `hello` (default: the folder)")
     return parser
+
+
+def _floats(text: str) -> list[float] | float:
+    """One number or a comma-separated list (an action bound per dimension)."""
+    values = [float(t) for t in text.split(",")]
+    return values[0] if len(values) == 1 else values
+
+
+def _serve_policy(args: argparse.Namespace) -> int:
+    """`serl serve-policy`: host a run's or a BC folder's policy until Ctrl-C; a JSON summary on stdout."""
+    import json
+
+    from serl_stack.rundir import read_run_config
+
+    folder = args.run_dir if args.run_dir is not None else args.bc
+    if args.bc is not None and args.step is not None:
+        raise ConfigError("--step: only with --run-dir (a `serl train-bc` folder holds one policy)")
+    cfg = read_run_config(folder)  # before JAX is imported: its thread count comes from the run
+    set_thread_env(cfg.train.actor_threads)
+    from serl_stack.inference import load_bc_policy, load_policy
+    from serl_stack.steering.remote import serve_policy
+
+    if args.run_dir is not None:
+        _, policy, _ = load_policy(args.run_dir, args.step)
+    else:
+        policy, _ = load_bc_policy(args.bc)
+
+    def ready(server: object) -> None:
+        endpoint = getattr(server, "endpoint", args.endpoint)
+        print(f"serl serve-policy: serving {folder} on {endpoint} (Ctrl-C stops)", file=sys.stderr, flush=True)
+
+    result = serve_policy(policy, args.endpoint, action_dim=policy.action_dim, action_low=args.action_low,
+                          action_high=args.action_high, name=args.name or str(folder), on_ready=ready)
+    print(json.dumps(result), flush=True)
+    return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -282,6 +329,8 @@ def _run(args: argparse.Namespace) -> int:
     """The subcommand itself; errors propagate to `main`."""
     if args.command == "keys":
         return _keys(args)
+    if args.command == "serve-policy":  # the config is the run's own, like eval's
+        return _serve_policy(args)
     if args.command == "eval":  # the config is the run's own (read by evaluation.py), not --config
         return _eval(args)
     if args.command == "train" and args.resume:
@@ -352,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
         # A process started in the background by a non-interactive shell inherits SIGINT as *ignored*, and Python
         # then leaves it ignored; take it back so Ctrl-C always stops a run cleanly.
         signal.signal(signal.SIGINT, signal.default_int_handler)
-    if args.command in ("learner", "actor", "eval"):
+    if args.command in ("learner", "actor", "eval", "serve-policy"):
         from serl_stack import interrupt
 
         # Ctrl-C stops the loop at a safe point (checkpoint saved, spool flushed), never inside a callback.
