@@ -137,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reset seed of the first episode, then +1 each (default: the run's train.eval_seed)")
     p.add_argument("--video", type=Path, default=None, help="write every frame of every episode to this .mp4")
     p.add_argument("--fps", type=float, default=None, help="video frame rate (default: the env's env.control_hz)")
+    p.add_argument("--steer-critic", type=Path, default=None,
+                   help="a run folder whose critic reranks --k proposals of the policy each step (V-GPS)")
+    p.add_argument("--k", type=int, default=32, help="with --steer-critic: proposals per step (32)")
     p = sub.add_parser("serve-policy", parents=[common],
                        help="serve a trained or behaviour-cloned policy over ZeroMQ (a RemotePolicy's server)")
     which = p.add_mutually_exclusive_group(required=True)
@@ -199,7 +202,8 @@ def _eval(args: argparse.Namespace) -> int:
     from serl_stack.evaluation import run_eval, summary, to_json
 
     try:
-        result = run_eval(args.run_dir, args.step, args.episodes, args.first_seed, args.video, args.fps)
+        result = run_eval(args.run_dir, args.step, args.episodes, args.first_seed, args.video, args.fps,
+                          steer_critic=args.steer_critic, k=args.k)
     except KeyboardInterrupt:
         print("serl eval: interrupted (a video being written is incomplete)", file=sys.stderr)
         return 130

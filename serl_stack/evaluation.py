@@ -86,17 +86,25 @@ def run_eval(
     video: Path | None = None,
     fps: float | None = None,
     show_progress: bool = True,
+    steer_critic: Path | None = None,
+    k: int = 32,
 ) -> dict[str, Any]:
     """Everything `serl eval` does: load the checkpoint, evaluate (recording `video` if given), return the
     evaluation dict merged with `load_policy`'s info (and `"fps"` when a video was written).
 
     `first_seed` defaults to the run's `train.eval_seed`, `fps` to the env's render rate (`env.control_hz` for
     the sim tasks). Progress goes to stderr so stdout stays machine-readable.
+
+    `steer_critic`, a run folder with a critic checkpoint (same env and observation keys), evaluates V-GPS
+    instead: each step the policy samples `k` actions and that run's critic picks the best (the argmax:
+    evaluation is deterministic); the result gains `"steering"`.
     """
     if episodes < 1:
         raise EvalError(f"--episodes: got {episodes}, expected >= 1")
     if fps is not None and not fps > 0:
         raise EvalError(f"--fps: got {fps}, expected > 0")
+    if steer_critic is not None and k < 1:
+        raise EvalError(f"--k: got {k}, expected >= 1 (proposals per step)")
     if video is not None and video.suffix.lower() != ".mp4":
         raise EvalError(f"--video: got {video}, expected a file name ending in .mp4")
     from rich.console import Console
@@ -117,7 +125,10 @@ def run_eval(
                         console=Console(stderr=True), disable=not show_progress)
     try:
         obs, _ = env.reset(seed=cfg.train.seed)  # shapes the policy: the env is built once
-        _, policy, info = load_policy(run_dir, step, example=(obs, int(np.prod(env.action_space.shape))))
+        action_dim = int(np.prod(env.action_space.shape))
+        _, policy, info = load_policy(run_dir, step, example=(obs, action_dim))
+        if steer_critic is not None:
+            policy, info = _steered(policy, steer_critic, obs, action_dim, k, info)
         with progress:
             task = progress.add_task(f"evaluating checkpoint {info['checkpoint_step']}", total=episodes)
 
@@ -137,6 +148,22 @@ def run_eval(
     return {**result, **info}
 
 
+def _steered(policy: Any, critic_run: Path, obs: Any, action_dim: int, k: int,
+             info: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """`policy` reranked by the critic of `critic_run`'s latest checkpoint (`steering.ValueGuidedPolicy`)."""
+    from serl_stack.errors import RunDirError
+    from serl_stack.rundir import read_run_config
+    from serl_stack.steering.guided import ValueGuidedPolicy, load_critic
+
+    try:
+        critic_cfg = read_run_config(critic_run)
+        critic, critic_step = load_critic(critic_run, critic_cfg.agent, obs, action_dim)
+    except (RunDirError, ValueError, KeyError) as e:
+        raise EvalError(f"--steer-critic: {e}") from e
+    steering = {"critic_run": str(critic_run), "critic_step": critic_step, "k": k}
+    return ValueGuidedPolicy(policy, critic, k), {**info, "steering": steering}
+
+
 def summary(result: dict[str, Any]) -> str:
     """A readable account of a `run_eval` result."""
     success = "n/a (the env reports no success)" if result["success_rate"] is None else f"{result['success_rate']:.0%}"
@@ -146,6 +173,10 @@ def summary(result: dict[str, Any]) -> str:
         f"{result['episodes']} deterministic episodes from seed {result['first_seed']}: success {success}, "
         f"return {result['return_mean']:.3f} ± {result['return_std']:.3f}, length {result['length_mean']:.1f}",
     ]
+    if "steering" in result:
+        st = result["steering"]
+        lines.append(f"steered (V-GPS): best of {st['k']} sampled actions by the critic of {st['critic_run']} "
+                     f"(checkpoint {st['critic_step']})")
     if "video" in result:
         lines.append(f"video: {result['video']} ({result['frames']} frames at {result['fps']:g} fps)")
     return "\n".join(lines)

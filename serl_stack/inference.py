@@ -205,7 +205,9 @@ def evaluate(
         raise EvalError(f"episodes: got {episodes}, expected >= 1")
     returns, successes, lengths = [], [], []
     reports_success = False
-    key = jax.random.PRNGKey(0)  # unused by a deterministic policy, required by the protocol
+    # A fresh key per step: a deterministic SAC policy ignores it, but one that samples even when deterministic
+    # (V-GPS: the best of K proposals) must not draw the same proposals at every step.
+    keys = KeyStream(first_seed)
 
     def frame() -> None:
         if on_frame is None:
@@ -222,7 +224,7 @@ def evaluate(
         ret, length, done, info = 0.0, 0, False, {}
         while not done:
             interrupt.check()
-            obs, reward, terminated, truncated, info = env.step(policy.act(obs, key, True))
+            obs, reward, terminated, truncated, info = env.step(policy.act(obs, next(keys), True))
             frame()
             ret += float(reward)
             length += 1

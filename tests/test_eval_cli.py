@@ -183,6 +183,69 @@ def test_evaluate_hooks_count_frames_and_do_not_change_the_result(run: tuple[Pat
     env.close()
 
 
+class _FirstOfOne:
+    """The reference for a steered evaluation with k = 1: the base policy's one sampled action, on the same key."""
+
+    def __init__(self, base: object) -> None:
+        self.base = base
+
+    def act(self, obs: object, key: object, deterministic: bool = False) -> np.ndarray:
+        return np.asarray(self.base.sample_actions(obs, 1, key))[0, 0]  # type: ignore[attr-defined]
+
+    def reset(self) -> None:
+        self.base.reset()  # type: ignore[attr-defined]
+
+
+def test_evaluate_gives_each_step_its_own_key(run: tuple[Path, object, object]) -> None:
+    """V-GPS samples even when deterministic: a key reused at every step would draw the same noise each time."""
+    from serl_stack.envs import make_env
+    from serl_stack.inference import evaluate
+
+    cfg = load(None, SETTINGS)
+    env = make_env(cfg.env)
+    seen: list[bytes] = []
+
+    class Recorder:
+        def act(self, obs: object, key: object, deterministic: bool = False) -> np.ndarray:
+            seen.append(np.asarray(key).tobytes())
+            return np.zeros(env.action_space.shape, np.float32)
+
+        def reset(self) -> None:
+            pass
+
+    evaluate(env, Recorder(), 2, 50)
+    env.close()
+    assert len(seen) == 2 * EPISODE_STEPS and len(set(seen)) == len(seen)
+
+
+def test_steered_eval_with_one_proposal_is_the_base_policys_sample(run: tuple[Path, object, object]) -> None:
+    """`serl eval --steer-critic RUN --k 1` executes the base policy's single sampled action at every step (the
+    critic has nothing to choose from), on the per-step keys `evaluate` draws; with k = 8 the critic does choose,
+    and the result names the critic's run and checkpoint."""
+    from serl_stack.envs import make_env
+    from serl_stack.evaluation import run_eval, summary
+    from serl_stack.inference import evaluate, load_policy
+
+    run_dir = run[0]
+    steered = run_eval(run_dir, episodes=2, first_seed=50, show_progress=False, steer_critic=run_dir, k=1)
+    cfg, policy, _ = load_policy(run_dir)
+    env = make_env(cfg.env)
+    reference = evaluate(env, _FirstOfOne(policy), 2, 50)
+    env.close()
+    for key in ("return_mean", "return_std", "length_mean", "success_rate"):
+        assert steered[key] == reference[key], key
+    assert steered["steering"] == {"critic_run": str(run_dir), "critic_step": 3, "k": 1}
+    assert "best of 1 sampled actions by the critic of" in summary(steered)
+    many = run_eval(run_dir, episodes=2, first_seed=50, show_progress=False, steer_critic=run_dir, k=8)
+    assert many["return_mean"] != steered["return_mean"]  # another action was picked somewhere
+
+
+def test_a_steering_critic_that_is_missing_is_named(run: tuple[Path, object, object], tmp_path: Path) -> None:
+    proc = _serl("eval", "--run-dir", str(run[0]), "--steer-critic", str(tmp_path / "none"), "--episodes", "1")
+    assert proc.returncode == 2 and "--steer-critic: " in proc.stderr and str(tmp_path / "none") in proc.stderr, \
+        proc.stderr
+
+
 # ------------------------------------------------------------------------------------------- bad input
 
 
