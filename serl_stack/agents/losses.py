@@ -1,7 +1,8 @@
 """The SAC losses as pure functions of arrays.
 
 Owns: the TD target (`td_target`), the critic loss (`critic_loss`), the actor loss (`actor_loss`) and the
-temperature loss (`temperature_loss`); and the demonstration regularizer's pieces (DESIGN.md): the Monte-Carlo
+temperature loss (`temperature_loss`); Cal-QL's (`max_backup_target`, `calql_regularizer`, `calql_critic_loss`,
+for agents/calql.py); and the demonstration regularizer's pieces (DESIGN.md): the Monte-Carlo
 KL term toward a behaviour-cloned prior (`kl_regularizer`), TD3+BC's Q normalization (`q_scale`), the weight
 lambda's linear schedule (`scheduled_lambda`) and its dual-descent loss (`lambda_loss`). Each takes the arrays the
 networks produced (Q-values, log-probabilities, the temperature) and returns plain arrays, so it can be checked
@@ -13,6 +14,8 @@ diagnostics under the names the agent reports.
 """
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -133,3 +136,65 @@ def lambda_loss(lam: jax.Array, kl: jax.Array, kl_target: float) -> tuple[jax.Ar
     """
     loss = lam * (kl_target - jax.lax.stop_gradient(kl))
     return loss, {"bc_lambda_loss": loss}
+
+
+# ------------------------------------------------------------------------------------------------ Cal-QL
+
+def max_backup_target(
+    rewards: jax.Array,
+    masks: jax.Array,
+    next_qs: jax.Array,
+    discount: float,
+    next_log_probs: jax.Array | None = None,
+    temperature: jax.Array | float = 0.0,
+) -> jax.Array:
+    """TD target `r + discount * mask * v(s')`, (B,), from the target critics' `next_qs` (E, B, K) of K actions at
+    s': v = the best (over K) of the min over the ensemble (CQL's max backup; K = 1 is the plain backup). With
+    `next_log_probs` (B, K) the chosen action's `temperature * log pi` is subtracted (SAC's entropy backup)."""
+    min_q = next_qs.min(axis=0)
+    best = jnp.argmax(min_q, axis=-1)[:, None]
+    v = jnp.take_along_axis(min_q, best, axis=-1)[:, 0]
+    if next_log_probs is not None:
+        v = v - temperature * jnp.take_along_axis(next_log_probs, best, axis=-1)[:, 0]
+    return rewards + discount * masks * v
+
+
+def calql_regularizer(
+    q_data: jax.Array,
+    q_random: jax.Array,
+    q_policy: jax.Array,
+    policy_log_probs: jax.Array,
+    action_dim: int,
+    mc_returns: jax.Array | None = None,
+    cql_temp: float = 1.0,
+) -> tuple[jax.Array, Info]:
+    """CQL's gap `cql_temp * logsumexp_j(v_j / cql_temp) - Q(s, a_data)` per critic and transition, (E, B).
+
+    `q_data` (E, B): Q at the dataset action. `q_random` (E, B, N): Q(s, .) of N actions uniform in [-1, 1]^A.
+    `q_policy` (E, B, M): Q(s, .) of M policy samples (CQL draws them at s and at s'), with `policy_log_probs`
+    (B, M). Importance sampling (CQL(H)): v = Q - log(sampling density), so the logsumexp estimates
+    log of the integral of exp Q over the action box whatever the samples' distribution.
+    Cal-QL: with `mc_returns` (B,) the policy actions' Q is first raised to at least the MC return of the
+    transition (max(Q, mc)); where that bound binds, the regularizer stops pushing those values down (the gradient
+    through them is zero), so Q is not pushed below the behaviour policy's realized value.
+    """
+    random_log_density = -action_dim * math.log(2.0)  # uniform on [-1, 1]^A: density 2^-A
+    if mc_returns is not None:
+        bound = mc_returns[None, :, None]
+        calibration_rate = jnp.mean(q_policy < bound)
+        q_policy = jnp.maximum(q_policy, bound)
+    else:
+        calibration_rate = jnp.zeros(())
+    v = jnp.concatenate([q_random - random_log_density, q_policy - policy_log_probs[None]], axis=-1)
+    ood = cql_temp * jax.scipy.special.logsumexp(v / cql_temp, axis=-1)
+    return ood - q_data, {"cql_ood": ood.mean(), "calibration_rate": calibration_rate}
+
+
+def calql_critic_loss(qs: jax.Array, target_q: jax.Array, gaps: jax.Array, alpha: float) -> tuple[jax.Array, Info]:
+    """`mean((Q - target)^2) + alpha * mean(gap)` over critics and batch: `qs` (E, B) at the dataset actions,
+    `target_q` (B,) a label (no gradient), `gaps` (E, B) from `calql_regularizer`."""
+    target_q = jax.lax.stop_gradient(target_q)
+    td = jnp.mean((qs - target_q[None]) ** 2)
+    gap = jnp.mean(gaps)
+    loss = td + alpha * gap
+    return loss, {"critic_loss": loss, "td_loss": td, "cql_gap": gap, "q": qs.mean(), "target_q": target_q.mean()}
