@@ -24,9 +24,10 @@ from flax import serialization
 from serl_stack import interrupt
 from serl_stack.config import Config, ConfigError
 from serl_stack.errors import ProcessGone, TransportError
-from serl_stack.inference import KeyStream, PolicyRunner, evaluate
+from serl_stack.inference import KeyStream, Policy, PolicyRunner, evaluate
 from serl_stack.mixing import MIXER_STATE, MixedActing, save_snapshot
 from serl_stack.rundir import actor_index, share, write_config
+from serl_stack.steering.acting import steered_policy
 from serl_stack.transport.actor_client import ActorClient
 from serl_stack.transport.auth import curve_client_from_config
 from serl_stack.transport.learner_server import endpoint
@@ -100,6 +101,8 @@ class Actor:
         self.outbox: DurableOutbox | None = None
         self._unflushed = 0
         self.policy: PolicyRunner | None = None
+        self.steered: Policy | None = None
+        """`steering.*`: the policy training episodes and evaluations act with (proposals reranked by a critic)."""
         self.steps = 0
         """This actor's env steps so far, earlier runs of it included (its spool's sequence numbers)."""
         self.episodes = 0
@@ -207,6 +210,16 @@ class Actor:
                                        critic_samples=self.cfg.mixing.value_samples if mixing_on else 0)
         except KeyError as e:  # agent.obs_keys / image_keys name what the env does not have: a config error
             raise ConfigError(str(e.args[0])) from e
+        # steering.*: the policy's (or a BC / remote base's) proposals reranked by a critic; None when off.
+        self.steered = steered_policy(self.cfg, self.policy, obs, action_dim)
+        acting: Policy = self.steered if self.steered is not None else self.policy
+        if self.steered is not None:
+            st = self.cfg.steering
+            base = {"policy": "the learned policy", "bc": f"the BC policy in {st.base_dir}",
+                    "remote": f"the policy served at {st.remote_endpoint}"}[st.base]
+            pick = "the argmax" if st.temperature == 0 else f"softmax(Q / {st.temperature:g})"
+            print(f"actor {self.actor_id}: steering: each step {st.k} proposals of {base}, {pick} of the critic of "
+                  f"{st.critic_run} (evaluations: the argmax)", flush=True)
         ledger = self.run_dir / f"ledger-{self.actor_id}.txt" if self.cfg.transport.ledger else None
         spec = make_spec(obs, np.zeros(action_dim, np.float32))
         self.outbox = DurableOutbox(self.client, self.spool, spec, ledger=ledger)
@@ -217,7 +230,8 @@ class Actor:
         ep_return, ep_len, ep_jitter = 0.0, 0, 0.0
         stop_early = False
         try:
-            mixing = MixedActing.from_config(self.cfg, self.policy, self.seed + 2, example=(obs, action_dim))
+            mixing = MixedActing.from_config(self.cfg, self.policy, self.seed + 2, example=(obs, action_dim),
+                                             learned=self.steered)
             mixer_state = self.run_dir / MIXER_STATE.format(actor_id=self.actor_id)
             if mixing is not None and mixing.restore_state(mixer_state, self.cfg):
                 print(f"actor {self.actor_id}: {self.cfg.mixing.mode} continues with U from "
@@ -259,7 +273,7 @@ class Actor:
                         if self.policy.params is None:
                             self._wait(lambda: self.policy is not None and self.policy.params is not None,
                                        "the first parameters")
-                        action = self.policy.act(obs, key, False)
+                        action = acting.act(obs, key, False)
                 next_obs, reward, terminated, truncated, info = self.env.step(action)
                 if mixing is not None:
                     try:
@@ -356,7 +370,7 @@ class Actor:
               "parameters (the learner sends them once every actor is done)", flush=True)
         self._wait(lambda: bool((self.client.params_body or {}).get("final")), "the final parameters")
         first_seed = t.eval_seed + self.index * t.eval_episodes  # actors evaluate on disjoint held-out seeds
-        result = {**evaluate(self.env, self.policy, t.eval_episodes, first_seed),
+        result = {**evaluate(self.env, self._evaluated(), t.eval_episodes, first_seed),
                   "env_steps": self.steps, "final": True, "actor": self.actor_id}
         path = self.run_dir / f"eval-{self.actor_id}.json"
         path.write_text(json.dumps(result, indent=2))
@@ -401,12 +415,20 @@ class Actor:
                 line += ": the learner is slower than the robot; a GPU learner box would keep up"
         print(line, flush=True)
 
+    def _evaluated(self) -> Policy:
+        """What evaluations run (deterministically): the steered policy under `steering.*` (the critic's argmax of
+        the proposals), else the learned policy's mean action."""
+        assert self.policy is not None
+        return self.steered if self.steered is not None else self.policy
+
     def _begin_episode(self, mixing: MixedActing | None, episode: int) -> None:
         """Start a training episode: count it, snapshot the policy it runs (every `mixing.snapshot_every`
         episodes), then let the mixer decide its warm-up status."""
         self._save_episode(episode + 1)
         assert self.policy is not None
         self.policy.reset()
+        if self.steered is not None:
+            self.steered.reset()  # drops the rest of a chunk: a new episode decides afresh
         every = self.cfg.mixing.snapshot_every
         if every and episode % every == 0:
             params = self.policy.params
@@ -442,7 +464,7 @@ class Actor:
         if self.policy.params is None:  # the learner is behind: skip rather than evaluate no policy
             return False
         self._flush()
-        result = {**evaluate(self.eval_env, self.policy, t.eval_every_episodes, t.eval_seed),
+        result = {**evaluate(self.eval_env, self._evaluated(), t.eval_every_episodes, t.eval_seed),
                   "env_steps": run_steps, "final": False, "actor": self.actor_id}
         self.client.send("eval", result)
         success = result["success_rate"]

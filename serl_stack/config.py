@@ -357,6 +357,32 @@ class MixingConfig:
 
 
 @dataclass(frozen=True)
+class SteeringConfig:
+    """Value-guided steering (V-GPS, docs/steering.md): each step the actor draws `k` actions from a base policy and
+    a critic picks one. Off by default."""
+
+    enabled: bool = False
+    """Rerank the acting policy's proposals with the critic of `critic_run` (training episodes; evaluations too)."""
+    k: int = ranged(32, ge=1)
+    """Proposals per decision (V-GPS: 10-50)."""
+    temperature: float = ranged(0.0, ge=0, note="(0 = argmax)")
+    """0: the critic's argmax; > 0: sample softmax(Q / temperature) (training episodes; evaluations take the argmax)."""
+    critic_run: str = ""
+    """A run folder whose latest checkpoint's critic scores the proposals (same env and observation keys): a `serl
+    train` run. (The learner's own broadcast critic, fine-tuned online, is planned.)"""
+    base: Literal["policy", "bc", "remote"] = "policy"
+    """policy: the learner's SAC policy (its samples) | bc: the `serl train-bc` policy in `base_dir` | remote: the
+    policy a `serl serve-policy` hosts at `remote_endpoint`."""
+    base_dir: str = ""
+    """base: bc — the `serl train-bc --out` folder."""
+    remote_endpoint: str = ""
+    """base: remote — e.g. tcp://gpu-box:5600."""
+    remote_timeout_s: float = ranged(0.08, gt=0)
+    """base: remote — the longest a proposal request may take; must fit in one control period (1 / env.control_hz).
+    A slower answer stops the actor with a message naming the endpoint (the spool keeps every transition)."""
+
+
+@dataclass(frozen=True)
 class EnvConfig:
     """The env: a MuJoCo Franka task on the DESIGN.md observation/action contract, or any Gymnasium env. The
     fields id, kwargs, success_key and max_episode_steps apply to every env; the others configure the serl_stack
@@ -623,6 +649,7 @@ class Config:
     transport: TransportConfig = field(default_factory=TransportConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     mixing: MixingConfig = field(default_factory=MixingConfig)
+    steering: SteeringConfig = field(default_factory=SteeringConfig)
 
 
 # --------------------------------------------------------------------------------------------------- validation
@@ -803,6 +830,29 @@ def _cap_runs(s: MixingConfig, p: str) -> str | None:
             f"({s.calibration_runs})")
 
 
+def _steering_critic(s: SteeringConfig, p: str) -> str | None:
+    if not s.enabled or s.critic_run:
+        return None
+    return (f"{_join(p, 'critic_run')}: got '', expected a `serl train` run folder whose critic scores the proposals "
+            f"while {_join(p, 'enabled')} is true")
+
+
+def _steering_base(s: SteeringConfig, p: str) -> str | None:
+    need = {"bc": ("base_dir", "a `serl train-bc --out` folder"), "remote": ("remote_endpoint", "e.g. tcp://host:5600")}
+    if not s.enabled or s.base not in need or getattr(s, need[s.base][0]):
+        return None
+    name, what = need[s.base]
+    return f"{_join(p, name)}: got '', expected {what} while {_join(p, 'base')} is {s.base}"
+
+
+def _steering_timeout(s: Config, p: str) -> str | None:
+    period = 1.0 / s.env.control_hz
+    if not s.steering.enabled or s.steering.base != "remote" or s.steering.remote_timeout_s <= period:
+        return None
+    return (f"steering.remote_timeout_s: got {s.steering.remote_timeout_s:g}, expected <= {period:g} (one control "
+            f"period at env.control_hz={s.env.control_hz:g}): a slower answer would miss the step")
+
+
 def _ports(s: TransportConfig, p: str) -> str | None:
     if s.params_port == 0 or s.params_port != s.transitions_port:
         return None
@@ -840,6 +890,9 @@ RULES: tuple[Rule, ...] = (
     Rule("train.seed < train.eval_seed", "train", _held_out_seeds),
     Rule("mixing.cap_runs >= mixing.calibration_runs", "mixing", _cap_runs),
     Rule("mixing.mode != off needs env.dense_reward: false (serl_stack tasks)", "", _mixing_rewards),
+    Rule("steering.enabled needs steering.critic_run", "steering", _steering_critic),
+    Rule("steering.base: bc / remote needs steering.base_dir / remote_endpoint", "steering", _steering_base),
+    Rule("steering.remote_timeout_s <= 1 / env.control_hz", "", _steering_timeout),
 )
 """Every cross-field rule, in the order they are checked (after all the per-field ranges)."""
 

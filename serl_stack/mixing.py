@@ -104,25 +104,31 @@ class MixedActing:
     """
 
     def __init__(
-        self, mixer: EpsMix | StepMix, baseline: Policy, runner: PolicyRunner, deterministic: bool = False
+        self, mixer: EpsMix | StepMix, baseline: Policy, runner: PolicyRunner, deterministic: bool = False,
+        learned: Policy | None = None,
     ) -> None:
         self.mixer, self.baseline, self.runner, self.deterministic = mixer, baseline, runner, deterministic
+        self.learned = learned
+        """What acts when the mixer picks the learned side, when it is not `runner` itself (`steering.*`: the
+        runner's proposals reranked by a critic); None: `runner`."""
         self.choices: list[str] = []
 
     @classmethod
     def from_config(cls, cfg: Config, runner: PolicyRunner, seed: int,
-                    example: tuple[Mapping[str, Any], int]) -> MixedActing | None:
+                    example: tuple[Mapping[str, Any], int], learned: Policy | None = None) -> MixedActing | None:
         """The mixer `cfg.mixing.mode` names with its baseline (`make_baseline`); None when mixing is off."""
         mixer = make_mixer(cfg.mixing, discount=cfg.agent.discount, rng=np.random.default_rng(seed))
         if mixer is None:
             return None
         check_mixing(cfg)
-        return cls(mixer, make_baseline(cfg, example), runner)
+        return cls(mixer, make_baseline(cfg, example), runner, learned=learned)
 
     def begin_episode(self) -> None:
         self.mixer.learned_available = self.runner.params is not None
         self.mixer.begin_episode()
         self.baseline.reset()
+        if self.learned is not None:
+            self.learned.reset()
         self.choices = []
 
     def act(self, obs: Mapping[str, Any], key: jax.Array) -> np.ndarray:
@@ -136,6 +142,8 @@ class MixedActing:
         choice = self.mixer.choose(state_vector(x), bound)
         self.choices.append(choice)
         if choice == LEARNED:
+            if self.learned is not None:
+                return np.asarray(self.learned.act(obs, key, self.deterministic), np.float32)
             return self.runner.act_on(x, key, self.deterministic)
         return np.asarray(self.baseline.act(obs, key, True), np.float32)
 

@@ -5,7 +5,8 @@ loading the config and before they start anything. The config's own ranges and c
 `config.validate`'s (run on every load); these checks look at the world: the env builds and has the observation
 keys the agent asks for (`envs.preflight`), the conservative mixers' baseline exists, the demonstrations folder
 holds demonstrations of this task, the behaviour-cloned prior of `agent.bc.*` is a `serl train-bc` folder of this
-task and observation keys, the CurveZMQ key files load, fixed ports are free (learner) or set (actor), and an
+task and observation keys, the steering critic's run, BC folder or policy server (`steering.*`) are there, the
+CurveZMQ key files load, fixed ports are free (learner) or set (actor), and an
 actor's id fits `train.num_actors`. Every error is a `ConfigError` naming the field. No JAX: the `serl
 train` parent process runs this.
 """
@@ -110,9 +111,12 @@ def preflight(cfg: Config, role: Role) -> None:
     problem."""
     from serl_stack.envs import preflight as env_preflight
     from serl_stack.mixing import check_mixing
+    from serl_stack.steering.acting import check_steering
 
     env_preflight(cfg)
     check_mixing(cfg)
+    if role in ("config", "train", "actor"):
+        check_steering(cfg)
     if role in ("config", "train", "learner"):
         check_demos(cfg)
         check_bc_prior(cfg)

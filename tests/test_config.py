@@ -172,6 +172,18 @@ RULE_CASES: dict[str, tuple[str, list[str], list[str]]] = {
     "mixing.cap_runs >= mixing.calibration_runs": ("mixing.cap_runs", ["mixing.cap_runs=9"], ["mixing.cap_runs=10"]),
     "mixing.mode != off needs env.dense_reward: false (serl_stack tasks)": (
         "mixing.mode", ["mixing.mode=epsmix"], ["mixing.mode=epsmix", "env.dense_reward=false"]),
+    "steering.enabled needs steering.critic_run": (
+        "steering.critic_run", ["steering.enabled=true"], ["steering.enabled=true", "steering.critic_run=runs/x"]),
+    "steering.base: bc / remote needs steering.base_dir / remote_endpoint": (
+        "steering.remote_endpoint", ["steering.enabled=true", "steering.critic_run=r", "steering.base=remote"],
+        ["steering.enabled=true", "steering.critic_run=r", "steering.base=remote",
+         "steering.remote_endpoint=tcp://127.0.0.1:5600"]),
+    "steering.remote_timeout_s <= 1 / env.control_hz": (
+        "steering.remote_timeout_s",
+        ["steering.enabled=true", "steering.critic_run=r", "steering.base=remote", "steering.remote_endpoint=tcp://h:1",
+         "steering.remote_timeout_s=0.2"],
+        ["steering.enabled=true", "steering.critic_run=r", "steering.base=remote", "steering.remote_endpoint=tcp://h:1",
+         "steering.remote_timeout_s=0.1"]),
 }
 
 
