@@ -17,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
 CHECKER = BENCH / "check_targets.py"
-HELPERS = {"benchlib", "check_targets", "sbx_baseline"}
+HELPERS = {"benchlib", "check_targets", "sbx_baseline", "conservative_rollouts"}
 """Files in benchmarks/ that are not benchmarks (shared code, the verdict, a benchmark's baseline)."""
 SCRIPTS = sorted(p.stem for p in BENCH.glob("*.py") if p.stem not in HELPERS)
 
