@@ -2,7 +2,9 @@
 
 `serl keys` writes a CurveZMQ keypair for `transport.curve` (see docs/security.md). `serl record-demos` records
 scripted demonstrations in the format of docs/demos.md; `serl train-bc` behaviour-clones a policy from them (the
-prior of `agent.bc.*`, a mixing baseline). `serl eval` evaluates a run's checkpoint (evaluation.py).
+prior of `agent.bc.*`, a mixing baseline); `serl train-critic` trains the Cal-QL critic that steers a policy
+(`steering.*`); `serl serve-policy` hosts a policy for a `RemotePolicy`. `serl eval` evaluates a run's checkpoint
+(evaluation.py).
 
 Owns: argument parsing, per-process setup (XLA/BLAS thread counts are set here, before JAX is imported, so each
 process uses the cores it was given; Ctrl-C handling) and the one place where errors become messages and exit
@@ -127,6 +129,23 @@ def build_parser() -> argparse.ArgumentParser:
     for name, kind, what in BC_OPTIONS:
         p.add_argument(f"--{name}", type=kind, default=None, help=what)
     p.add_argument("--seed", type=int, default=None, help="initialization, split and minibatches (default: train.seed)")
+    p = sub.add_parser("train-critic", parents=[common],
+                       help="train the Cal-QL offline critic (V-GPS steering) on recorded successes and failures")
+    _add_config_args(p)
+    p.add_argument("--episodes", type=Path, action="append", default=[], metavar="DIR",
+                   help="folder of recorded episodes of env.id (demonstrations, base-policy rollouts; repeatable)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="new folder for the critic (steering.critic_run, serl eval --steer-critic)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run in --out from its last checkpoint (its config and settings)")
+    p.add_argument("--hidden-dims", type=lambda t: tuple(int(x) for x in t.split(",")), default=None,
+                   help="critic (and Cal-QL actor) MLP widths, e.g. 256,256 (default 256,256)")
+    from serl_stack.train_critic import CRITIC_OPTIONS  # standard library only: no JAX at parse time
+
+    for name, kind, what in CRITIC_OPTIONS:
+        p.add_argument(f"--{name}", type=kind, default=None, help=what)
+    p.add_argument("--checkpoint-every", type=int, default=None, help="updates between checkpoints (default 2000)")
+    p.add_argument("--seed", type=int, default=None, help="initialization and minibatches (default: train.seed)")
 
     p = sub.add_parser("eval", parents=[common],
                        help="evaluate a run's checkpoint with deterministic episodes, optionally as an MP4")
@@ -348,6 +367,9 @@ def _run(args: argparse.Namespace) -> int:
                               "to continue")
         if args.config is None:
             args.config = args.run_dir / "config.yaml"
+    if args.command == "train-critic" and args.resume and args.config is None \
+            and (args.out / "config.yaml").is_file():
+        args.config = args.out / "config.yaml"  # the run's own (its thread count too); train_critic checks the rest
     overrides = list(args.overrides)
     if args.command == "actor" and args.env is not None:
         overrides.append(f"env.kind={args.env}")
@@ -375,6 +397,11 @@ def _run(args: argparse.Namespace) -> int:
         from serl_stack.train_bc import train_bc
 
         return train_bc(cfg, args)
+    if args.command == "train-critic":
+        set_thread_env(cfg.train.learner_threads)
+        from serl_stack.train_critic import train_critic
+
+        return train_critic(cfg, args)
     from serl_stack.preflight import preflight
 
     preflight(cfg, args.command)
@@ -401,7 +428,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("train", "record-demos", "train-bc"):
+    if args.command in ("train", "record-demos", "train-bc", "train-critic"):
         # A process started in the background by a non-interactive shell inherits SIGINT as *ignored*, and Python
         # then leaves it ignored; take it back so Ctrl-C always stops a run cleanly.
         signal.signal(signal.SIGINT, signal.default_int_handler)

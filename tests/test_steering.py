@@ -574,8 +574,9 @@ def test_serl_serve_policy_hosts_a_bc_folder_bit_exactly_and_stops_on_ctrl_c(tmp
     import subprocess
     import sys
 
-    from serl_stack.inference import load_bc_policy
     from test_demo_reg import fake_bc_folder  # tests/ is on sys.path (rootdir conftest-less layout)
+
+    from serl_stack.inference import load_bc_policy
 
     folder = fake_bc_folder(tmp_path, ["state/x"], 4, 2)
     (folder / "config.yaml").write_text("train:\n  actor_threads: 1\n")  # serve-policy reads the run's thread count
