@@ -22,6 +22,7 @@ import signal
 import sys
 import traceback
 from pathlib import Path
+from typing import Any
 
 from serl_stack.config import Config, ConfigError, dump, load
 from serl_stack.errors import RunDirError, SerlError
@@ -104,15 +105,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="YAML to write (use it as bridge.teach_file)")
 
     p = sub.add_parser("record-demos", parents=[common],
-                       help="record scripted demonstrations (successful episodes only; docs/demos.md)")
+                       help="record scripted (or --policy) episodes, successful ones only unless --all (docs/demos.md)")
     _add_config_args(p)
     p.add_argument("--out", type=Path, required=True, help="new demo folder (must not already hold demos)")
     p.add_argument("--episodes", type=int, required=True,
                    help="episodes to run at most; only the successful ones are kept")
     p.add_argument("--keep", type=int, default=None,
                    help="stop once this many successful episodes are kept (default: run all --episodes)")
-    p.add_argument("--noise", type=float, default=0.1, help="std of Gaussian noise on the scripted action (0.1)")
+    p.add_argument("--noise", type=float, default=0.1,
+                   help="std of Gaussian noise on the scripted action (0.1; not with --policy)")
     p.add_argument("--seed", type=int, default=None, help="first reset seed and noise seed (default: train.seed)")
+    p.add_argument("--policy", type=Path, default=None,
+                   help="record this policy's episodes instead of the scripted controller's: a `serl train` run or a "
+                        "`serl train-bc` folder, sampling its actions (the rollouts a steering critic learns from)")
+    p.add_argument("--all", action="store_true",
+                   help="keep failed episodes too, each with its success flag (for serl train-critic)")
     p = sub.add_parser("train-bc", parents=[common],
                        help="behaviour-clone a policy from demonstrations (the prior of agent.bc.*), evaluate it")
     _add_config_args(p)
@@ -250,14 +257,17 @@ def _record_demos(cfg: Config, args: argparse.Namespace) -> int:
         print(f"serl record-demos: --out: {args.out} already holds demos; expected a new folder", file=sys.stderr)
         return 2
     seed = cfg.train.seed if args.seed is None else args.seed
-    try:
-        policy = make_scripted(cfg.env, args.noise, np.random.default_rng(seed))
-    except ValueError as e:
-        print(f"serl record-demos: {e}", file=sys.stderr)
-        return 2
+    if args.policy is not None:
+        policy = _recording_policy(args.policy, seed)
+    else:
+        try:
+            policy = make_scripted(cfg.env, args.noise, np.random.default_rng(seed))
+        except ValueError as e:
+            print(f"serl record-demos: {e}", file=sys.stderr)
+            return 2
     env = make_env(cfg.env)
     builder = EpisodeBuilder()
-    kept = ran = 0
+    kept = failed = ran = 0
     try:
         with Progress() as progress:
             task = progress.add_task("recording", total=args.episodes)
@@ -272,9 +282,11 @@ def _record_demos(cfg: Config, args: argparse.Namespace) -> int:
                     # default (replay.action_source: policy), so demonstrations and online data agree.
                     builder.add(action, reward, obs, terminated, truncated)
                     done = terminated or truncated
-                if info.get("success", False):
-                    save_episode(args.out, builder.build(success=True), env_id=cfg.env.id, config=to_dict(cfg))
-                    kept += 1
+                success = bool(info.get("success", False))
+                if success or args.all:
+                    save_episode(args.out, builder.build(success=success), env_id=cfg.env.id, config=to_dict(cfg))
+                    kept += success
+                    failed += not success
                 progress.update(task, advance=1, description=f"recording ({kept} kept)")
                 ran = i + 1
                 if kept == args.keep:
@@ -287,12 +299,28 @@ def _record_demos(cfg: Config, args: argparse.Namespace) -> int:
         return 130
     finally:
         env.close()
-    print(f"kept {kept} of {ran} episodes (successful only) in {args.out}")
+    if args.all:
+        print(f"kept all {ran} episodes ({kept} successful, {failed} failed) in {args.out}")
+    else:
+        print(f"kept {kept} of {ran} episodes (successful only) in {args.out}")
     if args.keep is not None and kept < args.keep:
         print(f"serl record-demos: only {kept} of --keep {args.keep} successful episodes in {args.episodes} tries",
               file=sys.stderr)
         return 1
     return 0
+
+
+def _recording_policy(folder: Path, seed: int) -> Any:
+    """`serl record-demos --policy`: a callable obs -> action sampling the policy in `folder` (a `serl train-bc`
+    folder or a `serl train` run), one fresh key per step."""
+    import numpy as np
+
+    from serl_stack.inference import KeyStream, load_bc_policy, load_policy
+    from serl_stack.rundir import BC_SUMMARY
+
+    policy = load_bc_policy(folder)[0] if (folder / BC_SUMMARY).is_file() else load_policy(folder)[1]
+    keys = KeyStream(seed)
+    return lambda obs: np.asarray(policy.act(obs, next(keys), False), np.float32)
 
 
 def _fake_franka(cfg: Config, args: argparse.Namespace) -> int:

@@ -279,3 +279,31 @@ def test_record_demos_keep_stops_at_that_many_successes(tmp_path: Path, capsys: 
     assert cli.main([*bad, "--noise", "5"]) == 1
     assert "only 0 of --keep 2" in capsys.readouterr().err
     assert cli.main(["record-demos", "--out", str(tmp_path / "x"), "--episodes", "2", "--keep", "3"]) == 2
+
+
+def test_record_demos_with_a_policy_keeps_failures_with_all(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    """`serl record-demos --policy BC_DIR --all`: the episodes of a (weak) behaviour-cloned policy, failures kept with
+    their success flag (what `serl train-critic` needs); its actions are sampled, not the policy's mean."""
+    from serl_stack.data.demos import load_episodes
+    from serl_stack.inference import load_bc_policy
+
+    demos, bc, rollouts = tmp_path / "demos", tmp_path / "bc", tmp_path / "rollouts"
+    assert cli.main(["record-demos", "--out", str(demos), "--episodes", "4"]) == 0
+    assert cli.main(["train-bc", "--demos", str(demos), "--out", str(bc), "--steps", "20", "--episodes", "0",
+                     "--set", "agent.hidden_dims=[32, 32]"]) == 0
+    capsys.readouterr()
+    assert cli.main(["record-demos", "--out", str(rollouts), "--episodes", "3", "--policy", str(bc), "--all",
+                     "--seed", "5"]) == 0
+    episodes = list(load_episodes(rollouts))
+    kept = capsys.readouterr().out
+    assert len(episodes) == 3 and f"kept all 3 episodes ({sum(e.success for e in episodes)} successful" in kept
+    assert not all(e.success for e in episodes)  # 20 BC steps on 3 demos: it fails, and the failures are kept
+    policy, _ = load_bc_policy(bc)
+    first = episodes[0]
+    obs0 = {k.split("/", 1)[0]: {} for k in first.observations}
+    for k, v in first.observations.items():
+        group, name = k.split("/", 1)
+        obs0[group][name] = v[0]
+    mean_action = policy.act(obs0, None, deterministic=True)
+    assert not np.allclose(first.actions[0], mean_action, atol=1e-4)  # sampled around the mean, not the mean
+    assert np.abs(first.actions[0] - mean_action).max() < 1.0
