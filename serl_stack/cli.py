@@ -287,7 +287,8 @@ def _record_demos(cfg: Config, args: argparse.Namespace) -> int:
                     save_episode(args.out, builder.build(success=success), env_id=cfg.env.id, config=to_dict(cfg))
                     kept += success
                     failed += not success
-                progress.update(task, advance=1, description=f"recording ({kept} kept)")
+                what = f"{kept} successful, {failed} failed kept" if args.all else f"{kept} kept"
+                progress.update(task, advance=1, description=f"recording ({what})")
                 ran = i + 1
                 if kept == args.keep:
                     break
