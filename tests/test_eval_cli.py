@@ -218,10 +218,11 @@ def test_evaluate_gives_each_step_its_own_key(run: tuple[Path, object, object]) 
     assert len(seen) == 2 * EPISODE_STEPS and len(set(seen)) == len(seen)
 
 
-def test_steered_eval_with_one_proposal_is_the_base_policys_sample(run: tuple[Path, object, object]) -> None:
+def test_steered_eval_with_one_proposal_is_the_base_policys_sample(run: tuple[Path, object, object],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """`serl eval --steer-critic RUN --k 1` executes the base policy's single sampled action at every step (the
     critic has nothing to choose from), on the per-step keys `evaluate` draws; with k = 8 the critic does choose,
-    and the result names the critic's run and checkpoint."""
+    and the result names the critic's run and checkpoint (folders given relative to the working directory too)."""
     from serl_stack.envs import make_env
     from serl_stack.evaluation import run_eval, summary
     from serl_stack.inference import evaluate, load_policy
@@ -236,7 +237,9 @@ def test_steered_eval_with_one_proposal_is_the_base_policys_sample(run: tuple[Pa
         assert steered[key] == reference[key], key
     assert steered["steering"] == {"critic_run": str(run_dir), "critic_step": 3, "k": 1}
     assert "best of 1 sampled actions by the critic of" in summary(steered)
-    many = run_eval(run_dir, episodes=2, first_seed=50, show_progress=False, steer_critic=run_dir, k=8)
+    monkeypatch.chdir(run_dir.parent)  # folders given relative to the working directory, as users type them
+    relative = Path(run_dir.name)
+    many = run_eval(relative, episodes=2, first_seed=50, show_progress=False, steer_critic=relative, k=8)
     assert many["return_mean"] != steered["return_mean"]  # another action was picked somewhere
 
 

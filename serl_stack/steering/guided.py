@@ -254,6 +254,7 @@ def load_critic(run_dir: Path, cfg: AgentConfig, example_obs: Mapping[str, Any],
     from serl_stack.checkpoint import Checkpointer, leaf_shapes
     from serl_stack.rundir import CHECKPOINTS, checkpoint_steps
 
+    run_dir = Path(run_dir).expanduser().absolute()  # orbax reads absolute paths only
     steps = checkpoint_steps(run_dir)
     if not steps:
         raise RunDirError(f"{run_dir}: no checkpoint in {run_dir / CHECKPOINTS}; expected a learner's run folder")
