@@ -1,13 +1,15 @@
 """Shared by the scripts in this folder: what a report says about the machine, flags from a config dataclass,
 running one training run in a freshly spawned worker, running `serl` subcommands (training runs, demo
-recording) as logged subprocesses, and where a report goes and how a script ends: every benchmark writes one
-`<name>.json` (with its `targets` map) into `--out-dir` (a fresh `runs/bench-<time>/` unless given) and exits
-1 when a target is missed."""
+recording) as logged subprocesses, a digest of a demo folder (so every run can show it read the same
+recording), and where a report goes and how a script ends: every benchmark writes one `<name>.json` (with its
+`targets` map) into `--out-dir` (a fresh `runs/bench-<time>/` unless given) and exits 1 when a target is
+missed."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import multiprocessing as mp
 import os
@@ -250,3 +252,17 @@ def load_report(out_dir: Path, name: str) -> dict[str, Any] | None:
     if not isinstance(report, dict):
         raise ValueError(f"{path}: got a JSON {type(report).__name__}, expected an object")
     return report
+
+
+def demos_digest(demo_dir: Path) -> str:
+    """A digest of every array of every episode (the .npz files' bytes carry write times, so not those)."""
+    from serl_stack.data.demos import load_episodes
+
+    h = hashlib.sha256()
+    for episode in load_episodes(demo_dir):
+        for key in sorted(episode.observations):
+            h.update(key.encode())
+            h.update(np.ascontiguousarray(episode.observations[key]).tobytes())
+        for arr in (episode.actions, episode.rewards, episode.terminated, episode.truncated):
+            h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()[:16]

@@ -364,20 +364,6 @@ def merge_runs(runs: dict[str, dict[str, Any]], mode: str, seed: int, raw: dict[
 # ------------------------------------------------------------------------------------------------ setup
 
 
-def demos_digest(demo_dir: Path) -> str:
-    """A digest of every array of every episode (the .npz files' bytes carry write times, so not those)."""
-    from serl_stack.data.demos import load_episodes
-
-    h = hashlib.sha256()
-    for episode in load_episodes(demo_dir):
-        for key in sorted(episode.observations):
-            h.update(key.encode())
-            h.update(np.ascontiguousarray(episode.observations[key]).tobytes())
-        for arr in (episode.actions, episode.rewards, episode.terminated, episode.truncated):
-            h.update(np.ascontiguousarray(arr).tobytes())
-    return h.hexdigest()[:16]
-
-
 def serl_config(cfg: BenchConfig, mode: str, baseline_dir: Path | str, extra: tuple[str, ...] = ()) -> Any:
     from serl_stack.config import apply_overrides, load
 
@@ -408,7 +394,7 @@ def make_setup(cfg: BenchConfig, root: Path, old: dict[str, Any] | None) -> dict
         return {**old, **setup_sizes(cfg)}
     demo_dir = root / "demos"
     rec_s = benchlib.record_demos(cfg.config, demo_dir, cfg.demos, cfg.demo_noise)
-    digest = demos_digest(demo_dir)
+    digest = benchlib.demos_digest(demo_dir)
     log(f"recorded {cfg.demos} demonstrations in {rec_s:.0f} s (digest {digest})")
     seeds = range(cfg.check_seed, cfg.check_seed + cfg.baseline_rollouts)
     tried = []

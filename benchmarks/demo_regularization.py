@@ -6,8 +6,8 @@ counts at, the comparisons and the `targets` map, merging a separate `--tasks` i
 `--out-dir`, the report `demo_regularization.json` and the learning curves `demo_regularization.png`. Everything
 else is `sample_efficiency.py`'s and is imported from it, not copied: the tasks and their configs and run lengths,
 the `--set` overrides of a run (seed, length, evaluation schedule, stop rule, demonstrations), the rule for "steps
-to a level" (the second of two consecutive evaluations at or above it), the demonstrations' digest and the mean
-curve; `benchlib.py` gives demo recording, logged subprocesses, the censored median and the Wilson interval.
+to a level" (the second of two consecutive evaluations at or above it) and the mean curve; `benchlib.py` gives
+demo recording and its digest, logged subprocesses, the censored median and the Wilson interval.
 
 Per task (`configs/rlpd_cpu_pick_cube.yaml`, `configs/rlpd_cpu_peg_insert.yaml`), one `serl record-demos --keep
 <demos> --noise <demo-noise>` feeds every arm and seed (each run records the digest of the demonstrations it read;
@@ -479,7 +479,7 @@ def run(cfg: BenchConfig) -> tuple[dict[str, Any], Path]:
         entry = begin_task(tasks, task, settings[task], invocation)
         demo_dir = root / f"demos-{task}"
         recording_s = benchlib.record_demos(se.TASKS[task].config, demo_dir, cfg.demos, cfg.demo_noise)
-        digest = se.demos_digest(demo_dir)
+        digest = benchlib.demos_digest(demo_dir)
         entry["demos"] = {"episodes": cfg.demos, "noise": cfg.demo_noise, "recording_s": round(recording_s, 1),
                           "dir": str(demo_dir), "digest": digest}
         log(f"{task}: recorded {cfg.demos} demonstrations in {recording_s:.0f} s (digest {digest})")
@@ -489,7 +489,7 @@ def run(cfg: BenchConfig) -> tuple[dict[str, Any], Path]:
             for arm in ARMS:
                 log(f"{task} {arm} seed {seed}: started" + ("" if arm == "bc" else
                                                             f" (run length {settings[task]['run_length']})"))
-                now = se.demos_digest(demo_dir)  # what this run reads: the recording, unchanged
+                now = benchlib.demos_digest(demo_dir)  # what this run reads: the recording, unchanged
                 if arm == "bc":
                     r = run_bc(cfg, task, seed, prior, demo_dir, now)
                 else:

@@ -247,23 +247,6 @@ def targets_of(tasks: dict[str, Any]) -> dict[str, bool]:
     return targets
 
 
-# ------------------------------------------------------------------------------------------------ demos
-
-
-def demos_digest(demo_dir: Path) -> str:
-    """A digest of every array of every episode (the .npz files' bytes carry write times, so not those)."""
-    from serl_stack.data.demos import load_episodes
-
-    h = hashlib.sha256()
-    for episode in load_episodes(demo_dir):
-        for key in sorted(episode.observations):
-            h.update(key.encode())
-            h.update(np.ascontiguousarray(episode.observations[key]).tobytes())
-        for arr in (episode.actions, episode.rewards, episode.terminated, episode.truncated):
-            h.update(np.ascontiguousarray(arr).tobytes())
-    return h.hexdigest()[:16]
-
-
 # ------------------------------------------------------------------------------------------------ runs
 
 
@@ -472,7 +455,7 @@ def run(cfg: BenchConfig) -> tuple[dict[str, Any], Path]:
         entry = begin_task(tasks, task, settings[task], learners)
         demo_dir = root / f"demos-{task}"
         recording_s = benchlib.record_demos(TASKS[task].config, demo_dir, cfg.demos, cfg.demo_noise)
-        digest = demos_digest(demo_dir)
+        digest = benchlib.demos_digest(demo_dir)
         entry["demos"] = {"episodes": cfg.demos, "noise": cfg.demo_noise, "recording_s": round(recording_s, 1),
                           "dir": str(demo_dir)}
         log(f"{task}: recorded {cfg.demos} demonstrations in {recording_s:.0f} s (digest {digest})")

@@ -65,18 +65,9 @@ def check_bc_prior(cfg: Config) -> None:
     bc = cfg.agent.bc
     if not bc.enabled:
         return
-    from pathlib import Path
+    from serl_stack.rundir import check_bc_folder
 
-    from serl_stack.errors import RunDirError
-    from serl_stack.rundir import read_bc_summary
-
-    try:
-        summary = read_bc_summary(Path(bc.prior_run).expanduser())
-    except RunDirError as e:
-        raise ConfigError(f"agent.bc.prior_run: {e}") from e
-    if summary.get("env_id", cfg.env.id) != cfg.env.id:
-        raise ConfigError(f"agent.bc.prior_run: {bc.prior_run} was cloned on env.id {summary['env_id']!r}, expected "
-                          f"this run's env.id {cfg.env.id!r}")
+    summary = check_bc_folder(bc.prior_run, cfg.env.id, "agent.bc.prior_run")
     keys = sorted(cfg.agent.obs_keys)  # the agent's vector is in sorted key order (data/obs.vector_keys), as bc.json's
     if keys and list(summary["obs_keys"]) != keys:
         raise ConfigError(f"agent.bc.prior_run: {bc.prior_run} sees the observation keys {summary['obs_keys']}, "

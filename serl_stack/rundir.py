@@ -5,7 +5,7 @@ telling whether a folder already holds a run (starting over in it is refused unl
 the config a run was trained with, writing it, listing a run's finished checkpoints; and which of the run's
 `train.num_actors` actors an actor id is (`actor_index`) and its share of the run's env steps (`share`), which the
 actors and the learner must agree on; and the summary (`bc.json`) that marks a `serl train-bc` folder
-(`read_bc_summary`, which preflight reads before any process starts).
+(`read_bc_summary`; `check_bc_folder` for a config field naming one, which preflight runs before any process starts).
 """
 
 from __future__ import annotations
@@ -118,4 +118,17 @@ def read_bc_summary(folder: Path) -> dict[str, Any]:
     if summary.get("kind") != BC_KIND or missing:
         raise RunDirError(f"{path}: kind {summary.get('kind')!r}, missing {missing}; expected a {BC_KIND!r} summary "
                           "written by `serl train-bc`")
+    return summary
+
+
+def check_bc_folder(folder: str, env_id: str, field: str) -> dict[str, Any]:
+    """The `bc.json` of the `serl train-bc` folder a config field (`field`, e.g. `agent.bc.prior_run`) names,
+    checked to be of `env_id`; `ConfigError` naming the field otherwise."""
+    try:
+        summary = read_bc_summary(Path(folder).expanduser())
+    except RunDirError as e:
+        raise ConfigError(f"{field}: {e}") from e
+    if summary.get("env_id", env_id) != env_id:
+        raise ConfigError(f"{field}: {folder} was cloned on env.id {summary['env_id']!r}, expected this run's env.id "
+                          f"{env_id!r}")
     return summary

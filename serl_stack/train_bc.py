@@ -31,11 +31,9 @@ def train_bc(cfg: Config, args: argparse.Namespace) -> int:
     import json
     import time
 
-    import numpy as np
-
     from serl_stack.checkpoint import Checkpointer
-    from serl_stack.data.demos import DemoFormatError, load_episodes, load_metadata
-    from serl_stack.data.obs import flatten_keys, source_keys, to_vector, vector_keys
+    from serl_stack.data.demos import DemoFormatError, load_episodes, load_metadata, spec_mismatch
+    from serl_stack.data.obs import flatten_keys, to_vector, vector_keys
     from serl_stack.inference import evaluate, example_observation, load_bc_policy
     from serl_stack.rundir import BC_KIND, BC_SUMMARY, CHECKPOINTS, write_config
 
@@ -66,16 +64,9 @@ def train_bc(cfg: Config, args: argparse.Namespace) -> int:
         keys = vector_keys(flat, cfg.agent.obs_keys)
     except KeyError as e:
         raise ConfigError(str(e.args[0])) from e
-    spec = meta["spec"]
-    for key in source_keys(keys):  # a relative entry "A - B" is computed from A and B
-        want, got = list(np.shape(flat[key])), spec.get(f"observations/{key}", {}).get("shape")
-        if got != want:
-            seen = "is missing" if got is None else f"has shape {got}"
-            return fail(f"--demos: observation '{key}' {seen}, expected shape {want} (what env.id {cfg.env.id} gives "
-                        f"for agent.obs_keys {list(keys)})")
-    if spec["actions"]["shape"] != [action_dim]:
-        return fail(f"--demos: actions have shape {spec['actions']['shape']}, expected [{action_dim}] (env.id "
-                    f"{cfg.env.id}'s action size)")
+    problem = spec_mismatch(meta, flat, keys, action_dim, cfg.env.id)
+    if problem is not None:
+        return fail(f"--demos: {problem}")
 
     from serl_stack.agents.bc import BCSettings, fit, make_dataset
 

@@ -157,10 +157,7 @@ def _sources(cfg: Config, folders: list[Path], keys: tuple[str, ...], flat: dict
              action_dim: int) -> list[dict[str, Any]]:
     """Each folder's metadata checked against the config (env id, observation keys and shapes, action size);
     `[{"path", "episodes", "successes", "transitions"}]`."""
-    import numpy as np
-
-    from serl_stack.data.demos import DemoFormatError, load_metadata
-    from serl_stack.data.obs import source_keys
+    from serl_stack.data.demos import DemoFormatError, load_metadata, spec_mismatch
 
     if not folders:
         raise _Refused("--episodes: none given; expected at least one folder of recorded episodes (demonstrations "
@@ -177,16 +174,9 @@ def _sources(cfg: Config, folders: list[Path], keys: tuple[str, ...], flat: dict
                            f"env.id {cfg.env.id!r}")
         if meta["num_episodes"] < 1:
             raise _Refused(f"--episodes: {folder} holds no episodes, expected at least 1")
-        spec = meta["spec"]
-        for key in source_keys(keys):
-            want, got = list(np.shape(flat[key])), spec.get(f"observations/{key}", {}).get("shape")
-            if got != want:
-                seen = "is missing" if got is None else f"has shape {got}"
-                raise _Refused(f"--episodes: {folder}: observation '{key}' {seen}, expected shape {want} (what env.id "
-                               f"{cfg.env.id} gives for agent.obs_keys {list(keys)})")
-        if spec["actions"]["shape"] != [action_dim]:
-            raise _Refused(f"--episodes: {folder}: actions have shape {spec['actions']['shape']}, expected "
-                           f"[{action_dim}] (env.id {cfg.env.id}'s action size)")
+        problem = spec_mismatch(meta, flat, keys, action_dim, cfg.env.id)
+        if problem is not None:
+            raise _Refused(f"--episodes: {folder}: {problem}")
         successes = sum(bool(e["success"]) for e in meta["episodes"])
         out.append({"path": str(folder.resolve()), "episodes": meta["num_episodes"], "successes": successes,
                     "transitions": sum(int(e["length"]) for e in meta["episodes"])})

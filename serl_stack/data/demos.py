@@ -225,6 +225,25 @@ def load_metadata(directory: str | Path) -> dict[str, Any]:
     return meta
 
 
+def spec_mismatch(meta: Mapping[str, Any], flat_obs: Mapping[str, Any], keys: tuple[str, ...], action_dim: int,
+                  env_id: str) -> str | None:
+    """Why the episodes `meta` (`load_metadata`) describes cannot feed an agent that reads `keys` (`obs_keys`
+    entries, offsets included) of observations shaped like `flat_obs` and acts in `action_dim` dimensions; None
+    when they can. The message names the first observation or the actions that do not fit."""
+    from serl_stack.data.obs import source_keys
+
+    spec = meta["spec"]
+    for key in source_keys(keys):  # a relative entry "A - B" is computed from A and B
+        want, got = list(np.shape(flat_obs[key])), spec.get(f"observations/{key}", {}).get("shape")
+        if got != want:
+            seen = "is missing" if got is None else f"has shape {got}"
+            return (f"observation '{key}' {seen}, expected shape {want} (what env.id {env_id} gives for "
+                    f"agent.obs_keys {list(keys)})")
+    if spec["actions"]["shape"] != [action_dim]:
+        return f"actions have shape {spec['actions']['shape']}, expected [{action_dim}] (env.id {env_id}'s action size)"
+    return None
+
+
 def load_episodes(directory: str | Path) -> Iterator[Episode]:
     """The episodes of a demo directory in order, each checked against metadata.json (keys, dtypes, shapes).
 

@@ -57,15 +57,9 @@ def check_steering(cfg: Config) -> None:
         return
     _critic_config(cfg)
     if s.base == "bc":
-        from serl_stack.rundir import read_bc_summary
+        from serl_stack.rundir import check_bc_folder
 
-        try:
-            summary = read_bc_summary(Path(s.base_dir).expanduser())
-        except RunDirError as e:
-            raise ConfigError(f"steering.base_dir: {e}") from e
-        if summary.get("env_id", cfg.env.id) != cfg.env.id:
-            raise ConfigError(f"steering.base_dir: {s.base_dir} was cloned on env.id {summary['env_id']!r}, expected "
-                              f"this run's env.id {cfg.env.id!r}")
+        check_bc_folder(s.base_dir, cfg.env.id, "steering.base_dir")
     if s.base == "remote":
         _remote(cfg).close()
 
