@@ -327,20 +327,22 @@ class MixingConfig:
     """Conservative baseline mixing (StepMix / EpsMix): keep each episode's value near a trusted baseline's."""
 
     mode: Literal["off", "epsmix", "stepmix"] = "off"
-    """off | epsmix (learned policy for a whole episode with probability eps_k, else the baseline) | stepmix
-    (start with the baseline, switch to the learned policy at the first step where the bound holds)."""
+    """off | epsmix (learned policy for a whole episode with probability eps_k, else the baseline) | stepmix (the
+    baseline for the first tau steps, then the learned policy, tau drawn before s1 from a two-member mixture that
+    meets the constraint exactly; docs/safety.md). Both decide before the episode's first observation."""
     alpha: float = ranged(0.2, gt=0, lt=1)
     """Allowed fraction of the baseline's value to lose: V^{pi_k}(s1) >= (1 - alpha) V^b(s1)."""
     kappa: float = ranged(math.inf, ge=0, finite=False, note="(inf: no trust until calibrated)")
-    """L = ensemble mean - kappa * std, until kappa is calibrated online against the learned policy's realized
-    returns (after `calibration_runs` runs; L is then also capped by those returns). inf (the default): no
-    trust in an uncalibrated critic, so L = 0 until then; set a finite value only for a critic you have checked."""
+    """StepMix only: the learned tail's bound from the critic ensemble, mean - kappa * std, until kappa is
+    calibrated online against the realized returns of the tails StepMix ran (after `calibration_runs` of them).
+    inf (the default): no trust in an uncalibrated critic, so the tails' bound is 0 until then; set a finite value
+    only for a critic you have checked. EpsMix does not use the critic."""
     calibration_runs: int = ranged(10, ge=2, note="(a spread is needed)")
-    """Learned-policy runs (EpsMix: learned episodes; StepMix: episode tails after a switch) before kappa is
-    calibrated against their realized returns."""
+    """Whole learned episodes before L (the learned policy's value bound) is above 0, for both mixers; and, for
+    StepMix, learned tails before kappa is calibrated against their realized returns."""
     cap_runs: int = ranged(20, ge=2)
-    """L never exceeds the one-sided `confidence` lower bound of the realized returns of this many most recent
-    learned-policy runs (a critic can be biased with no spread between its members)."""
+    """L is the one-sided `confidence` lower bound of the discounted returns of this many most recent whole
+    learned episodes (a window: the learned policy changes as it trains)."""
     value_samples: int = ranged(10, ge=1)
     """Actions sampled from the learned policy at a state to estimate its value from the critic ensemble."""
     baseline_episodes: int = ranged(100, ge=2, note="(U needs a spread)")
