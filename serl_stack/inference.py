@@ -25,7 +25,7 @@ import numpy as np
 from flax import serialization
 
 from serl_stack import interrupt
-from serl_stack.config import AgentConfig, Config
+from serl_stack.config import AgentConfig, Config, ConfigError
 from serl_stack.data.obs import IMAGE_PREFIX, agent_obs, flatten_keys, image_keys_of, vector_dim, vector_keys
 from serl_stack.errors import EvalError, RunDirError
 from serl_stack.rundir import (
@@ -274,6 +274,17 @@ def example_observation(cfg: Config) -> tuple[dict[str, Any], int]:
         return obs, int(np.prod(env.action_space.shape))
     finally:
         env.close()
+
+
+def example_vector_keys(cfg: Config) -> tuple[dict[str, Any], tuple[str, ...], int]:
+    """(one flattened reset observation of `cfg.env`, the agent's vector keys `agent.obs_keys` resolves to, the
+    action size); `ConfigError` naming `agent.obs_keys` when it asks for what the env does not have."""
+    obs, action_dim = example_observation(cfg)
+    flat = flatten_keys(obs)
+    try:
+        return flat, vector_keys(flat, cfg.agent.obs_keys), action_dim
+    except KeyError as e:
+        raise ConfigError(str(e.args[0])) from e
 
 
 def load_policy(

@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from serl_stack.config import Config, ConfigError
-from serl_stack.errors import RunDirError
 from serl_stack.safety import mixer_state
 from serl_stack.safety.estimates import ValueBound
 from serl_stack.safety.stepmix import LEARNED, EpsMix, StepMix, make_mixer
@@ -54,20 +53,9 @@ def check_mixing(cfg: Config) -> None:
 
 def baseline_run_config(cfg: Config) -> Config:
     """The config of the run `mixing.baseline_run` names, checked to fit this run (same task, a checkpoint)."""
-    from serl_stack.rundir import checkpoint_steps, read_run_config
+    from serl_stack.rundir import check_run_folder
 
-    run = Path(cfg.mixing.baseline_run).expanduser()
-    try:
-        run_cfg = read_run_config(run)
-    except RunDirError as e:
-        raise ConfigError(f"mixing.baseline_run: {str(e).removeprefix('--run-dir: ')}") from e
-    if run_cfg.env.id != cfg.env.id:
-        raise ConfigError(f"mixing.baseline_run: {run} was trained on env.id {run_cfg.env.id!r}, expected this "
-                          f"run's {cfg.env.id!r}")
-    if not checkpoint_steps(run):
-        raise ConfigError(f"mixing.baseline_run: {run} has no checkpoint; expected a finished or interrupted "
-                          "`serl train` run folder")
-    return run_cfg
+    return check_run_folder(cfg.mixing.baseline_run, cfg.env.id, "mixing.baseline_run")
 
 
 def make_baseline(cfg: Config, example: tuple[Mapping[str, Any], int]) -> Policy:

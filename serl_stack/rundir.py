@@ -5,7 +5,8 @@ telling whether a folder already holds a run (starting over in it is refused unl
 the config a run was trained with, writing it, listing a run's finished checkpoints; and which of the run's
 `train.num_actors` actors an actor id is (`actor_index`) and its share of the run's env steps (`share`), which the
 actors and the learner must agree on; and the summary (`bc.json`) that marks a `serl train-bc` folder
-(`read_bc_summary`; `check_bc_folder` for a config field naming one, which preflight runs before any process starts).
+(`read_bc_summary`; `check_bc_folder` for a config field naming one, which preflight runs before any process starts),
+and `check_run_folder` for a config field naming a `serl train` run (a mixing baseline, a steering critic).
 """
 
 from __future__ import annotations
@@ -132,3 +133,20 @@ def check_bc_folder(folder: str, env_id: str, field: str) -> dict[str, Any]:
         raise ConfigError(f"{field}: {folder} was cloned on env.id {summary['env_id']!r}, expected this run's env.id "
                           f"{env_id!r}")
     return summary
+
+
+def check_run_folder(folder: str, env_id: str, field: str) -> Config:
+    """The config of the `serl train` run a config field (`field`, e.g. `mixing.baseline_run`) names, checked to
+    be of `env_id` and to hold a checkpoint; `ConfigError` naming the field otherwise."""
+    run = Path(folder).expanduser()
+    try:
+        run_cfg = read_run_config(run)
+    except RunDirError as e:
+        raise ConfigError(f"{field}: {str(e).removeprefix('--run-dir: ')}") from e
+    if run_cfg.env.id != env_id:
+        raise ConfigError(f"{field}: {run} was trained on env.id {run_cfg.env.id!r}, expected this run's env.id "
+                          f"{env_id!r}")
+    if not checkpoint_steps(run):
+        raise ConfigError(f"{field}: {run} has no checkpoint; expected a finished or interrupted `serl train` run "
+                          "folder")
+    return run_cfg

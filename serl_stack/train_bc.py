@@ -14,7 +14,7 @@ import argparse
 import dataclasses
 import sys
 
-from serl_stack.config import Config, ConfigError
+from serl_stack.config import Config
 
 BC_OPTIONS = (
     ("steps", int, "most gradient steps; the one with the lowest validation loss is kept (default 3000)"),
@@ -33,8 +33,8 @@ def train_bc(cfg: Config, args: argparse.Namespace) -> int:
 
     from serl_stack.checkpoint import Checkpointer
     from serl_stack.data.demos import DemoFormatError, load_episodes, load_metadata, spec_mismatch
-    from serl_stack.data.obs import flatten_keys, to_vector, vector_keys
-    from serl_stack.inference import evaluate, example_observation, load_bc_policy
+    from serl_stack.data.obs import to_vector
+    from serl_stack.inference import evaluate, example_vector_keys, load_bc_policy
     from serl_stack.rundir import BC_KIND, BC_SUMMARY, CHECKPOINTS, write_config
 
     def fail(message: str, code: int = 2) -> int:
@@ -58,12 +58,7 @@ def train_bc(cfg: Config, args: argparse.Namespace) -> int:
     if meta["env_id"] != cfg.env.id:
         return fail(f"--demos: {args.demos} holds demonstrations of env.id {meta['env_id']!r}, expected the config's "
                     f"env.id {cfg.env.id!r}")
-    obs, action_dim = example_observation(cfg)
-    flat = flatten_keys(obs)
-    try:
-        keys = vector_keys(flat, cfg.agent.obs_keys)
-    except KeyError as e:
-        raise ConfigError(str(e.args[0])) from e
+    flat, keys, action_dim = example_vector_keys(cfg)
     problem = spec_mismatch(meta, flat, keys, action_dim, cfg.env.id)
     if problem is not None:
         return fail(f"--demos: {problem}")

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from serl_stack.config import Config, ConfigError
+from serl_stack.config import Config
 
 CRITIC_SUMMARY = "critic.json"
 """What `serl train-critic` writes beside its checkpoints: data, settings, progress and final metrics."""
@@ -240,15 +240,9 @@ def _train(cfg: Config, args: argparse.Namespace) -> int:
     folders = list(args.episodes) or ([Path(s["path"]) for s in previous["sources"]] if previous else [])
     calql_cfg, seed, every = _settings(cfg, args, previous)
 
-    from serl_stack.data.obs import flatten_keys, vector_keys
-    from serl_stack.inference import example_observation
+    from serl_stack.inference import example_vector_keys
 
-    obs, action_dim = example_observation(cfg)
-    flat = flatten_keys(obs)
-    try:
-        keys = vector_keys(flat, cfg.agent.obs_keys)
-    except KeyError as e:
-        raise ConfigError(str(e.args[0])) from e
+    flat, keys, action_dim = example_vector_keys(cfg)
     sources = _sources(cfg, folders, keys, flat, action_dim)
     data = _transitions(folders, keys, calql_cfg)
     digest = _fingerprint(data)

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -34,6 +35,22 @@ def steering(critic: Path | str, *more: str) -> list[str]:
     return [*SETTINGS, "steering.enabled=true", f"steering.critic_run={critic}", *more]
 
 
+def steered_setup(critic_run: Path, k: int) -> tuple[Any, Any, Any, int, Any]:
+    """(config, the critic run's policy, an observation of its env, the action size, the policy the actor builds
+    with `steering.k = k` and that run's critic)."""
+    from serl_stack.envs import make_env
+    from serl_stack.inference import load_policy
+    from serl_stack.steering.acting import steered_policy
+
+    cfg = load(None, steering(critic_run, f"steering.k={k}"))
+    _, runner, _ = load_policy(critic_run)
+    env = make_env(cfg.env)
+    obs, _ = env.reset(seed=4)
+    action_dim = int(np.prod(env.action_space.shape))
+    env.close()
+    return cfg, runner, obs, action_dim, steered_policy(cfg, runner, obs, action_dim)
+
+
 def test_preflight_names_a_missing_critic_run_a_run_of_another_task_and_a_missing_bc_folder(
         critic_run: Path, tmp_path: Path) -> None:
     from serl_stack.steering.acting import check_steering
@@ -41,13 +58,15 @@ def test_preflight_names_a_missing_critic_run_a_run_of_another_task_and_a_missin
     check_steering(load(None, steering(critic_run)))  # fits: no error
     with pytest.raises(ConfigError, match=r"^steering.critic_run: .*nowhere is not a folder"):
         check_steering(load(None, steering(tmp_path / "nowhere")))
-    other = tmp_path / "other"
-    other.mkdir()
-    (other / "config.yaml").write_text(dump(load(None, ["env.id=FrankaPickCube-v0"])))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "config.yaml").write_text((critic_run / "config.yaml").read_text())
     with pytest.raises(ConfigError, match=r"^steering.critic_run: .* has no checkpoint"):
-        check_steering(load(None, steering(other)))
+        check_steering(load(None, steering(empty)))
+    other = tmp_path / "other"
     (other / "checkpoints" / "5").mkdir(parents=True)
     (other / "checkpoints" / "5" / "_CHECKPOINT_METADATA").write_text("{}")
+    (other / "config.yaml").write_text(dump(load(None, ["env.id=FrankaPickCube-v0"])))
     with pytest.raises(ConfigError, match=r"trained on env.id 'FrankaPickCube-v0', expected this run's env.id"):
         check_steering(load(None, steering(other)))
     with pytest.raises(ConfigError, match=r"^steering.base_dir: .*nobc is not a folder"):
@@ -64,21 +83,13 @@ def test_preflight_names_a_policy_server_that_is_not_there(critic_run: Path) -> 
 
 def test_the_actor_acts_with_the_best_of_k_proposals_by_the_critic(critic_run: Path) -> None:
     """What `steered_policy` builds picks, among the runner's K samples on the step key, the one the critic of the
-    other run scores highest (min over 2 members), and the mixers' learned side acts through it."""
+    other run scores highest (min over 2 members)."""
     import jax
 
-    from serl_stack.envs import make_env
-    from serl_stack.inference import load_policy
     from serl_stack.steering.acting import steered_policy
     from serl_stack.steering.guided import load_critic
 
-    cfg = load(None, steering(critic_run, "steering.k=16"))
-    _, runner, _ = load_policy(critic_run)
-    env = make_env(cfg.env)
-    obs, _ = env.reset(seed=4)
-    action_dim = int(np.prod(env.action_space.shape))
-    env.close()
-    steered = steered_policy(cfg, runner, obs, action_dim)
+    cfg, runner, obs, action_dim, steered = steered_setup(critic_run, 16)
     assert steered is not None and steered.base is runner and steered.k == 16
     critic, _ = load_critic(critic_run, cfg.agent, obs, action_dim)
     key = jax.random.PRNGKey(11)
@@ -96,19 +107,10 @@ def test_the_mixers_learned_side_acts_through_the_steered_policy(critic_run: Pat
     import jax
 
     from serl_stack.config import MixingConfig
-    from serl_stack.envs import make_env
-    from serl_stack.inference import load_policy
     from serl_stack.mixing import LEARNED, MixedActing
     from serl_stack.safety.stepmix import make_mixer
-    from serl_stack.steering.acting import steered_policy
 
-    cfg = load(None, steering(critic_run, "steering.k=8"))
-    _, runner, _ = load_policy(critic_run)
-    env = make_env(cfg.env)
-    obs, _ = env.reset(seed=4)
-    action_dim = int(np.prod(env.action_space.shape))
-    env.close()
-    steered = steered_policy(cfg, runner, obs, action_dim)
+    _, runner, obs, action_dim, steered = steered_setup(critic_run, 8)
 
     class Hold:
         def act(self, obs: object, key: object, deterministic: bool = False) -> np.ndarray:

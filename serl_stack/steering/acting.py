@@ -23,20 +23,9 @@ if TYPE_CHECKING:
 
 def _critic_config(cfg: Config) -> Config:
     """The config of `steering.critic_run` (its agent shapes the critic), checked against this run's env."""
-    from serl_stack.rundir import checkpoint_steps, read_run_config
+    from serl_stack.rundir import check_run_folder
 
-    folder = Path(cfg.steering.critic_run).expanduser()
-    try:
-        critic_cfg = read_run_config(folder)
-    except RunDirError as e:
-        raise ConfigError(f"steering.critic_run: {e}") from e
-    if not checkpoint_steps(folder):
-        raise ConfigError(f"steering.critic_run: {folder} has no checkpoint; expected a `serl train` run that saved "
-                          "one")
-    if critic_cfg.env.id != cfg.env.id:
-        raise ConfigError(f"steering.critic_run: {folder} was trained on env.id {critic_cfg.env.id!r}, expected this "
-                          f"run's env.id {cfg.env.id!r}")
-    return critic_cfg
+    return check_run_folder(cfg.steering.critic_run, cfg.env.id, "steering.critic_run")
 
 
 def _remote(cfg: Config) -> Any:
