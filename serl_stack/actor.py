@@ -4,8 +4,11 @@ Owns: one actor's bookkeeping — its share of the run (`train.total_env_steps` 
 over `train.num_actors` actors by `share`), its own seed, spool, episode counter and mixer state (all keyed by
 its id, so a restarted actor continues where it stopped), pacing against the learner (the sim throttle counts
 every actor's steps), evaluations during training (actor 0 only) and early stopping, the final evaluation,
-progress lines and the closing summary. It imports only the inference boundary (`serl_stack.inference`), the
-mixers and the transport, never the learner, so it starts fast and runs next to the robot.
+progress lines and the closing summary. Under `steering.online` the learner's broadcasts are the steering critic's
+(the policy the actor steers, `steering.base`, is fixed), the steered policy acts from the first step (no random
+warm-up), and every transition carries the env's `success` flag (the learner labels the critic's data with it).
+It imports only the inference boundary (`serl_stack.inference`), the mixers and the transport, never the learner,
+so it starts fast and runs next to the robot.
 """
 
 from __future__ import annotations
@@ -103,6 +106,8 @@ class Actor:
         self.policy: PolicyRunner | None = None
         self.steered: Policy | None = None
         """`steering.*`: the policy training episodes and evaluations act with (proposals reranked by a critic)."""
+        self.online = cfg.steering.enabled and cfg.steering.online
+        """`steering.online`: the learner broadcasts the critic that steers, fine-tuned on this run's transitions."""
         self.steps = 0
         """This actor's env steps so far, earlier runs of it included (its spool's sequence numbers)."""
         self.episodes = 0
@@ -136,16 +141,18 @@ class Actor:
             self.client.send("ping", {})
         silent = self.client.silent_for() > t.learner_silent_warn_s
         if silent and not self._warned_silent:
-            if self.policy is not None and self.policy.params is not None:
-                doing = f"acting on its last parameters (version {self.policy.version})"
+            target = self._receiver()
+            if target is not None and target.params is not None:
+                doing = f"acting on its last parameters (version {target.version})"
             else:
                 doing = "no parameters received yet; collecting warm-up steps while the learner is away"
             print(f"actor {self.actor_id}: the learner at {self.learner_at} has been silent for over "
                   f"{t.learner_silent_warn_s:g} s; {doing}, spooling transitions", flush=True)
         self._warned_silent = silent
         body = self.client.params_body
-        if self.policy is not None and body is not None and "params" in body:
-            self.policy.load(self.client.params_version, body["params"])
+        target = self._receiver()
+        if target is not None and body is not None and "params" in body:
+            target.load(self.client.params_version, body["params"])
         if self.parent_pid is not None and os.getppid() != self.parent_pid:
             raise ProcessGone(f"actor {self.actor_id}: the parent process (serl train) is gone; stopping")
 
@@ -159,6 +166,18 @@ class Actor:
                 print(f"actor {self.actor_id}: still waiting for {what} from the learner at {self.learner_at}; "
                       "is it running?", flush=True)
                 since = time.monotonic()
+
+    def _picked_q(self) -> float:
+        """The steering critic's (reduced) value of the proposal it just picked."""
+        assert self.steered is not None
+        return float(self.steered.last_scores[self.steered.last_index])
+
+    def _receiver(self) -> Any:
+        """What adopts the learner's broadcasts (`load(version, params)`, `version`, `adopted`, `params`): the
+        learned policy, or under `steering.online` the steering critic; None before either exists."""
+        if self.online:
+            return None if self.steered is None else self.steered.critic
+        return self.policy
 
     def _status(self) -> dict[str, Any]:
         return self.client.learner_status
@@ -218,8 +237,10 @@ class Actor:
             base = {"policy": "the learned policy", "bc": f"the BC policy in {st.base_dir}",
                     "remote": f"the policy served at {st.remote_endpoint}"}[st.base]
             pick = "the argmax" if st.temperature == 0 else f"softmax(Q / {st.temperature:g})"
+            online = ", fine-tuned online by the learner (each broadcast adopted; no random warm-up)" \
+                if self.online else ""
             print(f"actor {self.actor_id}: steering: each step {st.k} proposals of {base}, {pick} of the critic of "
-                  f"{st.critic_run} (evaluations: the argmax)", flush=True)
+                  f"{st.critic_run}{online} (evaluations: the argmax)", flush=True)
         ledger = self.run_dir / f"ledger-{self.actor_id}.txt" if self.cfg.transport.ledger else None
         spec = make_spec(obs, np.zeros(action_dim, np.float32))
         self.outbox = DurableOutbox(self.client, self.spool, spec, ledger=ledger)
@@ -228,6 +249,7 @@ class Actor:
         episode = self._load_episode()
         self.episodes = episode
         ep_return, ep_len, ep_jitter = 0.0, 0, 0.0
+        ep_q: list[float] = []  # steering: the critic's value of each step's pick
         stop_early = False
         try:
             mixing = MixedActing.from_config(self.cfg, self.policy, self.seed + 2, example=(obs, action_dim),
@@ -255,12 +277,15 @@ class Actor:
                                                             t.throttle_slack):
                     self._wait(lambda: actor_may_step(self._run_steps(), self._updates(), t.start_steps,
                                                       t.throttle_slack), "updates to catch up")
-                if mixing is None and self._run_steps() < t.start_steps:
+                if mixing is None and not self.online and self._run_steps() < t.start_steps:
                     action = self.env.action_space.sample()  # random warm-up: no key to split (~30 us a step)
                 else:
                     key = next(keys)
                     if mixing is not None:  # the mixer picks the baseline or the learned policy (never random)
                         action = mixing.act(obs, key)
+                    elif self.online:  # the steered base acts from the first step, with the critic it has
+                        action = acting.act(obs, key, False)
+                        ep_q.append(self._picked_q())
                     elif self.policy.params is None and self.on_robot:
                         # A robot does not stand still waiting for the learner's first parameters: the warm-up's
                         # random actions go on (inside the safety filter) until they arrive.
@@ -274,6 +299,8 @@ class Actor:
                             self._wait(lambda: self.policy is not None and self.policy.params is not None,
                                        "the first parameters")
                         action = acting.act(obs, key, False)
+                        if self.steered is not None:
+                            ep_q.append(self._picked_q())
                 next_obs, reward, terminated, truncated, info = self.env.step(action)
                 if mixing is not None:
                     try:
@@ -289,19 +316,20 @@ class Actor:
                         print(f"actor {self.actor_id}: control step {self.steps + 1} ended {1000 * late:.0f} ms late "
                               f"(period {1000 / self.cfg.env.control_hz:.0f} ms); the watchdog holds the arm during "
                               "such a stall", flush=True)
-                self.outbox.add(
-                    {
-                        "observation": obs,
-                        "action": np.asarray(action, dtype=np.float32),
-                        # What the robot did (a latency or safety layer may change it), else the policy's action.
-                        "executed_action": np.asarray(info.get("executed_action", action), dtype=np.float32),
-                        "reward": float(reward),
-                        "next_observation": next_obs,
-                        "terminated": bool(terminated),
-                        "truncated": bool(truncated),
-                        "episode": episode,
-                    }
-                )
+                transition = {
+                    "observation": obs,
+                    "action": np.asarray(action, dtype=np.float32),
+                    # What the robot did (a latency or safety layer may change it), else the policy's action.
+                    "executed_action": np.asarray(info.get("executed_action", action), dtype=np.float32),
+                    "reward": float(reward),
+                    "next_observation": next_obs,
+                    "terminated": bool(terminated),
+                    "truncated": bool(truncated),
+                    "episode": episode,
+                }
+                if self.online:  # the critic's labels need the outcome; in the log, so a resume relabels the same
+                    transition["success"] = bool(info.get("success", False))
+                self.outbox.add(transition)
                 self.steps += 1
                 obs = next_obs
                 if terminated or truncated:
@@ -317,6 +345,10 @@ class Actor:
                     if self.on_robot:  # how well the wall-clock pacing held, and whether the watchdog had to act
                         body["robot"] = {"jitter_max_ms": 1000 * ep_jitter,
                                          "watchdog_holds": int(getattr(self.env.unwrapped, "watchdog_holds", 0))}
+                    if ep_q and self.steered is not None:  # which critic steered, and how it valued its picks
+                        body["steering"] = {"critic_version": float(self.steered.critic.version),
+                                            "q_picked_mean": float(np.mean(ep_q))}
+                    ep_q = []
                     if mixing is not None:
                         body["mixing"] = mixing.end_episode()
                         mixing.save_state(mixer_state)
@@ -378,8 +410,9 @@ class Actor:
         self._wait(lambda: self.client.acked_seq >= seq or self.actor_id in self._status().get("evaluated", []),
                    "acknowledgement of the final evaluation")
         success = "n/a" if result["success_rate"] is None else f"{100 * result['success_rate']:.1f}%"
+        what = "critic" if self.online else "parameter"
         print(f"actor {self.actor_id}: finished: {self.steps} env steps in {self.episodes} episodes, adopted "
-              f"{self.policy.adopted} parameter versions; final evaluation of {result['episodes']} episodes: success "
+              f"{self._receiver().adopted} {what} versions; final evaluation of {result['episodes']} episodes: success "
               f"{success}, return {result['return_mean']:.2f} (written to {path})", flush=True)
         return 0
 
@@ -404,7 +437,7 @@ class Actor:
         line = (f"actor {self.actor_id}: {self.steps}/{self.quota} env steps (run {run_steps}/"
                 f"{self.cfg.train.total_env_steps}), {self.episodes} episodes, success {success} (last "
                 f"{len(self._successes)}), learner updates {updates}, parameters "
-                f"v{self.policy.version if self.policy is not None else -1}")
+                f"v{self._receiver().version if self._receiver() is not None else -1}")
         last_updates, last_steps = self._last_progress
         self._last_progress = (updates, run_steps)
         if self.on_robot and run_steps > last_steps and updates > 0:
@@ -461,7 +494,7 @@ class Actor:
             return False
         self._next_eval = self._eval_after(run_steps)
         assert self.policy is not None and self.eval_env is not None
-        if self.policy.params is None:  # the learner is behind: skip rather than evaluate no policy
+        if self._receiver().params is None:  # the learner is behind: skip rather than evaluate no policy
             return False
         self._flush()
         result = {**evaluate(self.eval_env, self._evaluated(), t.eval_every_episodes, t.eval_seed),

@@ -371,7 +371,7 @@ class SteeringConfig:
     """0: the critic's argmax; > 0: sample softmax(Q / temperature) (training episodes; evaluations take the argmax)."""
     critic_run: str = ""
     """A run folder whose latest checkpoint's critic scores the proposals (same env and observation keys): a `serl
-    train` run. (The learner's own broadcast critic, fine-tuned online, is planned.)"""
+    train` run or a `serl train-critic --out` folder (with `online`: the latter only)."""
     base: Literal["policy", "bc", "remote"] = "policy"
     """policy: the learner's SAC policy (its samples) | bc: the `serl train-bc` policy in `base_dir` | remote: the
     policy a `serl serve-policy` hosts at `remote_endpoint`."""
@@ -382,6 +382,14 @@ class SteeringConfig:
     remote_timeout_s: float = ranged(0.08, gt=0)
     """base: remote — the longest a proposal request may take; must fit in one control period (1 / env.control_hz).
     A slower answer stops the actor with a message naming the endpoint (the spool keeps every transition)."""
+    online: bool = False
+    """Fine-tune the critic online (`serl train`; V-GPS's online phase, Cal-QL's fine-tuning): the learner starts from
+    the Cal-QL state of `critic_run` (a `serl train-critic` folder), updates it once per env step on minibatches
+    half from this run's transitions (V-GPS labels, given when each episode ends) and half from `replay.demo_dir`
+    (the share is `replay.demo_fraction`), with the steered policy in the TD target (the best of `k` base samples at
+    s'), and broadcasts it every `transport.params_every` updates; the actors rerank with the newest (ours: the
+    issue 19 design; docs/steering.md). Needs a base the learner can sample itself (`base: bc`) and `mixing.mode:
+    off`; the agent.* settings are not used (the critic's own are `critic_run`'s)."""
 
 
 @dataclass(frozen=True)
@@ -847,6 +855,38 @@ def _steering_base(s: SteeringConfig, p: str) -> str | None:
     return f"{_join(p, name)}: got '', expected {what} while {_join(p, 'base')} is {s.base}"
 
 
+ONLINE_BASES = ("bc",)
+"""`steering.base` values the learner can sample itself (in JAX, inside its update) for the online TD target: a
+base with `vector_sampler()` and `obs_keys` (`inference.BCPolicy`)."""
+
+
+def _steering_online(s: SteeringConfig, p: str) -> str | None:
+    if not s.online:
+        return None
+    if not s.enabled:
+        return (f"{_join(p, 'enabled')}: got false, expected true while {_join(p, 'online')} is true (online "
+                "fine-tuning trains the critic that steers the actors)")
+    if s.base not in ONLINE_BASES:
+        why = {"remote": "a remote policy runs in another process, and the learner must sample it inside its update",
+               "policy": "the learner trains the critic, not a SAC policy, under online steering"}.get(s.base, "")
+        return (f"{_join(p, 'base')}: got {s.base!r}, expected one of {', '.join(ONLINE_BASES)} while "
+                f"{_join(p, 'online')} is true: the learner draws the base policy's proposals at s' for its TD target "
+                f"itself ({why})")
+    return None
+
+
+def _steering_online_data(c: Config, p: str) -> str | None:
+    if not (c.steering.enabled and c.steering.online):
+        return None
+    if not c.replay.demo_dir:
+        return ("replay.demo_dir: got '', expected a folder of demonstrations while steering.online is true (the "
+                "offline half of every minibatch of the online critic, labelled as `serl train-critic` labels them)")
+    if c.mixing.mode != "off":
+        return (f"mixing.mode: got {c.mixing.mode!r}, expected 'off' while steering.online is true (the mixers bound "
+                "the value of a learned SAC policy, which online steering does not train)")
+    return None
+
+
 def _steering_timeout(s: Config, p: str) -> str | None:
     period = 1.0 / s.env.control_hz
     if not s.steering.enabled or s.steering.base != "remote" or s.steering.remote_timeout_s <= period:
@@ -895,6 +935,8 @@ RULES: tuple[Rule, ...] = (
     Rule("steering.enabled needs steering.critic_run", "steering", _steering_critic),
     Rule("steering.base: bc / remote needs steering.base_dir / remote_endpoint", "steering", _steering_base),
     Rule("steering.remote_timeout_s <= 1 / env.control_hz", "", _steering_timeout),
+    Rule("steering.online needs steering.enabled and a base the learner samples (bc)", "steering", _steering_online),
+    Rule("steering.online needs replay.demo_dir and mixing.mode: off", "", _steering_online_data),
 )
 """Every cross-field rule, in the order they are checked (after all the per-field ranges)."""
 

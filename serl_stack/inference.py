@@ -375,6 +375,8 @@ class BCPolicy:
 
     Follows the `Policy` protocol: deterministic `act` is `tanh(mean)` (what a mixing baseline or an evaluation
     runs); stochastic actions and `sample_actions` (a steering base policy's proposals) draw with the floored std.
+    `vector_sampler()` is the same draw as a pure function over a batch of observation vectors, for code that
+    samples the base inside its own jit (the learner's online steering target).
     """
 
     chunk = 1
@@ -391,12 +393,20 @@ class BCPolicy:
         self.params = params
         """`{"actor", "obs_norm"}`: the same pytree as `SACAgent.actor_params` of a state agent."""
         self.keys, self.action_dim = tuple(keys), int(action_dim)
+        self.obs_keys = self.keys
+        """The observation vector's keys, in order (`data.obs.vector_keys`): what `vector_sampler`'s input holds."""
         self.hidden_dims, self.std_floor = tuple(hidden_dims), float(std_floor)
         actor, log_std_min = make_actor(self.action_dim, self.hidden_dims), float(np.log(std_floor))
 
         def dist(p: Any, x: jax.Array) -> tuple[jax.Array, jax.Array]:
             mean, log_std = actor.apply({"params": p["actor"]}, normalize_obs(x, p["obs_norm"]))
             return mean, jnp.maximum(log_std, log_std_min)
+
+        def sample_batch(p: Any, x: jax.Array, key: jax.Array, k: int) -> jax.Array:
+            mean, log_std = dist(p, x)  # (B, A) each
+            shape = (x.shape[0], k, self.action_dim)
+            return tanh_gaussian_sample(jnp.broadcast_to(mean[:, None], shape),
+                                        jnp.broadcast_to(log_std[:, None], shape), key)[0]
 
         @partial(jax.jit, static_argnames="deterministic")
         def act_fn(p: Any, x: jax.Array, key: jax.Array | None, deterministic: bool) -> jax.Array:
@@ -405,11 +415,17 @@ class BCPolicy:
 
         @partial(jax.jit, static_argnames="k")
         def sample_fn(p: Any, x: jax.Array, key: jax.Array, k: int) -> jax.Array:
-            mean, log_std = dist(p, x[None])
-            shape = (k, self.action_dim)
-            return tanh_gaussian_sample(jnp.broadcast_to(mean, shape), jnp.broadcast_to(log_std, shape), key)[0]
+            # One observation is a batch of one: the same normal draws, so the same actions, as `vector_sampler`.
+            return sample_batch(p, x[None], key, k)[0]
 
-        self._act, self._sample = act_fn, sample_fn
+        self._act, self._sample, self._sample_batch = act_fn, sample_fn, sample_batch
+
+    def vector_sampler(self) -> tuple[Any, Callable[[Any, jax.Array, jax.Array, int], jax.Array]]:
+        """`(params, fn)`: `fn(params, obs, key, k) -> (B, k, A)`, k proposals at each of the B raw float32
+        observation vectors `obs` (B, D) in `obs_keys` order; pure JAX, jit-able with `k` static. The function is
+        the one `sample_actions` draws with (one row of it is `sample_actions` of that observation) and the same
+        object at every call, so a jit that takes it as a static argument compiles once."""
+        return self.params, self._sample_batch
 
     def observe(self, obs: Mapping[str, Any]) -> np.ndarray:
         """The policy's input for one env observation: the float32 vector of `keys`."""

@@ -3,19 +3,22 @@
 Owns: the learner's bookkeeping — counters (per actor too), pacing against the actors, logging, checkpoint
 cadence, and the end of the run: it ends once every one of `train.num_actors` actors has reported done and its
 final evaluation (`eval.json` then holds all of them). The algorithm lives in `agents/`, the wire in
-`transport/`, the buffer in `data/`. Started by `serl learner` (or by `serl train`, which spawns it as its own
-process); it says where it listens, shows progress and ends with one summary line.
+`transport/`, the buffer in `data/`; what is updated is `updater.Updater`'s SAC agent, or under `steering.online`
+`online_critic.OnlineCriticUpdater`'s Cal-QL critic (the actors then steer with what it broadcasts). Started by
+`serl learner` (or by `serl train`, which spawns it as its own process); it says where it listens, shows progress
+and ends with one summary line.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import time
 from collections import Counter, deque
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
@@ -36,6 +39,9 @@ from serl_stack.transport.log import TransitionLog
 from serl_stack.transport.protocol import make_spec, unpack
 from serl_stack.updater import Updater
 
+if TYPE_CHECKING:
+    from serl_stack.online_critic import OnlineCriticUpdater
+
 STATUS_PERIOD_S = 0.5
 PROGRESS_EVERY_S = 15.0
 CLOSE_LINGER_MS = 2000
@@ -45,6 +51,25 @@ CLOSE_LINGER_MS = 2000
 def learner_may_update(updates: int, env_steps: int, start_steps: int) -> bool:
     """One update (of `utd` critic steps) per env step after the random warm-up, never ahead of the data."""
     return env_steps >= start_steps and updates < env_steps - start_steps + 1
+
+
+def recorded_config(cfg: Config) -> Config:
+    """The config a run folder records. Under `steering.online` the learner trains `steering.critic_run`'s critic,
+    not the SAC agent of `agent.*`: its `agent.hidden_dims / num_critics / critic_layer_norm` are recorded as the
+    critic's (what a `serl train-critic` folder records too), so the run folder reads as a critic run wherever one
+    is expected (`steering.guided.load_critic(run, read_run_config(run).agent, ...)`, `serl eval --steer-critic`)."""
+    if not (cfg.steering.enabled and cfg.steering.online):
+        return cfg
+    from serl_stack.errors import RunDirError
+    from serl_stack.rundir import read_run_config
+
+    try:
+        critic = read_run_config(Path(cfg.steering.critic_run).expanduser()).agent
+    except RunDirError as e:
+        raise ConfigError(f"steering.critic_run: {str(e).removeprefix('--run-dir: ')}") from e
+    agent = dataclasses.replace(cfg.agent, hidden_dims=critic.hidden_dims, num_critics=critic.num_critics,
+                                critic_layer_norm=critic.critic_layer_norm)
+    return dataclasses.replace(cfg, agent=agent)
 
 
 def combine_evaluations(results: dict[str, dict[str, Any]], env_steps: int) -> dict[str, Any]:
@@ -82,14 +107,16 @@ class Learner:
         t = cfg.transport
         self.security = curve_server_from_config(t)
         self.server = LearnerServer(t.host, t.transitions_port, t.params_port, t.max_message_bytes, self.security)
-        write_config(run_dir, cfg)  # the run's config, for `serl eval` and for a resume
+        write_config(run_dir, recorded_config(cfg))  # the run's config, for `serl eval` and for a resume
         self.actor_last_heard: dict[str, float] = {}
         self.log = TransitionLog(run_dir / TRANSITIONS)
         self.inbox = DurableInbox(self.server, self.log, status=self.status, max_item_bytes=t.max_message_bytes,
                                   on_welcome=self._send_params_to, admit=self._admit)
         self.writer = SummaryWriter(str(run_dir / "tb" / "learner"))
         self.checkpointer = Checkpointer(run_dir / CHECKPOINTS, max_to_keep=cfg.train.keep_checkpoints)
-        self.updater: Updater | None = None
+        self.updater: Updater | OnlineCriticUpdater | None = None
+        self.online = cfg.steering.enabled and cfg.steering.online
+        """`steering.online`: the learner fine-tunes the steering critic instead of training a SAC agent."""
         self.env_steps = 0
         self.params_version = 0
         self.episodes = 0
@@ -158,6 +185,11 @@ class Learner:
         obs, next_obs = flatten_keys(tr["observation"]), flatten_keys(tr["next_observation"])
         # What the robot did (safety filter, a human) by default; the log keeps both actions either way.
         action = tr["action"] if self._use_policy_action else tr["executed_action"]
+        if self.updater is None and self.online:
+            from serl_stack.online_critic import OnlineCriticUpdater  # deferred: Cal-QL only when it is used
+
+            self.updater = OnlineCriticUpdater(self.cfg, obs, action)
+            self._say_online(self.updater)
         if self.updater is None:
             try:
                 self.updater = Updater(self.cfg, obs, action)
@@ -180,9 +212,24 @@ class Learner:
                        else f"lambda {bc.lambda_init:g} fading to 0 over {bc.schedule_updates} updates")
                 print(f"learner: the actor is regularized toward the BC prior in {bc.prior_run} ({how}); "
                       "learner/bc_lambda and learner/bc_kl in TensorBoard", flush=True)
-        self.updater.insert(obs, action, float(tr["reward"]), next_obs, tr["terminated"], tr["truncated"])
+        if self.online:
+            # The critic's own labels, given at the episode's end from the success flag the actor sends with
+            # every transition under steering.online (so the log alone rebuilds them on a resume).
+            self.updater.insert(obs, action, next_obs, tr["terminated"], tr["truncated"], actor_id,
+                                int(tr["episode"]), bool(tr.get("success", False)))
+        else:
+            self.updater.insert(obs, action, float(tr["reward"]), next_obs, tr["terminated"], tr["truncated"])
         self.env_steps += 1
         self.actor_steps[actor_id] += 1
+
+    def _say_online(self, u: OnlineCriticUpdater) -> None:
+        s, c = self.cfg.steering, u.calql_cfg
+        print(f"learner: fine-tuning the Cal-QL critic of {s.critic_run} (checkpoint {u.critic_step}) online: one "
+              f"update per env step on {c.batch_size} transitions, {u.num_offline} of them from the "
+              f"{u.num_offline_transitions} demonstration transitions in {self.cfg.replay.demo_dir}, the rest from "
+              f"this run's episodes (V-GPS labels at each episode's end); TD target: the best of {s.k} samples of the "
+              f"BC policy in {s.base_dir} at s'; the critic goes to the actors every "
+              f"{self.cfg.transport.params_every} updates", flush=True)
 
     def rebuild_from_log(self) -> int:
         """Refill the replay buffer from the durable log (after a restart); returns how many transitions."""
@@ -202,7 +249,7 @@ class Learner:
         step = self.checkpointer.latest_step()
         if step is not None and self.updater is not None:
             try:
-                agent, meta = self.checkpointer.restore(self.updater.new_agent(), step)
+                agent, meta = self.checkpointer.restore(self.updater.checkpoint_template(), step)
             except (ValueError, KeyError) as e:
                 raise ConfigError(
                     f"checkpoint {step} in {self.checkpointer.directory} does not fit this config's agent "
@@ -265,9 +312,10 @@ class Learner:
             self.successes.append(success)
             self.writer.add_scalar("episode/success", success, self.env_steps)
         self.writer.add_scalar("episode/length", float(body.get("length", 0)), self.env_steps)
-        # The actor's per-episode records: mixing (eps_k / switch step, L, U, kappa), safety-filter counts and, on
-        # a robot, the control loop's worst jitter and the watchdog's holds.
-        for section in ("mixing", "safety", "robot"):
+        # The actor's per-episode records: mixing (eps_k / switch step, L, U, kappa), safety-filter counts, steering
+        # (the critic's version and its mean Q of the picks) and, on a robot, the control loop's worst jitter and
+        # the watchdog's holds.
+        for section in ("mixing", "safety", "steering", "robot"):
             fields = body.get(section)
             if isinstance(fields, dict):
                 for k, v in fields.items():
@@ -302,7 +350,8 @@ class Learner:
 
     def _params_body(self, final: bool = False) -> dict[str, Any]:
         # With conservative mixing the actor also needs the critic, for its bound on the policy's value.
-        tree = self.agent.actor_params if self.cfg.mixing.mode == "off" else self.agent.value_params
+        assert self.updater is not None
+        tree = self.updater.broadcast_params(with_critic=self.cfg.mixing.mode != "off")
         params = jax.tree.map(np.asarray, serialization.to_state_dict(tree))
         return {"params": params, "final": final, "status": self.status()}
 
@@ -324,7 +373,8 @@ class Learner:
             "log_offset": self.env_steps,
             "params_version": self.params_version,
         }
-        return self.checkpointer.save(self.updates, self.agent, meta, policy=self.agent.actor_params)
+        state, policy = self.updater.checkpoint_items()
+        return self.checkpointer.save(self.updates, state, meta, policy=policy)
 
     def _update(self) -> None:
         assert self.updater is not None

@@ -5,10 +5,10 @@ loading the config and before they start anything. The config's own ranges and c
 `config.validate`'s (run on every load); these checks look at the world: the env builds and has the observation
 keys the agent asks for (`envs.preflight`), the conservative mixers' baseline exists, the demonstrations folder
 holds demonstrations of this task, the behaviour-cloned prior of `agent.bc.*` is a `serl train-bc` folder of this
-task and observation keys, the steering critic's run, BC folder or policy server (`steering.*`) are there, the
-CurveZMQ key files load, fixed ports are free (learner) or set (actor), and an
-actor's id fits `train.num_actors`. Every error is a `ConfigError` naming the field. No JAX: the `serl
-train` parent process runs this.
+task and observation keys, the steering critic's run, BC folder or policy server (`steering.*`) are there (under
+`steering.online` also: the critic is a `serl train-critic` folder reading the base policy's observation keys), the
+CurveZMQ key files load, fixed ports are free (learner) or set (actor), and an actor's id fits `train.num_actors`.
+Every error is a `ConfigError` naming the field. No JAX: the `serl train` parent process runs this.
 """
 
 from __future__ import annotations
@@ -106,7 +106,8 @@ def preflight(cfg: Config, role: Role) -> None:
 
     env_preflight(cfg)
     check_mixing(cfg)
-    if role in ("config", "train", "actor"):
+    # A learner checks steering only when it trains the steering critic itself (steering.online).
+    if role in ("config", "train", "actor") or (role == "learner" and cfg.steering.online):
         check_steering(cfg)
     if role in ("config", "train", "learner"):
         check_demos(cfg)

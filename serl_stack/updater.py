@@ -3,8 +3,10 @@
 Owns: the replay buffer (on the host, the source of truth) and its device mirror, the demonstrations and how
 they are mixed into every minibatch, the behaviour-cloned prior of `agent.bc.*` (loaded once from
 `agent.bc.prior_run` and checked against this agent's observation keys and action size), the agent, the update
-counter, the sampling randomness, and which of these a checkpoint holds. `serl_stack.learner.Learner` feeds it
-transitions from the transport and decides when to step; tests and benchmarks drive it directly.
+counter, the sampling randomness, which of these a checkpoint holds and what the actors are sent.
+`serl_stack.learner.Learner` feeds it transitions from the transport and decides when to step; tests and benchmarks
+drive it directly. (Under `steering.online` the learner drives `online_critic.OnlineCriticUpdater` instead: the
+same surface over a Cal-QL critic.)
 
 Sampling is a pure function of (seed, update index): update i samples with `fold_in(PRNGKey(seed), i)` inside
 the jitted update (or, on the host path, from a numpy Generator whose state goes into the checkpoint), so a run
@@ -217,7 +219,20 @@ class Updater:
                  for _ in range(a.utd)]
         return jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
 
+    def broadcast_params(self, with_critic: bool = False) -> Any:
+        """What the actors get: the policy (`actor_params`), with the critic too (`value_params`) when they need it
+        (conservative mixing's value bound)."""
+        return self.agent.value_params if with_critic else self.agent.actor_params
+
     # ------------------------------------------------------------------------------------------- checkpoints
+    def checkpoint_template(self) -> Any:
+        """A pytree of the checkpoint's `state` item's structure, to restore into."""
+        return self.new_agent()
+
+    def checkpoint_items(self) -> tuple[Any, Any]:
+        """(the `state` item: the whole agent, the `policy` item: what the actors act with)."""
+        return self.agent, self.agent.actor_params
+
     def checkpoint_meta(self) -> dict[str, Any]:
         """What a checkpoint needs besides the agent pytree (optimizer states and the agent's RNG are in it)."""
         return {"updates": self.updates, "host_rng": self._rng.bit_generator.state}

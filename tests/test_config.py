@@ -184,6 +184,15 @@ RULE_CASES: dict[str, tuple[str, list[str], list[str]]] = {
          "steering.remote_timeout_s=0.2"],
         ["steering.enabled=true", "steering.critic_run=r", "steering.base=remote", "steering.remote_endpoint=tcp://h:1",
          "steering.remote_timeout_s=0.1"]),
+    "steering.online needs steering.enabled and a base the learner samples (bc)": (
+        "steering.enabled", ["steering.online=true"],
+        ["steering.online=true", "steering.enabled=true", "steering.critic_run=r", "steering.base=bc",
+         "steering.base_dir=b", "replay.demo_dir=d"]),
+    "steering.online needs replay.demo_dir and mixing.mode: off": (
+        "replay.demo_dir", ["steering.enabled=true", "steering.critic_run=r", "steering.base=bc", "steering.base_dir=b",
+                            "steering.online=true"],
+        ["steering.enabled=true", "steering.critic_run=r", "steering.base=bc", "steering.base_dir=b",
+         "steering.online=true", "replay.demo_dir=d"]),
 }
 
 

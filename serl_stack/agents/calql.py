@@ -1,8 +1,10 @@
 """Cal-QL: the offline critic that value-guided steering (V-GPS) reranks a base policy's actions with.
 
 Owns: `CalQLConfig` (the papers' hyperparameters as defaults, each with its source), `CalQLState` (an immutable
-`flax.struct.PyTreeNode`), `init`, the jitted pure `update(state, batch, key) -> (state, metrics)`, `q_values`,
-and `train_critic` (a fixed budget of updates on device-resident transitions, progress through a callback).
+`flax.struct.PyTreeNode`), `init`, the jitted pure `update(state, batch, key) -> (state, metrics)` and
+`update_steered` (the same with a base policy's samples at s' drawn inside the jit: online fine-tuning's backup),
+`q_values`, and `train_critic` (a fixed budget of updates on device-resident transitions, progress through a
+callback).
 The critic's labels (V-GPS reward labelling, Monte-Carlo returns) are `data/labels.py`'s; the Cal-QL losses are
 pure functions in `agents/losses.py` (`max_backup_target`, `calql_regularizer`, `calql_critic_loss`). No I/O. The
 actor and temperature are SAC's (`losses.actor_loss`, `losses.temperature_loss`): Cal-QL needs a policy
@@ -295,6 +297,25 @@ def _update(state: CalQLState, batch: Batch, key: jax.Array) -> tuple[CalQLState
 update = jax.jit(_update)
 """`update(state, batch, key) -> (state, metrics)`: one critic step (TD + alpha * Cal-QL regularizer, then the
 Polyak target update), one actor step and one temperature step, all on `batch`; a pure function of its inputs."""
+
+Sampler = Callable[[Any, jax.Array, jax.Array, int], jax.Array]
+"""`fn(params, observations (B, D), key, k) -> (B, k, A)`: k actions of a base policy at each raw observation
+(`inference.BCPolicy.vector_sampler`)."""
+
+
+def _update_steered(state: CalQLState, batch: Batch, key: jax.Array, sampler: Sampler, sampler_params: Any,
+                    k: int) -> tuple[CalQLState, Info]:
+    sample_key, update_key = jax.random.split(key)
+    next_actions = sampler(sampler_params, batch["next_observations"], sample_key, k)
+    return _update(state, {**batch, "next_actions": next_actions}, update_key)
+
+
+update_steered = jax.jit(_update_steered, static_argnames=("sampler", "k"))
+"""`update_steered(state, batch, key, sampler, sampler_params, k) -> (state, metrics)`: `update` with the steered
+policy's backup (V-GPS online): `k` base actions drawn at each s' by `sampler(sampler_params, next_observations,
+key, k)`, and the TD target `r + discount * mask * max_j min_i Q'_i(s', a_j)`, the best candidate by the target
+critics (the critic the actors steer with), valued by them. `sampler` is static: pass the same function object
+every call (it is part of the jit key)."""
 
 
 @partial(jax.jit, static_argnames="target")

@@ -2,9 +2,11 @@
 
 Owns: `steered_policy(cfg, runner, example_obs, action_dim)`, the `ValueGuidedPolicy` the actor runs when
 `steering.enabled` (its base: the learner's SAC policy, a `serl train-bc` policy or a `RemotePolicy`; its critic:
-the latest checkpoint of `steering.critic_run`), and `check_steering(cfg)`, what preflight checks before any
-process starts (the critic's run folder, the BC folder, a remote server's `hello`). Errors are `ConfigError`s
-naming the `steering.*` field. Imports only inference-side code (no learner, losses, replay or optax).
+the latest checkpoint of `steering.critic_run`, replaced by the learner's broadcasts under `steering.online`),
+`check_steering(cfg)`, what preflight checks before any process starts (the critic's run folder, the BC folder, a
+remote server's `hello`; under `steering.online` also that the critic is a `serl train-critic` folder that reads the
+base's observation keys), and `read_critic_summary`, a `serl train-critic` folder's `critic.json`. Errors are
+`ConfigError`s naming the `steering.*` field. Imports only inference-side code (no learner, losses, replay or optax).
 """
 
 from __future__ import annotations
@@ -39,8 +41,46 @@ def _remote(cfg: Config) -> Any:
         raise ConfigError(f"steering.remote_endpoint: {e}") from e
 
 
+def read_critic_summary(folder: str, field: str = "steering.critic_run") -> dict[str, Any]:
+    """The `critic.json` of the `serl train-critic --out` folder a config field names (`ConfigError` naming the field
+    when it is not one): what online fine-tuning continues from (its Cal-QL settings, observation keys, sizes)."""
+    import json
+
+    from serl_stack.train_critic import CRITIC_KIND, CRITIC_SUMMARY  # standard library only
+
+    path = Path(folder).expanduser() / CRITIC_SUMMARY
+    try:
+        summary = json.loads(path.read_text())
+    except FileNotFoundError:
+        summary = None
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{field}: {path}: not a readable JSON file ({e}); expected the {CRITIC_SUMMARY} `serl "
+                          "train-critic` writes") from e
+    if not isinstance(summary, dict) or summary.get("kind") != CRITIC_KIND:
+        kind = summary.get("kind") if isinstance(summary, dict) else None
+        seen = f"kind {kind!r}" if summary is not None else "not found"
+        raise ConfigError(f"{field}: {path} {seen}; expected the {CRITIC_SUMMARY} of a `serl train-critic --out` "
+                          f"folder (kind {CRITIC_KIND!r}) while steering.online is true: online fine-tuning "
+                          "continues that Cal-QL state")
+    return summary
+
+
+def _check_online(cfg: Config, base_summary: Mapping[str, Any]) -> None:
+    """`steering.online`: the critic is a `serl train-critic` folder whose observation vector and action size are
+    the base policy's (the learner feeds both the same vector)."""
+    s = cfg.steering
+    critic = read_critic_summary(s.critic_run)
+    for name, mine, theirs in (("observation keys", list(critic["obs_keys"]), list(base_summary["obs_keys"])),
+                               ("action size", critic["action_dim"], base_summary["action_dim"])):
+        if mine != theirs:
+            raise ConfigError(f"steering.base_dir: {s.base_dir} has the {name} {theirs}, expected those of the critic "
+                              f"in steering.critic_run ({s.critic_run}): {mine} (steering.online feeds the critic and "
+                              "the base the same observation vector; train both with the same agent.obs_keys)")
+
+
 def check_steering(cfg: Config) -> None:
-    """What can be checked before a process starts: the critic's run, the BC folder, the remote server's hello."""
+    """What can be checked before a process starts: the critic's run, the BC folder, the remote server's hello, and
+    for `steering.online` the critic's `critic.json` against the base."""
     s = cfg.steering
     if not s.enabled:
         return
@@ -48,7 +88,9 @@ def check_steering(cfg: Config) -> None:
     if s.base == "bc":
         from serl_stack.rundir import check_bc_folder
 
-        check_bc_folder(s.base_dir, cfg.env.id, "steering.base_dir")
+        summary = check_bc_folder(s.base_dir, cfg.env.id, "steering.base_dir")
+        if s.online:
+            _check_online(cfg, summary)
     if s.base == "remote":
         _remote(cfg).close()
 
@@ -83,4 +125,4 @@ def steered_policy(cfg: Config, runner: PolicyRunner, example_obs: Mapping[str, 
     return ValueGuidedPolicy(base, critic, s.k, s.temperature)
 
 
-__all__ = ["check_steering", "steered_policy"]
+__all__ = ["check_steering", "read_critic_summary", "steered_policy"]

@@ -8,7 +8,8 @@ candidate actions at one observation in one jitted call, encoding that observati
 picks (argmax, or a sample of softmax(Q / temperature)).
 
 The scorer does not care how the critic was trained (SAC, Cal-QL, fine-tuned online): it takes the parameter
-pytree `{"critic", "obs_norm"[, "encoder"]}` that `SACAgent.value_params` holds. Like `inference.py`, this module
+pytree `{"critic", "obs_norm"[, "encoder"]}` that `SACAgent.value_params` holds, and adopts newer versions of it
+as a learner broadcasts them (`load`; `steering.online`). Like `inference.py`, this module
 imports only the network definitions: no updater, losses, replay or optax, so the actor can steer without the
 learner's machinery.
 """
@@ -156,6 +157,9 @@ class CriticScorer:
         self.template: Any = params
         """A pytree of the parameters' structure: what `load` restores broadcast or checkpointed ones into."""
         self.version = -1
+        """The version of the parameters last adopted by `load` (-1: those it was built with)."""
+        self.adopted = 0
+        """How many parameter versions `load` has taken on (what an online-steered actor's summary reports)."""
         members = self.min_members or self.num_critics
 
         def ensemble_q(p: Any, x: Any, actions: jax.Array) -> jax.Array:
@@ -203,6 +207,7 @@ class CriticScorer:
             return False
         self.params = _fit(self.template, state_dict, f"critic params version {version}")
         self.version = int(version)
+        self.adopted += 1
         return True
 
     # ------------------------------------------------------------------------------------------ scoring
