@@ -235,6 +235,7 @@ class Actor:
         if self.steered is not None:
             st = self.cfg.steering
             base = {"policy": "the learned policy", "bc": f"the BC policy in {st.base_dir}",
+                    "generalist": f"the generalist in {st.base_dir}",
                     "remote": f"the policy served at {st.remote_endpoint}"}[st.base]
             pick = "the argmax" if st.temperature == 0 else f"softmax(Q / {st.temperature:g})"
             online = ", fine-tuned online by the learner (each broadcast adopted; no random warm-up)" \

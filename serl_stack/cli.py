@@ -116,8 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="std of Gaussian noise on the scripted action (0.1; not with --policy)")
     p.add_argument("--seed", type=int, default=None, help="first reset seed and noise seed (default: train.seed)")
     p.add_argument("--policy", type=Path, default=None,
-                   help="record this policy's episodes instead of the scripted controller's: a `serl train` run or a "
-                        "`serl train-bc` folder, sampling its actions (the rollouts a steering critic learns from)")
+                   help="record this policy's episodes instead of the scripted controller's: a `serl train` run, a "
+                        "`serl train-bc` folder or a `serl train-generalist` folder (on env.id's task), sampling its "
+                        "actions (the rollouts a steering critic learns from)")
     p.add_argument("--all", action="store_true",
                    help="keep failed episodes too, each with its success flag (for serl train-critic)")
     p = sub.add_parser("train-bc", parents=[common],
@@ -153,6 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{name}", type=kind, default=None, help=what)
     p.add_argument("--checkpoint-every", type=int, default=None, help="updates between checkpoints (default 2000)")
     p.add_argument("--seed", type=int, default=None, help="initialization and minibatches (default: train.seed)")
+
+    p = sub.add_parser("train-generalist", parents=[common],
+                       help="train the multi-task generalist stand-in a steering critic steers (docs/steering.md)")
+    from serl_stack.train_generalist import add_arguments as generalist_arguments  # standard library only
+
+    generalist_arguments(p)
 
     p = sub.add_parser("eval", parents=[common],
                        help="evaluate a run's checkpoint with deterministic episodes, optionally as an MP4")
@@ -258,7 +265,7 @@ def _record_demos(cfg: Config, args: argparse.Namespace) -> int:
         return 2
     seed = cfg.train.seed if args.seed is None else args.seed
     if args.policy is not None:
-        policy = _recording_policy(args.policy, seed)
+        policy = _recording_policy(args.policy, seed, cfg.env.id)
     else:
         try:
             policy = make_scripted(cfg.env, args.noise, np.random.default_rng(seed))
@@ -273,6 +280,8 @@ def _record_demos(cfg: Config, args: argparse.Namespace) -> int:
             task = progress.add_task("recording", total=args.episodes)
             for i in range(args.episodes):
                 obs, info = env.reset(seed=seed + i)
+                if hasattr(policy, "reset"):
+                    policy.reset()
                 builder.start(obs)
                 done = False
                 while not done:
@@ -311,17 +320,37 @@ def _record_demos(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-def _recording_policy(folder: Path, seed: int) -> Any:
-    """`serl record-demos --policy`: a callable obs -> action sampling the policy in `folder` (a `serl train-bc`
-    folder or a `serl train` run), one fresh key per step."""
-    import numpy as np
+class _Sampled:
+    """`serl record-demos --policy`: a callable obs -> action sampling a `Policy`, one fresh key per step, and
+    `reset()` at each episode's start (a chunked policy then draws a new chunk)."""
 
-    from serl_stack.inference import KeyStream, load_bc_policy, load_policy
-    from serl_stack.rundir import BC_SUMMARY
+    def __init__(self, policy: Any, seed: int) -> None:
+        from serl_stack.inference import KeyStream
 
-    policy = load_bc_policy(folder)[0] if (folder / BC_SUMMARY).is_file() else load_policy(folder)[1]
-    keys = KeyStream(seed)
-    return lambda obs: np.asarray(policy.act(obs, next(keys), False), np.float32)
+        self.policy, self.keys = policy, KeyStream(seed)
+
+    def __call__(self, obs: Any) -> Any:
+        import numpy as np
+
+        return np.asarray(self.policy.act(obs, next(self.keys), False), np.float32)
+
+    def reset(self) -> None:
+        self.policy.reset()
+
+
+def _recording_policy(folder: Path, seed: int, env_id: str) -> _Sampled:
+    """The policy in `folder` (a `serl train-bc` folder, a `serl train-generalist` folder acting on `env_id`'s task,
+    or a `serl train` run), sampled."""
+    from serl_stack.inference import load_bc_policy, load_policy
+    from serl_stack.rundir import BC_SUMMARY, GENERALIST_SUMMARY
+
+    if (folder / BC_SUMMARY).is_file():
+        return _Sampled(load_bc_policy(folder)[0], seed)
+    if (folder / GENERALIST_SUMMARY).is_file():
+        from serl_stack.steering.generalist import load_generalist
+
+        return _Sampled(load_generalist(folder, env_id)[0], seed)
+    return _Sampled(load_policy(folder)[1], seed)
 
 
 def _fake_franka(cfg: Config, args: argparse.Namespace) -> int:
@@ -385,6 +414,11 @@ def _run(args: argparse.Namespace) -> int:
         return _serve_policy(args)
     if args.command == "eval":  # the config is the run's own (read by evaluation.py), not --config
         return _eval(args)
+    if args.command == "train-generalist":  # each task's config is its own (configs/), not --config
+        set_thread_env(0)
+        from serl_stack.train_generalist import train_generalist
+
+        return train_generalist(args)
     if args.command == "train" and args.resume:
         if args.run_dir is None:
             raise RunDirError("--resume needs --run-dir (the run to continue)")
@@ -457,7 +491,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("train", "record-demos", "train-bc", "train-critic"):
+    if args.command in ("train", "record-demos", "train-bc", "train-critic", "train-generalist"):
         # A process started in the background by a non-interactive shell inherits SIGINT as *ignored*, and Python
         # then leaves it ignored; take it back so Ctrl-C always stops a run cleanly.
         signal.signal(signal.SIGINT, signal.default_int_handler)

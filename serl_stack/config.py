@@ -372,11 +372,12 @@ class SteeringConfig:
     critic_run: str = ""
     """A run folder whose latest checkpoint's critic scores the proposals (same env and observation keys): a `serl
     train` run or a `serl train-critic --out` folder (with `online`: the latter only)."""
-    base: Literal["policy", "bc", "remote"] = "policy"
-    """policy: the learner's SAC policy (its samples) | bc: the `serl train-bc` policy in `base_dir` | remote: the
-    policy a `serl serve-policy` hosts at `remote_endpoint`."""
+    base: Literal["policy", "bc", "generalist", "remote"] = "policy"
+    """policy: the learner's SAC policy (its samples) | bc: the `serl train-bc` policy in `base_dir` | generalist: the
+    `serl train-generalist` stand-in in `base_dir`, acting on this env's task | remote: the policy a `serl
+    serve-policy` hosts at `remote_endpoint`."""
     base_dir: str = ""
-    """base: bc — the `serl train-bc --out` folder."""
+    """base: bc / generalist — the `serl train-bc --out` / `serl train-generalist --out` folder."""
     remote_endpoint: str = ""
     """base: remote — e.g. tcp://gpu-box:5600."""
     remote_timeout_s: float = ranged(0.08, gt=0)
@@ -388,8 +389,8 @@ class SteeringConfig:
     half from this run's transitions (V-GPS labels, given when each episode ends) and half from `replay.demo_dir`
     (the share is `replay.demo_fraction`), with the steered policy in the TD target (the best of `k` base samples at
     s'), and broadcasts it every `transport.params_every` updates; the actors rerank with the newest (ours: the
-    issue 19 design; docs/steering.md). Needs a base the learner can sample itself (`base: bc`) and `mixing.mode:
-    off`; the agent.* settings are not used (the critic's own are `critic_run`'s)."""
+    issue 19 design; docs/steering.md). Needs a base the learner can sample itself (`base: bc` or `generalist`) and
+    `mixing.mode: off`; the agent.* settings are not used (the critic's own are `critic_run`'s)."""
 
 
 @dataclass(frozen=True)
@@ -848,16 +849,18 @@ def _steering_critic(s: SteeringConfig, p: str) -> str | None:
 
 
 def _steering_base(s: SteeringConfig, p: str) -> str | None:
-    need = {"bc": ("base_dir", "a `serl train-bc --out` folder"), "remote": ("remote_endpoint", "e.g. tcp://host:5600")}
+    need = {"bc": ("base_dir", "a `serl train-bc --out` folder"),
+            "generalist": ("base_dir", "a `serl train-generalist --out` folder"),
+            "remote": ("remote_endpoint", "e.g. tcp://host:5600")}
     if not s.enabled or s.base not in need or getattr(s, need[s.base][0]):
         return None
     name, what = need[s.base]
     return f"{_join(p, name)}: got '', expected {what} while {_join(p, 'base')} is {s.base}"
 
 
-ONLINE_BASES = ("bc",)
+ONLINE_BASES = ("bc", "generalist")
 """`steering.base` values the learner can sample itself (in JAX, inside its update) for the online TD target: a
-base with `vector_sampler()` and `obs_keys` (`inference.BCPolicy`)."""
+base with `vector_sampler()` and `obs_keys` (`inference.BCPolicy`, `steering.generalist.GeneralistPolicy`)."""
 
 
 def _steering_online(s: SteeringConfig, p: str) -> str | None:
@@ -933,9 +936,11 @@ RULES: tuple[Rule, ...] = (
     Rule("mixing.cap_runs >= mixing.calibration_runs", "mixing", _cap_runs),
     Rule("mixing.mode != off needs env.dense_reward: false (serl_stack tasks)", "", _mixing_rewards),
     Rule("steering.enabled needs steering.critic_run", "steering", _steering_critic),
-    Rule("steering.base: bc / remote needs steering.base_dir / remote_endpoint", "steering", _steering_base),
+    Rule("steering.base: bc / generalist / remote needs steering.base_dir / remote_endpoint", "steering",
+         _steering_base),
     Rule("steering.remote_timeout_s <= 1 / env.control_hz", "", _steering_timeout),
-    Rule("steering.online needs steering.enabled and a base the learner samples (bc)", "steering", _steering_online),
+    Rule("steering.online needs steering.enabled and a base the learner samples (bc, generalist)", "steering",
+         _steering_online),
     Rule("steering.online needs replay.demo_dir and mixing.mode: off", "", _steering_online_data),
 )
 """Every cross-field rule, in the order they are checked (after all the per-field ranges)."""

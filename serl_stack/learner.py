@@ -228,7 +228,8 @@ class Learner:
               f"update per env step on {c.batch_size} transitions, {u.num_offline} of them from the "
               f"{u.num_offline_transitions} demonstration transitions in {self.cfg.replay.demo_dir}, the rest from "
               f"this run's episodes (V-GPS labels at each episode's end); TD target: the best of {s.k} samples of the "
-              f"BC policy in {s.base_dir} at s'; the critic goes to the actors every "
+              f"{'generalist' if s.base == 'generalist' else 'BC policy'} in {s.base_dir} at s'; the critic goes to "
+              "the actors every "
               f"{self.cfg.transport.params_every} updates", flush=True)
 
     def rebuild_from_log(self) -> int:

@@ -134,18 +134,21 @@ def _calql_config(summary: Mapping[str, Any]) -> calql.CalQLConfig:
 
 def _load_base(cfg: Config) -> Any:
     """The base policy of `steering.base` as the learner samples it (`vector_sampler`, `obs_keys`, `action_dim`).
-    A new local base (a generalist) joins here and in `config.ONLINE_BASES`."""
+    A new local base joins here and in `config.ONLINE_BASES`."""
     from serl_stack.errors import RunDirError
     from serl_stack.inference import load_bc_policy
 
     s = cfg.steering
-    if s.base != "bc":
-        raise ConfigError(f"steering.base: got {s.base!r}, expected bc while steering.online is true")
+    if s.base not in ("bc", "generalist"):
+        raise ConfigError(f"steering.base: got {s.base!r}, expected bc or generalist while steering.online is true")
     try:
-        policy, _ = load_bc_policy(Path(s.base_dir).expanduser())
+        if s.base == "generalist":
+            from serl_stack.steering.generalist import load_generalist
+
+            return load_generalist(Path(s.base_dir).expanduser(), cfg.env.id)[0]
+        return load_bc_policy(Path(s.base_dir).expanduser())[0]
     except RunDirError as e:
         raise ConfigError(f"steering.base_dir: {e}") from e
-    return policy
 
 
 class OnlineCriticUpdater:

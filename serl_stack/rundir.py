@@ -135,6 +135,33 @@ def check_bc_folder(folder: str, env_id: str, field: str) -> dict[str, Any]:
     return summary
 
 
+GENERALIST_SUMMARY = "generalist.json"
+"""What `serl train-generalist` writes beside its checkpoint (`steering.generalist` reads it)."""
+GENERALIST_KIND = "serl_stack.generalist"
+
+
+def check_generalist_folder(folder: str, env_id: str, field: str) -> dict[str, Any]:
+    """The task entry (`obs_keys`, `action_dim`, `env_id`, ...) of `env_id` in the `generalist.json` of the `serl
+    train-generalist` folder a config field names; `ConfigError` naming the field when it is not one or was not
+    trained on that env. Standard library only (preflight runs it before JAX loads)."""
+    path = Path(folder).expanduser() / GENERALIST_SUMMARY
+    try:
+        summary = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{field}: {path} not found; expected the --out folder of `serl train-generalist`") from None
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{field}: {path}: not a readable JSON file ({e})") from e
+    tasks = summary.get("task_info") if isinstance(summary, dict) else None
+    if summary.get("kind") != GENERALIST_KIND or not isinstance(tasks, dict):
+        raise ConfigError(f"{field}: {path}: kind {summary.get('kind')!r}; expected a {GENERALIST_KIND!r} summary "
+                          "written by `serl train-generalist`")
+    for info in tasks.values():
+        if info.get("env_id") == env_id:
+            return info
+    known = ", ".join(f"{t} ({i.get('env_id')})" for t, i in tasks.items())
+    raise ConfigError(f"{field}: {folder} was not trained on env.id {env_id!r}; its tasks: {known}")
+
+
 def check_run_folder(folder: str, env_id: str, field: str) -> Config:
     """The config of the `serl train` run a config field (`field`, e.g. `mixing.baseline_run`) names, checked to
     be of `env_id` and to hold a checkpoint; `ConfigError` naming the field otherwise."""

@@ -174,7 +174,7 @@ RULE_CASES: dict[str, tuple[str, list[str], list[str]]] = {
         "mixing.mode", ["mixing.mode=epsmix"], ["mixing.mode=epsmix", "env.dense_reward=false"]),
     "steering.enabled needs steering.critic_run": (
         "steering.critic_run", ["steering.enabled=true"], ["steering.enabled=true", "steering.critic_run=runs/x"]),
-    "steering.base: bc / remote needs steering.base_dir / remote_endpoint": (
+    "steering.base: bc / generalist / remote needs steering.base_dir / remote_endpoint": (
         "steering.remote_endpoint", ["steering.enabled=true", "steering.critic_run=r", "steering.base=remote"],
         ["steering.enabled=true", "steering.critic_run=r", "steering.base=remote",
          "steering.remote_endpoint=tcp://127.0.0.1:5600"]),
@@ -184,7 +184,7 @@ RULE_CASES: dict[str, tuple[str, list[str], list[str]]] = {
          "steering.remote_timeout_s=0.2"],
         ["steering.enabled=true", "steering.critic_run=r", "steering.base=remote", "steering.remote_endpoint=tcp://h:1",
          "steering.remote_timeout_s=0.1"]),
-    "steering.online needs steering.enabled and a base the learner samples (bc)": (
+    "steering.online needs steering.enabled and a base the learner samples (bc, generalist)": (
         "steering.enabled", ["steering.online=true"],
         ["steering.online=true", "steering.enabled=true", "steering.critic_run=r", "steering.base=bc",
          "steering.base_dir=b", "replay.demo_dir=d"]),

@@ -1,7 +1,8 @@
 """The actor's side of `steering.*`: building the steered policy a run acts with.
 
 Owns: `steered_policy(cfg, runner, example_obs, action_dim)`, the `ValueGuidedPolicy` the actor runs when
-`steering.enabled` (its base: the learner's SAC policy, a `serl train-bc` policy or a `RemotePolicy`; its critic:
+`steering.enabled` (its base: the learner's SAC policy, a `serl train-bc` policy, a `serl train-generalist`
+stand-in or a `RemotePolicy`; its critic:
 the latest checkpoint of `steering.critic_run`, replaced by the learner's broadcasts under `steering.online`),
 `check_steering(cfg)`, what preflight checks before any process starts (the critic's run folder, the BC folder, a
 remote server's `hello`; under `steering.online` also that the critic is a `serl train-critic` folder that reads the
@@ -91,6 +92,12 @@ def check_steering(cfg: Config) -> None:
         summary = check_bc_folder(s.base_dir, cfg.env.id, "steering.base_dir")
         if s.online:
             _check_online(cfg, summary)
+    if s.base == "generalist":
+        from serl_stack.rundir import check_generalist_folder
+
+        task = check_generalist_folder(s.base_dir, cfg.env.id, "steering.base_dir")
+        if s.online:
+            _check_online(cfg, task)
     if s.base == "remote":
         _remote(cfg).close()
 
@@ -117,6 +124,13 @@ def steered_policy(cfg: Config, runner: PolicyRunner, example_obs: Mapping[str, 
 
         try:
             base, _ = load_bc_policy(Path(s.base_dir).expanduser())
+        except RunDirError as e:
+            raise ConfigError(f"steering.base_dir: {e}") from e
+    elif s.base == "generalist":
+        from serl_stack.steering.generalist import load_generalist
+
+        try:
+            base, _ = load_generalist(Path(s.base_dir).expanduser(), cfg.env.id)
         except RunDirError as e:
             raise ConfigError(f"steering.base_dir: {e}") from e
     else:
