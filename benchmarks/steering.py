@@ -8,8 +8,8 @@ train`'s `steering.online`; `benchlib.py` gives demo recording, logged subproces
 
 One invocation (default tasks pick_cube and reach):
 
-1. `serl train-generalist` once: a small multi-task stochastic policy on noisy, partly failing scripted
-   demonstrations of every task (the base policy of every arm).
+1. `serl train-generalist --tasks <tasks>` once: a small multi-task stochastic policy on noisy, partly failing
+   scripted demonstrations of the benchmark's tasks (the base policy of every arm).
 2. Per task: `--demos` scripted demonstrations (`serl record-demos --noise 0.1`) and `--rollouts` episodes of the
    base policy (`serl record-demos --policy <generalist> --all`, successes and failures), then per seed a
    Cal-QL critic on both (`serl train-critic --num-updates <critic-updates> --seed <seed>`).
@@ -90,12 +90,17 @@ class BenchConfig:
     latency_decisions: int = 500
     generalist_episodes: int = 0
     """`serl train-generalist --episodes-per-task` (0: its default)."""
+    generalist_steps: int = 0
+    """`serl train-generalist --steps` (0: its default)."""
+    generalist_eval_episodes: int = 50
+    """`serl train-generalist --eval-episodes` (its own sampled / mode success per task, in the report)."""
     out_dir: str = ""
     runs_dir: str = "runs"
 
 
 QUICK = BenchConfig(tasks="pick_cube,reach", seeds=1, episodes=3, ks="4", control_k=4, demos=3, rollouts=4,
-                    critic_updates=50, online_steps=0, latency_decisions=20, generalist_episodes=6)
+                    critic_updates=50, online_steps=0, latency_decisions=20, generalist_episodes=6,
+                    generalist_steps=50, generalist_eval_episodes=0)
 
 
 def log(msg: str) -> None:
@@ -427,6 +432,8 @@ def run(cfg: BenchConfig) -> tuple[dict[str, Any], Path]:
     log(f"tasks {tasks_now}, {cfg.seeds} seeds, {cfg.episodes} episodes per arm and seed; run folders under {root}")
     generalist = root / "generalist"
     extra = ["--episodes-per-task", str(cfg.generalist_episodes)] if cfg.generalist_episodes else []
+    extra += ["--steps", str(cfg.generalist_steps)] if cfg.generalist_steps else []
+    extra += ["--eval-episodes", str(cfg.generalist_eval_episodes), "--tasks", ",".join(tasks_now)]
     gen_s = benchlib.run_logged(benchlib.serl("train-generalist", "--out", str(generalist), *extra),
                                 root / "generalist.log", "serl train-generalist")
     gen_summary = json.loads((generalist / "generalist.json").read_text())
