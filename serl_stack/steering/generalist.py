@@ -19,9 +19,9 @@ Actions are *clipped* Gaussians: a sample is `clip(x, -1, 1)`, `x ~ N(mean, std)
 scored by the probability mass beyond the bound (`log Phi`), an entry inside by the density (a censored, "Tobit",
 likelihood; `clipped_gaussian_log_prob`). This is how the demonstrations are made: the scripted controllers add
 Gaussian noise to a command and clip it to [-1, 1], so full-speed moves and the binary gripper sit exactly on the
-bounds. A tanh-squashed Gaussian (the BC policy's choice) must put those at a finite pre-tanh value; on this data
-its stds then covered the jump from "0.7" to "atanh(0.999)" and its samples spread over the whole range (measured:
-reach and pick-cube 0-3 % success sampling, against 83 % with the mode on pick-cube). The mode
+bounds. A tanh-squashed Gaussian (the BC policy's choice) must put those at a finite pre-tanh value and widens
+its components to cover the jump from 0.7 to atanh(0.999): on reach (200 clean episodes, H = 4, 20 evaluation
+episodes) it succeeded in 10 % sampling and 25 % with its mode, the clipped one in 35 % and 75 %. The mode
 (`deterministic=True`) is the most likely component's mean, clipped.
 
 Imports only network definitions (no optax, losses, replay, demos): an actor can act with it, as with any
@@ -54,16 +54,11 @@ from serl_stack.agents.networks import (
 from serl_stack.config import SERL_TASK_IDS
 from serl_stack.data.obs import agent_obs, flatten_keys
 from serl_stack.errors import RunDirError
+from serl_stack.rundir import CHECKPOINTS, GENERALIST_KIND, GENERALIST_SUMMARY, checkpoint_steps
 
 Params = Any
 TASK_ENV_IDS: dict[str, str] = dict(zip(("reach", "pick_cube", "peg_insert"), SERL_TASK_IDS, strict=True))
 """Task name -> the env id it is trained and evaluated on."""
-GENERALIST_SUMMARY = "generalist.json"
-"""What `serl train-generalist` writes beside its checkpoint: the model's shape, per task its observation keys,
-sizes and config, how it was trained, and its measured success."""
-GENERALIST_KIND = "serl_stack.generalist"
-"""`generalist.json`'s `kind`: tells a generalist folder from a BC or `serl train` folder."""
-CHECKPOINTS = "checkpoints"
 
 
 def task_of_env(env_id: str) -> str:
@@ -399,8 +394,7 @@ def load_generalist(folder: Path, task_or_env_id: str) -> tuple[GeneralistPolicy
     summary = read_generalist_summary(folder)
     task = resolve_task(summary, task_or_env_id, folder)
     directory = folder / CHECKPOINTS
-    steps = sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit()) \
-        if directory.is_dir() else []
+    steps = checkpoint_steps(folder)
     if not steps:
         raise RunDirError(f"{folder}: no checkpoint in {directory}; expected the one `serl train-generalist` wrote")
     spec = GeneralistSpec.from_json(summary["model"])
