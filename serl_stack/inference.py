@@ -441,13 +441,30 @@ class BCPolicy:
         """BC keeps no memory between steps."""
 
 
+def restore_latest_policy(folder: Path, step: int, template: Any, summary_name: str) -> Any:
+    """The `policy` item of checkpoint `step` in `folder/checkpoints`, restored into `template` (the structure the
+    folder's summary `summary_name` describes) after checking every stored shape against it; `RunDirError` naming
+    the arrays that do not fit. What `load_bc_policy` and `steering.generalist.load_generalist` share."""
+    from serl_stack.checkpoint import POLICY_ITEM, Checkpointer
+
+    checkpoints = Checkpointer(folder / CHECKPOINTS)
+    try:
+        differences = _shape_differences(checkpoints.stored_shapes(step, POLICY_ITEM), template)
+        if differences:
+            raise RunDirError(f"checkpoint {step} in {folder / CHECKPOINTS} does not fit {folder / summary_name}: "
+                              + "; ".join(differences))
+        params, _ = checkpoints.restore_policy(template, step)
+    finally:
+        checkpoints.close()
+    return params
+
+
 def load_bc_policy(folder: Path) -> tuple[BCPolicy, dict[str, Any]]:
     """The BC policy in `folder` (a `serl train-bc --out` folder) and its `bc.json` summary.
 
     Restores the latest checkpoint's `policy` item into the template its summary describes (no env is built, no
     optimizer is read). `RunDirError` names a folder, summary or checkpoint that is missing or does not fit."""
     from serl_stack.agents.networks import identity_obs_norm, make_actor
-    from serl_stack.checkpoint import POLICY_ITEM, Checkpointer
 
     summary = read_bc_summary(folder)
     steps = checkpoint_steps(folder)
@@ -458,18 +475,10 @@ def load_bc_policy(folder: Path) -> tuple[BCPolicy, dict[str, Any]]:
     zeros = jnp.zeros((1, obs_dim), jnp.float32)
     template = {"actor": make_actor(action_dim, hidden).init(jax.random.PRNGKey(0), zeros)["params"],
                 "obs_norm": identity_obs_norm(obs_dim)}
-    checkpoints = Checkpointer(folder / CHECKPOINTS)
-    try:
-        differences = _shape_differences(checkpoints.stored_shapes(steps[-1], POLICY_ITEM), template)
-        if differences:
-            raise RunDirError(f"checkpoint {steps[-1]} in {folder / CHECKPOINTS} does not fit {folder / BC_SUMMARY}: "
-                              + "; ".join(differences))
-        params, _ = checkpoints.restore_policy(template, steps[-1])
-    finally:
-        checkpoints.close()
+    params = restore_latest_policy(folder, steps[-1], template, BC_SUMMARY)
     policy = BCPolicy(params, tuple(summary["obs_keys"]), action_dim, hidden, float(summary["std_floor"]))
     return policy, summary
 
 
 __all__ = ["BCPolicy", "EvalError", "Policy", "PolicyRunner", "evaluate", "example_observation", "load_bc_policy",
-           "load_policy", "read_bc_summary"]
+           "load_policy", "read_bc_summary", "restore_latest_policy"]

@@ -387,8 +387,7 @@ def load_generalist(folder: Path, task_or_env_id: str) -> tuple[GeneralistPolicy
     Restores only the latest checkpoint's `policy` item (no optimizer, no env is built). `RunDirError` names a
     missing folder, summary or checkpoint, a task the folder was not trained on, or a checkpoint that does not
     fit the summary."""
-    from serl_stack.checkpoint import POLICY_ITEM, Checkpointer
-    from serl_stack.inference import _shape_differences
+    from serl_stack.inference import restore_latest_policy
 
     folder = Path(folder).expanduser().absolute()  # orbax reads absolute paths only
     summary = read_generalist_summary(folder)
@@ -399,15 +398,7 @@ def load_generalist(folder: Path, task_or_env_id: str) -> tuple[GeneralistPolicy
         raise RunDirError(f"{folder}: no checkpoint in {directory}; expected the one `serl train-generalist` wrote")
     spec = GeneralistSpec.from_json(summary["model"])
     template = jax.eval_shape(partial(init_params, spec), jax.random.PRNGKey(0))
-    checkpoints = Checkpointer(directory)
-    try:
-        differences = _shape_differences(checkpoints.stored_shapes(steps[-1], POLICY_ITEM), template)
-        if differences:
-            raise RunDirError(f"checkpoint {steps[-1]} in {directory} does not fit {folder / GENERALIST_SUMMARY}: "
-                              + "; ".join(differences))
-        params, _ = checkpoints.restore_policy(template, steps[-1])
-    finally:
-        checkpoints.close()
+    params = restore_latest_policy(folder, steps[-1], template, GENERALIST_SUMMARY)
     return GeneralistPolicy(params, summary, task), summary
 
 
