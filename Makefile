@@ -58,7 +58,7 @@ ifeq ($(origin OUT), undefined)
 OUT := runs/bench-$(shell date +%Y%m%d-%H%M%S)
 endif
 # Shortest first; each writes $(OUT)/<name>.json (and its .png) and exits 1 when it misses a target.
-BENCHMARKS := transport render learner_throughput actor_step bridge_latency action_source conservative bridge_reach gym_parity sample_efficiency pixel_reach demo_regularization
+BENCHMARKS := transport render learner_throughput actor_step bridge_latency action_source conservative bridge_reach gym_parity sample_efficiency pixel_reach demo_regularization steering
 BENCH_FLAGS := $(if $(QUICK),--quick)
 
 # Every benchmark runs even when one before it failed; check_targets.py then reads every report, and the

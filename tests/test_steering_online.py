@@ -306,10 +306,11 @@ def test_a_resumed_online_critic_continues_bit_for_bit(bundle: Bundle, tmp_path:
 
 
 def test_config_refuses_online_steering_without_what_it_needs(bundle: Bundle) -> None:
-    with pytest.raises(ConfigError, match=r"^steering.base: got 'remote', expected one of bc while steering.online "
-                                          r"is true.*another process"):
+    with pytest.raises(ConfigError, match=r"^steering.base: got 'remote', expected one of bc, generalist while "
+                                          r"steering.online is true.*another process"):
         load(None, online(bundle, "steering.base=remote", "steering.remote_endpoint=tcp://127.0.0.1:5600"))
-    with pytest.raises(ConfigError, match=r"^steering.base: got 'policy', expected one of bc while steering.online"):
+    with pytest.raises(ConfigError, match=r"^steering.base: got 'policy', expected one of bc, generalist while "
+                                          r"steering.online"):
         load(None, online(bundle, "steering.base=policy"))
     with pytest.raises(ConfigError, match=r"^steering.critic_run: got '', expected"):
         load(None, online(bundle, "steering.critic_run="))
