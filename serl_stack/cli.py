@@ -6,8 +6,9 @@ prior of `agent.bc.*`, a mixing baseline); `serl train-critic` trains the Cal-QL
 (`steering.*`); `serl serve-policy` hosts a policy for a `RemotePolicy`. `serl eval` evaluates a run's checkpoint
 (evaluation.py).
 
-Owns: argument parsing, per-process setup (XLA/BLAS thread counts are set here, before JAX is imported, so each
-process uses the cores it was given; Ctrl-C handling) and the one place where errors become messages and exit
+Owns: argument parsing, per-process setup (XLA/BLAS thread counts and the XLA compilation cache are set here, before JAX
+is imported, so each process uses the cores it was given and a restart reuses what the last one compiled; Ctrl-C
+handling) and the one place where errors become messages and exit
 codes: a `ConfigError` or `SerlError` from below prints one line and exits 2 (bad input) or 1; anything else is
 an internal error, printed as one line too; `--debug` shows the traceback. Everything heavy is imported inside
 the subcommand that needs it.
@@ -40,6 +41,26 @@ def set_thread_env(threads: int) -> None:
     if "intra_op_parallelism_threads" not in flags and threads == 1:
         flags += " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
     os.environ["XLA_FLAGS"] = flags.strip()
+
+
+def set_compile_cache_env() -> None:
+    """Let every process reuse XLA programs compiled by an earlier one (a resume, the next actor, `serl eval`): JAX's
+    persistent compilation cache in `$XDG_CACHE_HOME/serl_stack/xla` (default `~/.cache/serl_stack/xla`), every
+    program cached however quickly it compiled (most of ours take well under JAX's 1 s default, yet together they
+    cost seconds at every start). Settings the user made win: `JAX_COMPILATION_CACHE_DIR` moves the cache,
+    `JAX_ENABLE_COMPILATION_CACHE=false` turns it off. A default folder that cannot be created or written (a
+    read-only home) leaves the cache off rather than warn at every compile. Must run before `import jax`."""
+    if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+        folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "serl_stack" / "xla"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            return
+        if not os.access(folder, os.W_OK):
+            return
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = str(folder)
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -491,6 +512,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    set_compile_cache_env()
     if args.command in ("train", "record-demos", "train-bc", "train-critic", "train-generalist"):
         # A process started in the background by a non-interactive shell inherits SIGINT as *ignored*, and Python
         # then leaves it ignored; take it back so Ctrl-C always stops a run cleanly.
