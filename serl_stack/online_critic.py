@@ -15,8 +15,9 @@ episode has ended), with the steered policy's backup: `steering.k` base samples 
 Sampling is a pure function of (`train.seed`, update index) inside the jit, and the online data are a pure function
 of the transition log (an episode cut short by an actor's restart is dropped: it has no end to label), so a run
 restored from a checkpoint continues as one that was never stopped. Checkpoints hold `serl train-critic`'s layout
-(`train_critic._item`: the target critic and normalization where `steering.guided.load_critic` reads them, the whole
-state under `calql`); the actors get `{"critic", "obs_norm"}` (the target critic), what `CriticScorer.load` takes.
+(`train_critic.checkpoint_item`: the target critic and normalization where `steering.guided.load_critic` reads
+them, the whole state under `calql`); the actors get `{"critic", "obs_norm"}` (the target critic), what
+`CriticScorer.load` takes.
 """
 
 from __future__ import annotations
@@ -201,13 +202,13 @@ class OnlineCriticUpdater:
         """The Cal-QL state of `run`'s latest checkpoint (its `calql` item) and that step."""
         from serl_stack.checkpoint import Checkpointer
         from serl_stack.rundir import CHECKPOINTS, checkpoint_steps
-        from serl_stack.train_critic import _item
+        from serl_stack.train_critic import checkpoint_item
 
         steps = checkpoint_steps(run)
         if not steps:
             raise ConfigError(f"steering.critic_run: {run} has no checkpoint in {run / CHECKPOINTS}")
         norm = {"mean": np.zeros(self.obs_dim, np.float32), "std": np.ones(self.obs_dim, np.float32)}
-        template = _item(calql.init(0, self.obs_dim, self.action_dim, self.calql_cfg, norm))
+        template = checkpoint_item(calql.init(0, self.obs_dim, self.action_dim, self.calql_cfg, norm))
         checkpoints = Checkpointer(run.absolute() / CHECKPOINTS)
         try:
             item, _ = checkpoints.restore(template, steps[-1])
@@ -284,16 +285,16 @@ class OnlineCriticUpdater:
 
     # ------------------------------------------------------------------------------------------- checkpoints
     def checkpoint_template(self) -> Any:
-        from serl_stack.train_critic import _item
+        from serl_stack.train_critic import checkpoint_item
 
-        return _item(self.initial)
+        return checkpoint_item(self.initial)
 
     def checkpoint_items(self) -> tuple[Any, Any]:
         """(the `state` item: `serl train-critic`'s layout, the `policy` item: none, the learner trains no policy)."""
-        from serl_stack.train_critic import _item
+        from serl_stack.train_critic import checkpoint_item
 
         assert self.agent is not None
-        return _item(self.agent), None
+        return checkpoint_item(self.agent), None
 
     def checkpoint_meta(self) -> dict[str, Any]:
         return {"updates": self.updates, "critic_run": str(self.cfg.steering.critic_run),

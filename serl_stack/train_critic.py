@@ -309,7 +309,7 @@ def _loop(out: Path, data: dict[str, Any], calql_cfg: Any, seed: int, every: int
     try:
         saved = checkpoints.latest_step()
         if saved is not None:
-            restored, _ = checkpoints.restore(_item(state))
+            restored, _ = checkpoints.restore(checkpoint_item(state))
             state, step = restored["calql"], saved
             print(f"train-critic: resumed from checkpoint {saved} in {out / 'checkpoints'}", flush=True)
         metrics: dict[str, float] = dict(summary["metrics"])
@@ -354,12 +354,13 @@ def _loop(out: Path, data: dict[str, Any], calql_cfg: Any, seed: int, every: int
     return 0
 
 
-def _item(state: Any) -> dict[str, Any]:
+def checkpoint_item(state: Any) -> dict[str, Any]:
     """The checkpoint's `state` item: the target critic and normalization where `steering.guided.load_critic` reads
     them (`critic.params`, `obs_norm`), and the whole Cal-QL state under `calql` for --resume."""
     return {"critic": {"params": state.target_critic.params}, "obs_norm": state.obs_norm, "calql": state}
 
 
 def _save(checkpoints: Any, state: Any, step: int, seed: int, summary: dict[str, Any]) -> None:
-    checkpoints.save(step, _item(state), {"updates": step, "seed": seed, "data_sha256": summary["data_sha256"]})
+    meta = {"updates": step, "seed": seed, "data_sha256": summary["data_sha256"]}
+    checkpoints.save(step, checkpoint_item(state), meta)
     summary["checkpoint"] = step

@@ -32,7 +32,7 @@ from serl_stack.envs.scripted import make_scripted
 from serl_stack.rundir import read_run_config
 from serl_stack.runlog import read_scalars
 from serl_stack.steering.guided import load_critic
-from serl_stack.train_critic import CRITIC_OPTIONS, _item
+from serl_stack.train_critic import CRITIC_OPTIONS, checkpoint_item
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--hidden-dims", "32,32", "--batch-size", "32", "--log-every", "10"]
@@ -99,7 +99,7 @@ def _state(folder: Path, step: int | None = None) -> calql.CalQLState:
     template = calql.init(0, summary["obs_dim"], summary["action_dim"], cfg)
     checkpoints = Checkpointer(folder / "checkpoints")
     try:
-        restored, _ = checkpoints.restore(_item(template), step)
+        restored, _ = checkpoints.restore(checkpoint_item(template), step)
     finally:
         checkpoints.close()
     return restored["calql"]
