@@ -87,6 +87,8 @@ class BenchConfig:
     rollouts: int = 100
     critic_updates: int = 4000
     online_steps: int = 5000
+    online_target_k: int = 0
+    """`steering.target_k` of the online runs: base samples at s' in the critic's TD target (0: `--control-k`)."""
     latency_decisions: int = 500
     generalist_episodes: int = 0
     """`serl train-generalist --episodes-per-task` (0: its default)."""
@@ -300,11 +302,12 @@ def fine_tune_online(cfg: BenchConfig, task: str, root: Path, generalist: Path, 
     sets = [f"train.seed={seed}", f"train.total_env_steps={cfg.online_steps}", "train.eval_every=0",
             "train.eval_episodes=1", "steering.enabled=true", "steering.online=true",
             f"steering.critic_run={critic}", "steering.base=generalist", f"steering.base_dir={generalist}",
-            f"steering.k={cfg.control_k}", f"replay.demo_dir={demos}"]
+            f"steering.k={cfg.control_k}", f"steering.target_k={cfg.online_target_k}", f"replay.demo_dir={demos}"]
     cmd = benchlib.serl("train", "--config", TASK_CONFIGS[task], "--run-dir", str(out),
                         *[x for s in sets for x in ("--set", s)])
     wall = benchlib.run_logged(cmd, root / f"{task}-online-s{seed}.log", f"{task}: serl train steering.online")
-    return {"seed": seed, "dir": str(out), "wall_s": round(wall, 1), "env_steps": cfg.online_steps}
+    return {"seed": seed, "dir": str(out), "wall_s": round(wall, 1), "env_steps": cfg.online_steps,
+            "target_k": cfg.online_target_k or cfg.control_k}
 
 
 def evaluate_task(cfg: BenchConfig, task: str, generalist: Path, critics: list[Path],
@@ -486,6 +489,8 @@ def main(argv: list[str] | None = None) -> None:
                                     "latency_decisions"))
     if cfg.online_steps < 0 or cfg.online_steps > 20_000:
         raise SystemExit(f"--online-steps: got {cfg.online_steps}, expected 0 (no online arm) to 20000")
+    if cfg.online_target_k < 0:
+        raise SystemExit(f"--online-target-k: got {cfg.online_target_k}, expected >= 0 (0: --control-k)")
     benchlib.finish(*run(cfg))
 
 

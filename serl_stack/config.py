@@ -391,6 +391,10 @@ class SteeringConfig:
     s'), and broadcasts it every `transport.params_every` updates; the actors rerank with the newest (ours: the
     issue 19 design; docs/steering.md). Needs a base the learner can sample itself (`base: bc` or `generalist`) and
     `mixing.mode: off`; the agent.* settings are not used (the critic's own are `critic_run`'s)."""
+    target_k: int = ranged(0, ge=0, note="(0 = k)")
+    """With `online`: base samples at s' in the critic's TD target (the best of them by the target critics); 0: `k`,
+    as many as the actor draws. Each update values all of them, so its cost grows with this (docs/steering.md has
+    the measured rates); fewer samples make the target the value of a slightly weaker steered policy."""
 
 
 @dataclass(frozen=True)
@@ -878,6 +882,13 @@ def _steering_online(s: SteeringConfig, p: str) -> str | None:
     return None
 
 
+def _steering_target_k(s: SteeringConfig, p: str) -> str | None:
+    if s.target_k == 0 or s.online:
+        return None
+    return (f"{_join(p, 'target_k')}: got {s.target_k}, expected 0 while {_join(p, 'online')} is false (it sizes the "
+            "online critic's TD target; without online fine-tuning nothing uses it)")
+
+
 def _steering_online_data(c: Config, p: str) -> str | None:
     if not (c.steering.enabled and c.steering.online):
         return None
@@ -942,6 +953,7 @@ RULES: tuple[Rule, ...] = (
     Rule("steering.online needs steering.enabled and a base the learner samples (bc, generalist)", "steering",
          _steering_online),
     Rule("steering.online needs replay.demo_dir and mixing.mode: off", "", _steering_online_data),
+    Rule("steering.target_k needs steering.online", "steering", _steering_target_k),
 )
 """Every cross-field rule, in the order they are checked (after all the per-field ranges)."""
 

@@ -227,10 +227,10 @@ class Learner:
         print(f"learner: fine-tuning the Cal-QL critic of {s.critic_run} (checkpoint {u.critic_step}) online: one "
               f"update per env step on {c.batch_size} transitions, {u.num_offline} of them from the "
               f"{u.num_offline_transitions} demonstration transitions in {self.cfg.replay.demo_dir}, the rest from "
-              f"this run's episodes (V-GPS labels at each episode's end); TD target: the best of {s.k} samples of the "
-              f"{'generalist' if s.base == 'generalist' else 'BC policy'} in {s.base_dir} at s'; the critic goes to "
-              "the actors every "
-              f"{self.cfg.transport.params_every} updates", flush=True)
+              f"this run's episodes (V-GPS labels at each episode's end); TD target: the best of {u.target_k} "
+              f"samples of the {'generalist' if s.base == 'generalist' else 'BC policy'} in {s.base_dir} at s' (the "
+              f"actors draw {s.k}); the critic goes to the actors every {self.cfg.transport.params_every} updates",
+              flush=True)
 
     def rebuild_from_log(self) -> int:
         """Refill the replay buffer from the durable log (after a restart); returns how many transitions."""

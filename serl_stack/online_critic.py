@@ -11,7 +11,8 @@ successful episode, -1 before; the env reward the mixers, the actor and the tran
 
 One update (`step`) = one `calql.update_steered` on a minibatch of `batch_size` rows, `replay.demo_fraction` of them
 from the demonstrations and the rest from the labelled online transitions (all demonstrations until the first
-episode has ended), with the steered policy's backup: `steering.k` base samples at s', the best by the target critics.
+episode has ended), with the steered policy's backup: `steering.target_k` (0: `steering.k`) base samples at s', the
+best by the target critics.
 Sampling is a pure function of (`train.seed`, update index) inside the jit, and the online data are a pure function
 of the transition log (an episode cut short by an actor's restart is dropped: it has no end to label), so a run
 restored from a checkpoint continues as one that was never stopped. Checkpoints hold `serl train-critic`'s layout
@@ -165,6 +166,8 @@ class OnlineCriticUpdater:
         if not (s.enabled and s.online):
             raise ConfigError("steering.online: got false, expected true to build the online critic's updater")
         self.cfg = cfg
+        self.target_k = s.target_k or s.k
+        """Base samples at s' in the TD target."""
         self._example_obs = example_obs
         summary = read_critic_summary(s.critic_run)
         self.calql_cfg = _calql_config(summary)
@@ -272,7 +275,7 @@ class OnlineCriticUpdater:
         assert self.agent is not None, "init_agent() first"
         key = jax.random.fold_in(self._base_key, self.updates)
         self.agent, info = _online_step(self.agent, self.online, self.offline, self._base_params, key,
-                                        self._sampler, self.cfg.steering.k, self.calql_cfg.batch_size,
+                                        self._sampler, self.target_k, self.calql_cfg.batch_size,
                                         self.num_offline)
         self.updates += 1
         return info

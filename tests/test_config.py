@@ -193,6 +193,10 @@ RULE_CASES: dict[str, tuple[str, list[str], list[str]]] = {
                             "steering.online=true"],
         ["steering.enabled=true", "steering.critic_run=r", "steering.base=bc", "steering.base_dir=b",
          "steering.online=true", "replay.demo_dir=d"]),
+    "steering.target_k needs steering.online": (
+        "steering.target_k", ["steering.target_k=8"],
+        ["steering.enabled=true", "steering.critic_run=r", "steering.base=bc", "steering.base_dir=b",
+         "steering.online=true", "replay.demo_dir=d", "steering.target_k=8"]),
 }
 
 

@@ -247,6 +247,28 @@ def test_updates_move_the_critic_and_the_actors_scorer_adopts_each_broadcast(bun
     assert not np.allclose(scorer.q_values(example, actions), before)
 
 
+def test_the_target_draws_target_k_base_samples_at_s_prime(bundle: Bundle) -> None:
+    """`steering.target_k` sizes the TD target (the actors still draw `steering.k`): the updater's step is the
+    mixed-batch steered update with that many samples, bit for bit, and not the one with `k`."""
+    from serl_stack.online_critic import _online_step
+
+    updater = _updater(bundle, "steering.target_k=2")
+    assert (updater.target_k, updater.cfg.steering.k) == (2, 4)
+    assert _updater(bundle).target_k == 4  # 0: as many as the actors draw
+    _feed(updater, "actor-0", 0, _episodes(bundle.fails)[1], False)
+    updater.init_agent()
+    before = updater.agent
+    key = jax.random.fold_in(updater._base_key, 0)
+    by_k = {k: _online_step(before, updater.online, updater.offline, updater._base_params, key, updater._sampler, k,
+                            updater.calql_cfg.batch_size, updater.num_offline)[0] for k in (2, 4)}
+    updater.step()
+    for a, b in zip(jax.tree.leaves(updater.agent), jax.tree.leaves(by_k[2]), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert any(not np.array_equal(np.asarray(a), np.asarray(b))
+               for a, b in zip(jax.tree.leaves(by_k[2].critic.params), jax.tree.leaves(by_k[4].critic.params),
+                               strict=True))
+
+
 def worker(mode: str, paths: list[str], checkpoint_dir: str, n: int, m: int, out: str) -> None:
     """In a fresh process: `first` = N updates + checkpoint; `second` = restore + M; `whole` = N + M, each over the
     same online episodes fed the same way (what a learner rebuilds from its transition log)."""
