@@ -6,12 +6,11 @@ prior of `agent.bc.*`, a mixing baseline); `serl train-critic` trains the Cal-QL
 (`steering.*`); `serl serve-policy` hosts a policy for a `RemotePolicy`. `serl eval` evaluates a run's checkpoint
 (evaluation.py).
 
-Owns: argument parsing, per-process setup (XLA/BLAS thread counts and the XLA compilation cache are set here, before JAX
-is imported, so each process uses the cores it was given and a restart reuses what the last one compiled; Ctrl-C
-handling) and the one place where errors become messages and exit
-codes: a `ConfigError` or `SerlError` from below prints one line and exits 2 (bad input) or 1; anything else is
-an internal error, printed as one line too; `--debug` shows the traceback. Everything heavy is imported inside
-the subcommand that needs it.
+Owns: argument parsing, per-process setup (XLA/BLAS thread counts and the XLA compilation cache are set here,
+before JAX is imported, so each process uses the cores it was given and a restart reuses what the last one
+compiled; Ctrl-C handling) and the one place where errors become messages and exit codes: a `ConfigError` or
+`SerlError` from below prints one line and exits 2 (bad input) or 1; anything else is an internal error, printed
+as one line too; `--debug` shows the traceback. Everything heavy is imported inside the subcommand that needs it.
 """
 
 from __future__ import annotations
