@@ -12,10 +12,11 @@ import os
 import shutil
 import tempfile
 
+from serl_stack.cli import set_compile_cache_env
+
 os.environ.setdefault("MUJOCO_GL", "egl")
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     _cache = tempfile.mkdtemp(prefix="serl-test-xla-")
     atexit.register(shutil.rmtree, _cache, ignore_errors=True)
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+set_compile_cache_env()  # the product's other cache settings, with the folder above

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# Apply the product's settings, then compile one small program and report the folder JAX used.
+# Apply the product's settings, then compile and run one small program (its result shows it ran).
 SCRIPT = """
 from serl_stack.cli import set_compile_cache_env
 set_compile_cache_env()
