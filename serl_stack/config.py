@@ -333,13 +333,13 @@ class MixingConfig:
     alpha: float = ranged(0.2, gt=0, lt=1)
     """Allowed fraction of the baseline's value to lose: V^{pi_k}(s1) >= (1 - alpha) V^b(s1)."""
     kappa: float = ranged(math.inf, ge=0, finite=False, note="(inf: no trust until calibrated)")
-    """StepMix only: the learned tail's bound from the critic ensemble, mean - kappa * std, until kappa is
-    calibrated online against the realized returns of the tails StepMix ran (after `calibration_runs` of them).
-    inf (the default): no trust in an uncalibrated critic, so the tails' bound is 0 until then; set a finite value
-    only for a critic you have checked. EpsMix does not use the critic."""
+    """StepMix only: the learned tail's bound from the critic ensemble, mean - kappa * std, at each switch step
+    until that step's kappa is calibrated online against the realized returns of the tails StepMix ran from it
+    (after `calibration_runs` of them). inf (the default): no trust in an uncalibrated critic, so a step's tail
+    bound is 0 until then; set a finite value only for a critic you have checked. EpsMix does not use the critic."""
     calibration_runs: int = ranged(10, ge=2, note="(a spread is needed)")
     """Whole learned episodes before L (the learned policy's value bound) is above 0, for both mixers; and, for
-    StepMix, learned tails before kappa is calibrated against their realized returns."""
+    StepMix, learned tails from a switch step before that step's kappa is calibrated against their returns."""
     cap_runs: int = ranged(20, ge=2)
     """L is the one-sided `confidence` lower bound of the discounted returns of this many most recent whole
     learned episodes (a window: the learned policy changes as it trains)."""

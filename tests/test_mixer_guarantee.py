@@ -200,3 +200,64 @@ def test_stepmix_hands_over_steps_early_with_a_calibrated_critic() -> None:
         shares[mode] = float(out["share"][50:].mean())  # the first ten mixed episodes
     assert shares["stepmix"] > shares["epsmix"] + 0.2, shares
     assert shares["stepmix"] >= 0.5, shares
+
+
+# ----------------------------------------------------------------------- a critic that overrates the start
+
+PHASE = 5
+"""Steps of the two-phase task's first phase."""
+
+
+def _two_phase_value(tau: int) -> float:
+    """Exact value of "baseline for the first tau steps, then learned" on the two-phase task (tau >= HORIZON:
+    the baseline all episode): phase 1 pays 0.1 per baseline step and nothing once the learned policy acted in
+    it; phase 2 pays the learned policy 0.1 per step and the baseline 0.1 with probability 1/2."""
+    if tau < PHASE:
+        return 0.1 * tau
+    tau = min(tau, HORIZON)
+    return 0.1 * PHASE + 0.05 * (tau - PHASE) + 0.1 * (HORIZON - tau)
+
+
+def test_stepmix_does_not_let_underrated_late_tails_excuse_an_overrated_start() -> None:
+    """The failure issue 18's benchmark found, in a world with exact values. The learned policy is worth 0 from
+    the start (it breaks phase 1) but does phase 2 better than the baseline (V^b = 0.75, line 0.6). The critic
+    overrates every phase-1 state (0.8 +- 0.2, truly 0) and underrates phase 2 (0.05 +- 0.1, truly up to 0.5).
+    One kappa calibrated on the tails of every switch step let the phase-2 tails' returns, far above their
+    bounds, excuse the start's overrating (kappa fell to 0, B(0) = 0.8, whole learned episodes worth 0). Each switch
+    step's own calibration: every committed mixture keeps the constraint in >= 95 % of mixed episodes, and StepMix
+    still hands phase 2 over."""
+    cfg = MixingConfig(mode="stepmix", alpha=ALPHA, baseline_episodes=50)
+    mixer = make_mixer(cfg, discount=1.0, rng=np.random.default_rng(11))
+    assert isinstance(mixer, StepMix)
+    world = np.random.default_rng(12)
+    line = (1 - ALPHA) * _two_phase_value(HORIZON)
+    held, share, whole_learned = [], [], []
+    for _ in range(1500):
+        mixer.begin_episode()
+        fields = mixer.log_fields()
+        if not fields["warmup"]:
+            a, b, p_a = int(fields["switch_a"]), int(fields["switch_b"]), fields["p_a"]
+            value = sum(p * _two_phase_value(HORIZON if s == NEVER else s) for s, p in ((a, p_a), (b, 1 - p_a)))
+            held.append(value >= line - 1e-12)
+        broke, learned_steps = False, 0
+        for t in range(HORIZON):
+            bound = None
+            if mixer.needs_bound:  # only at states the baseline reached: phase 1 intact
+                bound = ValueBound(0.8, 0.2) if t < PHASE else ValueBound(0.05, 0.1)
+            choice = mixer.choose(np.array([t, float(broke)]), bound)
+            learned_steps += choice == LEARNED
+            if t < PHASE:
+                broke |= choice == LEARNED
+                reward = 0.0 if broke else 0.1
+            else:
+                reward = 0.0 if broke else 0.1 if choice == LEARNED or world.random() < 0.5 else 0.0
+            mixer.record_reward(reward)
+        fields = mixer.end_episode()
+        if not fields["warmup"]:
+            share.append(learned_steps / HORIZON)
+            whole_learned.append(fields["switch_step"] == 0)
+    held_rate = float(np.mean(held))
+    assert held_rate >= 0.95, f"the committed mixture met the line {line} in only {held_rate:.3f} of {len(held)}"
+    late = float(np.mean(share[-300:]))
+    assert late >= 0.2, f"learned share {late:.3f} over the last 300 episodes: phase 2 was not handed over"
+    assert float(np.mean(whole_learned[-300:])) < 0.2  # whole learned episodes stay at EpsMix's alpha share or below

@@ -28,6 +28,7 @@ from serl_stack.safety.stepmix import (
     epsmix_epsilon,
     make_mixer,
     stepmix_plan,
+    switch_grid,
 )
 
 values = st.floats(0.0, 1e6, allow_nan=False, allow_infinity=False)
@@ -351,6 +352,30 @@ def test_stepmix_plan_without_a_trusted_critic_on_a_sparse_task_is_epsmix() -> N
     slack = np.full(h, (1 - alpha) * upper)
     a, b, p = stepmix_plan(np.zeros(h), slack, baseline_lower=0.45, upper=upper, alpha=alpha)
     assert (a, b) == (0, NEVER) and p == pytest.approx(epsmix_epsilon(0.0, upper, alpha))
+
+
+def test_stepmix_plan_keeps_to_the_allowed_switch_steps() -> None:
+    """The line falls between steps 4 and 5; on a grid without them the pair straddles it with the nearest allowed
+    steps (3 and 6), still meeting the line exactly; step 0 and never stay members whatever the mask says."""
+    h, upper, alpha = 10, 1.0, 0.2
+    slack = 0.9 - 0.2 * np.arange(h)  # S(tau) = -0.9 + 0.2 tau: 0 at tau = 4.5
+    assert stepmix_plan(np.zeros(h), slack, 0.9, upper, alpha)[:2] == (4, 5)
+    allowed = np.isin(np.arange(h), switch_grid(h)) & ~np.isin(np.arange(h), [4, 5])
+    a, b, p = stepmix_plan(np.zeros(h), slack, 0.9, upper, alpha, allowed)
+    s = -slack
+    assert (a, b) == (3, 6) and p * s[a] + (1 - p) * s[b] == pytest.approx(0.0)
+    a, b, p = stepmix_plan(np.zeros(h), np.full(h, 0.5), 0.9, upper, alpha, np.zeros(h, bool))
+    assert (a, b) == (0, NEVER)  # nothing allowed but 0 and never: EpsMix's pair
+    with pytest.raises(ValueError, match="allowed shape"):
+        stepmix_plan(np.zeros(h), slack, 0.9, upper, alpha, np.ones(3, bool))
+
+
+def test_switch_grid_spaces_eight_steps_from_zero() -> None:
+    assert switch_grid(10).tolist() == [0, 1, 2, 3, 5, 6, 7, 8]
+    assert switch_grid(100).tolist() == [0, 12, 25, 37, 50, 62, 75, 87]
+    assert switch_grid(3).tolist() == [0, 1, 2]
+    with pytest.raises(ValueError, match="horizon"):
+        switch_grid(0)
 
 
 def test_stepmix_plan_rejects_mismatched_shapes() -> None:

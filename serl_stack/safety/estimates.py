@@ -278,8 +278,9 @@ class PrefixBounds:
         arr = np.array([(b.mean, b.std) for b in bounds], np.float64).reshape(-1, 2)
         self._episodes.append((arr, int(planned)))
 
-    def tail_lower(self, horizon: int, kappa: float, cap: float) -> np.ndarray:
-        """Lower bounds of E_b[g^tau V^pi(s_tau)] for tau = 0 .. horizon - 1."""
+    def tail_lower(self, horizon: int, kappa: float, cap: float, steps: Sequence[int] | None = None) -> np.ndarray:
+        """Lower bounds of E_b[g^tau V^pi(s_tau)] for tau = 0 .. horizon - 1 (only at `steps` when given: 0 at the
+        others, which is always a valid lower bound)."""
         out = np.zeros(horizon)
         if self.n < 2 or horizon == 0 or not np.isfinite(kappa):
             return out  # kappa = inf: the critic is not trusted, L = 0 everywhere
@@ -289,7 +290,7 @@ class PrefixBounds:
             x[i, : min(planned + 1, horizon)] = 0.0  # ended before tau: no tail
             x[i, :reach] = np.minimum(np.maximum(b[:reach, 0] - kappa * b[:reach, 1], 0.0), cap)
         x *= self.discount ** np.arange(horizon)
-        for tau in range(horizon):
+        for tau in range(horizon) if steps is None else steps:
             col = x[~np.isnan(x[:, tau]), tau]
             if len(col) >= 2:
                 out[tau] = max(_t_bound(col[:, None], self.confidence, -1.0)[0], 0.0)

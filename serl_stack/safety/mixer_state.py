@@ -31,9 +31,10 @@ import numpy as np
 from serl_stack.config import MixingConfig
 from serl_stack.safety.stepmix import SAVED_SETTINGS, EpsMix, StepMix, make_mixer
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """Bumped whenever a field changes meaning or goes away; a file of another version is refused, not guessed at.
-2: mixtures drawn before s1 (issue 18): L from the learned policy's returns, StepMix's switch plan and generator."""
+2: mixtures drawn before s1 (issue 18): L from the learned policy's returns, StepMix's switch plan and generator.
+3: StepMix's kappa calibrated per switch step (`calibrator_steps`, `calibrators` instead of one `calibrator`)."""
 FORMAT = "serl_stack.mixer_state"
 """The `format` tag of every file this module writes (tells it apart from other msgpack files)."""
 NDARRAY_EXT = 1
@@ -261,7 +262,8 @@ _COMMON = {"mode": _str, "config": _config, "episode": _int, "learned_available"
 _MIXER: dict[str, Check] = {
     "epsmix": _record({**_COMMON, "choice": _str}),
     "stepmix": _record({**_COMMON, "baseline_steps": _BASELINE_STEPS, "prefixes": _PREFIXES,
-                        "calibrator": _CALIBRATOR, "planned": _int, "switch_step": _optional(_int),
+                        "calibrator_steps": _array("i", 1), "calibrators": _list(_CALIBRATOR), "planned": _int,
+                        "switch_step": _optional(_int),
                         "bounds": _array("f", 2), "switch_bound": _optional(_BOUND)}),
 }
 

@@ -52,6 +52,8 @@ WHOLE_EPISODE_PLANS = 0.5
 Both plans meet the constraint, so their mixture does. Without it, a dense reward lets StepMix hand the last
 steps of every episode to the learned policy on the baseline's banked reward alone, which starves L of the
 whole-episode returns it is measured from; with an untrusted critic it would then never hand over more."""
+SWITCH_GRID = 8
+"""StepMix's switch steps per horizon (`switch_grid`): a handful, so that each collects its own calibration runs."""
 STEP_WINDOW = 500
 """Whole baseline episodes StepMix keeps step by step (BaselineSteps); a bound on the saved state's size."""
 SAVED_SETTINGS = ("mode", "alpha", "kappa", "calibration_runs", "cap_runs", "baseline_episodes", "confidence",
@@ -87,8 +89,19 @@ def epsmix_epsilon(lower: float, upper: float, alpha: float) -> float:
     return float(np.clip(alpha * upper / (upper - lower), 0.0, 1.0))
 
 
+def switch_grid(horizon: int) -> np.ndarray:
+    """StepMix's switch steps for a horizon: `SWITCH_GRID` evenly spaced steps from 0 (every step when the horizon
+    is shorter). Each one's tail bound is calibrated only against the realized returns of tails run from that very
+    step, which is what makes it a bound at that step: one kappa calibrated on tails from every step let late tails
+    that the critic underrated excuse an overrated start (issue 18's benchmark: B(0) = 0.42 for a learned policy
+    worth 0, against a line of 0.14)."""
+    if horizon < 1:
+        raise ValueError(f"horizon: got {horizon}, expected >= 1 step")
+    return np.unique(np.arange(min(SWITCH_GRID, horizon)) * horizon // min(SWITCH_GRID, horizon))
+
+
 def stepmix_plan(tail_lower: np.ndarray, slack_upper: np.ndarray, baseline_lower: float, upper: float,
-                 alpha: float) -> tuple[int, int, float]:
+                 alpha: float, allowed: np.ndarray | None = None) -> tuple[int, int, float]:
     """StepMix's mixture for one episode: switch at step `a` with probability `p`, else at `b` (NEVER: the
     baseline acts all episode). Member tau runs the baseline for steps t < tau and the learned policy from tau.
 
@@ -101,6 +114,8 @@ def stepmix_plan(tail_lower: np.ndarray, slack_upper: np.ndarray, baseline_lower
     average exactly 0. When S_hat rises with tau these are two neighbouring switch steps, the paper's StepMix;
     where it does not (the critic not yet trusted: B_hat = 0 before the baseline's last reward) the pair can be
     (0, NEVER), which is EpsMix, and for that pair EpsMix's exact rule (`epsmix_epsilon`) is used.
+    `allowed` (bool, (horizon,); default every step) restricts the members to those switch steps (NEVER and step 0
+    are always allowed): StepMix plans on `switch_grid` so that each switch step collects its own calibration runs.
     Returns (a, b, p) with a == b and p == 1 for a single member.
     """
     tail_lower, slack_upper = np.asarray(tail_lower, np.float64), np.asarray(slack_upper, np.float64)
@@ -108,15 +123,19 @@ def stepmix_plan(tail_lower: np.ndarray, slack_upper: np.ndarray, baseline_lower
     if h == 0 or slack_upper.shape != (h,):
         raise ValueError(f"stepmix_plan: tail_lower shape {tail_lower.shape}, slack_upper shape {slack_upper.shape}, "
                          "expected the same shape (horizon,) with horizon >= 1")
+    member = np.ones(h + 1, bool) if allowed is None else np.append(np.asarray(allowed, bool), True)
+    if member.shape != (h + 1,):
+        raise ValueError(f"stepmix_plan: allowed shape {np.shape(allowed)}, expected ({h},) like tail_lower")
+    member[0] = True
     eps = epsmix_epsilon(float(tail_lower[0]), upper, alpha)
     best: tuple[float, int, int, float] = (eps * h, 0, NEVER, eps)
     s = np.append(tail_lower - slack_upper, alpha * max(baseline_lower, 0.0))  # index h: NEVER
     steps_learned = np.append(h - np.arange(h), 0.0)
-    feasible = np.flatnonzero(s >= 0.0)
+    feasible = np.flatnonzero((s >= 0.0) & member)
     first = int(feasible[0])
     if first < h and steps_learned[first] > best[0]:
         best = (float(steps_learned[first]), first, first, 1.0)
-    bad = np.flatnonzero(s < 0.0)
+    bad = np.flatnonzero((s < 0.0) & member)
     if bad.size:
         sa, sb = s[bad][:, None], s[feasible][None, :]
         p = sb / (sb - sa)  # the weight of the infeasible member that makes the average exactly 0
@@ -303,16 +322,19 @@ class EpsMix(_Mixer):
 
 class StepMix(_Mixer):
     """Per episode, drawn at `begin_episode` (before s1): a switch step tau from `stepmix_plan`'s two-member
-    mixture; the baseline acts for steps t < tau and the learned policy from tau on (NEVER: baseline all episode).
+    mixture over the steps of `switch_grid`; the baseline acts for steps t < tau and the learned policy from tau on
+    (NEVER: baseline all episode).
 
     The bounds it plans with, all over the reset distribution: U and the baseline's per-step slack from whole
     baseline episodes (warm-up and NEVER episodes, whose selection ignores how they go; `BaselineSteps`); the
-    learned tail after tau from the critic's bounds at the states the baseline reached at tau in recent episodes
-    (`PrefixBounds`, with kappa and cap calibrated against the realized returns of the tails it ran), and at
-    tau = 0 also from the learned policy's realized whole-episode returns (`LearnedValue`). With an untrusted
-    critic (kappa = inf, the default) the tail bounds are 0 and the plan is EpsMix's (0, NEVER) pair or a switch
-    after the baseline banked enough, so the learned policy still runs whole episodes and takes over once its
-    returns show it is good: no deadlock on a sparse reward.
+    learned tail after a grid step tau from the critic's bounds at the states the baseline reached at tau in recent
+    episodes (`PrefixBounds`), with the kappa and cap of tau's own `KappaCalibrator`, calibrated only against the
+    realized returns of tails run from tau (those tails start from iid draws of the very states the bound
+    averages over); at tau = 0 also from the learned policy's realized whole-episode returns (`LearnedValue`).
+    With an untrusted critic (kappa = inf, the default) a step's tail bound is 0 until that step has
+    `calibration_runs` calibration runs, and the plan is EpsMix's (0, NEVER) pair or a switch after the baseline
+    banked enough, so the learned policy still runs whole episodes and takes over once its returns show it is
+    good: no deadlock on a sparse reward.
     """
 
     MODE = "stepmix"
@@ -321,12 +343,20 @@ class StepMix(_Mixer):
                  steps: BaselineSteps, prefixes: PrefixBounds) -> None:
         super().__init__(cfg, baseline, rng)
         self.steps, self.prefixes = steps, prefixes
-        self.calibrator = KappaCalibrator(cfg.kappa, cfg.confidence, min_runs=cfg.calibration_runs,
-                                         cap_window=cfg.cap_runs)
+        self.calibrators: dict[int, KappaCalibrator] = {}
+        """One per switch step that has run a learned tail (keyed by the step); see `calibrator`."""
         self.planned = NEVER
         self.switch_step: int | None = None
         self._bounds: list[ValueBound] = []
         self._switch_bound: ValueBound | None = None
+
+    def calibrator(self, tau: int) -> KappaCalibrator:
+        """Switch step tau's kappa and cap, from the tails run from tau alone (a fresh one, at the configured
+        kappa, before any)."""
+        if tau not in self.calibrators:
+            self.calibrators[tau] = KappaCalibrator(self.cfg.kappa, self.cfg.confidence,
+                                                    min_runs=self.cfg.calibration_runs, cap_window=self.cfg.cap_runs)
+        return self.calibrators[tau]
 
     @property
     def needs_bound(self) -> bool:
@@ -338,11 +368,13 @@ class StepMix(_Mixer):
         self._fields["switch_step"] = -1.0
         if self.warming_up:
             return
-        c = self.calibrator
         slack, baseline_lower = self.steps.slack_upper(self.cfg.alpha)
-        # Not capped by c.cap: that ceiling comes from tails of every length (one from step 9 earns less than one
-        # from step 0) and would hold every tail bound at the shortest tails' returns.
-        tail = self.prefixes.tail_lower(len(slack), c.kappa, float("inf"))
+        h = len(slack)
+        grid = switch_grid(h)
+        tail = np.zeros(h)
+        for tau in grid:
+            c = self.calibrator(int(tau))
+            tail[tau] = self.prefixes.tail_lower(h, c.kappa, c.cap, steps=[int(tau)])[tau]
         learned_lower = self.learned.lower()
         tail[0] = max(tail[0], learned_lower)
         upper = self.baseline.upper()
@@ -350,13 +382,15 @@ class StepMix(_Mixer):
         if whole:
             a, b, p_a = 0, NEVER, epsmix_epsilon(float(tail[0]), upper, self.cfg.alpha)
         else:
-            a, b, p_a = stepmix_plan(tail, slack, baseline_lower, upper, self.cfg.alpha)
+            allowed = np.zeros(h, bool)
+            allowed[grid] = True
+            a, b, p_a = stepmix_plan(tail, slack, baseline_lower, upper, self.cfg.alpha, allowed)
         self.planned = a if self.rng.random() < p_a else b
-        h = len(slack)
 
         def share(tau: int) -> float:
             return 0.0 if tau == NEVER else (h - tau) / h
 
+        c = self.calibrator(0 if self.planned == NEVER else self.planned)
         self._fields.update(whole_episode_plan=float(whole), switch_a=float(a), switch_b=float(b), p_a=p_a,
                             planned_switch=float(self.planned),
                             planned_share=p_a * share(a) + (1 - p_a) * share(b), lower=float(tail[0]),
@@ -377,7 +411,7 @@ class StepMix(_Mixer):
             return BASELINE
         if t == self.planned:
             self.switch_step, self._switch_bound = t, bound
-            self._fields.update(switch_step=float(t), lower_at_switch=self.calibrator.lower(bound))
+            self._fields.update(switch_step=float(t), lower_at_switch=self.calibrator(t).lower(bound))
         return LEARNED
 
     def end_episode(self) -> dict[str, float]:
@@ -389,32 +423,41 @@ class StepMix(_Mixer):
         if not self.warming_up:
             self.prefixes.add_episode(self._bounds, 2**62 if self.planned == NEVER else self.planned)
         if self.switch_step is not None and self._switch_bound is not None:
-            self.calibrator.observe(self._switch_bound, float(rtg[self.switch_step]))
+            self.calibrator(self.switch_step).observe(self._switch_bound, float(rtg[self.switch_step]))
             if self.switch_step == 0:
                 self.learned.observe(float(rtg[0]))
         return self._finish(float(rtg[0]))
 
     def state(self) -> dict[str, Any]:
-        """`_Mixer.state()` plus the step-wise baseline episodes, the prefix bounds, kappa's calibration and this
-        episode's plan (switch step, bounds so far, bound at the switch)."""
+        """`_Mixer.state()` plus the step-wise baseline episodes, the prefix bounds, each switch step's kappa
+        calibration and this episode's plan (switch step, bounds so far, bound at the switch)."""
+        taus = sorted(self.calibrators)
         return {**super().state(), "baseline_steps": self.steps.state(), "prefixes": self.prefixes.state(),
-                "calibrator": self.calibrator.state(), "planned": self.planned, "switch_step": self.switch_step,
+                "calibrator_steps": np.array(taus, np.int64),
+                "calibrators": [self.calibrators[tau].state() for tau in taus], "planned": self.planned,
+                "switch_step": self.switch_step,
                 "bounds": np.array([(b.mean, b.std) for b in self._bounds], np.float64).reshape(-1, 2),
                 "switch_bound": _bound_state(self._switch_bound)}
 
     def load_state(self, state: Mapping[str, Any]) -> None:
         planned, switch_step = int(state["planned"]), state["switch_step"]
         bounds = np.asarray(state["bounds"], np.float64)
+        taus = [int(t) for t in np.asarray(state["calibrator_steps"]).reshape(-1)]
         if planned < NEVER:
             raise ValueError(f"planned: got {planned}, expected a step >= 0 or {NEVER} (never)")
         if switch_step is not None and switch_step != planned:
             raise ValueError(f"switch_step: got {switch_step!r}, expected None or the planned step {planned}")
         if bounds.ndim != 2 or bounds.shape[1] != 2 or not np.all(np.isfinite(bounds)):
             raise ValueError(f"bounds: got shape {bounds.shape}, expected finite (n, 2) bounds (mean, std)")
+        if len(taus) != len(state["calibrators"]) or len(set(taus)) != len(taus) or any(t < 0 for t in taus):
+            raise ValueError(f"calibrator_steps: got {taus}, expected distinct steps >= 0, one per calibrator "
+                             f"({len(state['calibrators'])})")
         super().load_state(state)
         self.steps.load_state(state["baseline_steps"])
         self.prefixes.load_state(state["prefixes"])
-        self.calibrator.load_state(state["calibrator"])
+        self.calibrators = {}
+        for tau, saved in zip(taus, state["calibrators"], strict=True):
+            self.calibrator(tau).load_state(saved)
         self.planned, self.switch_step = planned, None if switch_step is None else int(switch_step)
         self._bounds = [ValueBound(float(m), float(s)) for m, s in bounds]
         self._switch_bound = _bound_from_state(state["switch_bound"])
