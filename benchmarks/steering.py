@@ -294,15 +294,22 @@ def train_critics(cfg: BenchConfig, task: str, root: Path, generalist: Path) -> 
     return info
 
 
+def online_sets(cfg: BenchConfig, seed: int, generalist: Path, critic: Path, demos: Path) -> list[str]:
+    """The `--set`s of an online fine-tuning run on top of a task's config: no evaluation during training (so no
+    early stop either: every run is `--online-steps` long), the generalist as the steered base, the critic to
+    fine-tune, the task's demonstrations."""
+    return [f"train.seed={seed}", f"train.total_env_steps={cfg.online_steps}", "train.eval_every=0",
+            "train.stop_at_success=0", "train.eval_episodes=1", "steering.enabled=true", "steering.online=true",
+            f"steering.critic_run={critic}", "steering.base=generalist", f"steering.base_dir={generalist}",
+            f"steering.k={cfg.control_k}", f"steering.target_k={cfg.online_target_k}", f"replay.demo_dir={demos}"]
+
+
 def fine_tune_online(cfg: BenchConfig, task: str, root: Path, generalist: Path, critic: Path, seed: int,
                      demos: Path) -> dict[str, Any]:
     """`serl train` with `steering.online` from `critic` for `--online-steps` env steps; its run folder is the
     fine-tuned critic (`load_critic` reads its latest checkpoint)."""
     out = root / f"{task}-online-s{seed}"
-    sets = [f"train.seed={seed}", f"train.total_env_steps={cfg.online_steps}", "train.eval_every=0",
-            "train.eval_episodes=1", "steering.enabled=true", "steering.online=true",
-            f"steering.critic_run={critic}", "steering.base=generalist", f"steering.base_dir={generalist}",
-            f"steering.k={cfg.control_k}", f"steering.target_k={cfg.online_target_k}", f"replay.demo_dir={demos}"]
+    sets = online_sets(cfg, seed, generalist, critic, demos)
     cmd = benchlib.serl("train", "--config", TASK_CONFIGS[task], "--run-dir", str(out),
                         *[x for s in sets for x in ("--set", s)])
     wall = benchlib.run_logged(cmd, root / f"{task}-online-s{seed}.log", f"{task}: serl train steering.online")

@@ -57,6 +57,21 @@ def test_parse_ks_sorts_and_refuses_nonsense() -> None:
             sb.parse_ks(bad)
 
 
+@pytest.mark.parametrize("task", sorted(sb.TASK_CONFIGS))
+def test_the_online_runs_settings_load_on_every_task_config(task: str, tmp_path: Path) -> None:
+    """The online arm's `serl train` settings pass the config rules on each task's config (rlpd_cpu_peg_insert's
+    train.stop_at_success = 0.9 once refused eval_every = 0, 15 minutes into a full run) and run what they say."""
+    from serl_stack.config import load
+
+    cfg = sb.BenchConfig(online_steps=5000, control_k=32, online_target_k=8)
+    run = load(ROOT / sb.TASK_CONFIGS[task],
+               sb.online_sets(cfg, 2, tmp_path / "gen", tmp_path / "critic", tmp_path / "demos"))
+    assert run.train.total_env_steps == 5000 and run.train.seed == 2
+    assert run.train.eval_every == 0 and run.train.stop_at_success == 0
+    assert run.steering.online and run.steering.base == "generalist" and run.steering.k == 32
+    assert run.steering.target_k == 8 and run.replay.demo_dir == str(tmp_path / "demos")
+
+
 # ------------------------------------------------------------------------------------------- control reranker
 
 
