@@ -347,10 +347,11 @@ def existing_runs(report: dict[str, Any] | None) -> tuple[dict[str, Any] | None,
 
 
 def check_mergeable(old: dict[str, Any] | None, new: dict[str, Any], kept: list[str]) -> None:
-    """SystemExit when runs measured under another setup would be kept beside this invocation's."""
+    """SystemExit when runs measured under another setup would be kept beside this invocation's. Keys `new` does
+    not hold yet (the digests before the setup is made) are checked by the later call that has them."""
     if old is None or not kept:
         return
-    changed = {k: (old.get(k), new.get(k)) for k in MERGE_KEYS if old.get(k) != new.get(k)}
+    changed = {k: (old.get(k), new[k]) for k in MERGE_KEYS if k in new and old.get(k) != new[k]}
     if changed:
         raise SystemExit(f"--out-dir's {NAME}.json holds runs {kept} measured with another setup (report, now: "
                          f"{changed}); expected the same to keep them: rerun every mode and seed, or use another "

@@ -197,6 +197,11 @@ def test_merge_keeps_other_invocations_runs_under_the_same_setup() -> None:
     assert got_setup == old and set(got_runs) == {"off", "epsmix"}
     # A second invocation (--modes epsmix --seeds 1) adds its run; the report keeps both.
     cb.check_mergeable(got_setup, old, kept=["off-s0", "off-s1", "epsmix-s0"])
+    # Before its setup exists the invocation knows only its sizes: the digests are checked once it does.
+    sizes = {k: v for k, v in old.items() if not k.endswith("_digest")}
+    cb.check_mergeable(got_setup, sizes, kept=["off-s0"])
+    with pytest.raises(SystemExit, match="steps"):
+        cb.check_mergeable(got_setup, {**sizes, "steps": 20000}, kept=["off-s0"])
     cb.merge_runs(got_runs, "epsmix", 1, raw_run(1, violations=5))
     merged = cb.build_report(old, got_runs, cb.CANONICAL, 10.0, None)
     assert merged["summary"]["epsmix"]["seeds"] == [0, 1]
