@@ -344,7 +344,7 @@ class StepMix(_Mixer):
         super().__init__(cfg, baseline, rng)
         self.steps, self.prefixes = steps, prefixes
         self.calibrators: dict[int, KappaCalibrator] = {}
-        """One per switch step that has run a learned tail (keyed by the step); see `calibrator`."""
+        """One per switch step StepMix has planned with (keyed by the step; the grid's steps); see `calibrator`."""
         self.planned = NEVER
         self.switch_step: int | None = None
         self._bounds: list[ValueBound] = []
