@@ -24,7 +24,8 @@ One invocation (default tasks pick_cube and reach):
 4. Latency on state observations recorded from the base's own episodes: per decision, `ValueGuidedPolicy.act`
    (the K-proposal draw included) minus `base.act` drawing a fresh chunk, interleaved, at K = `--control-k`; the
    same with a one-camera pixel critic (a 128x128 RGB image, one encoding per decision) and with the base behind
-   `serl_stack.steering.remote.PolicyServer` on loopback (`RemotePolicy`).
+   `serl_stack.steering.remote.PolicyServer` on loopback (`RemotePolicy`); and on state observations at every
+   K of `--ks` (`state_by_k`).
 
 Comparisons are paired by start state: per (seed, start state) the arm's success minus the base's; the mean over
 all pairs with a normal 95 % interval (the pairs' standard error). Targets (false when data is missing: >= 2
@@ -237,6 +238,10 @@ def measure_latency(cfg: BenchConfig, env: Any, base: Any, critic_cfg: Any, crit
     result: dict[str, Any] = {"k": k}
     result["state"] = percentiles(_decision_times(ValueGuidedPolicy(base, critic, k), base, observations,
                                                   cfg.latency_decisions, 1))
+    # The same on state observations at every --ks K (the overhead per step the design asks for at 10, 32, 50).
+    result["state_by_k"] = {str(kk): percentiles(_decision_times(ValueGuidedPolicy(base, critic, kk), base,
+                                                                 observations, cfg.latency_decisions, 4))
+                            for kk in parse_ks(cfg.ks)}
     # One camera: the same proposals scored by a pixel critic of the agent's encoder on a 128x128 RGB image.
     import dataclasses
 

@@ -207,6 +207,7 @@ def test_quick_run_writes_a_report_with_every_arm(tmp_path: Path) -> None:
     for t in report["tasks"].values():
         assert {"base", "random", "likelihood", "vgps_k4"} <= set(t["arms"])
         assert t["arms"]["base"]["episodes"] == 3
-        assert {"state", "one_camera", "remote_loopback"} <= set(t["latency"])
+        assert {"state", "one_camera", "remote_loopback", "state_by_k"} <= set(t["latency"])
+        assert set(t["latency"]["state_by_k"]) == {str(k) for k in sb.parse_ks(report["invocation"]["ks"])}
     assert not any(report["targets"].values())  # smoke sizes are never a result
     assert (tmp_path / "steering.png").is_file()
