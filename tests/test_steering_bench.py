@@ -66,10 +66,11 @@ def test_the_online_runs_settings_load_on_every_task_config(task: str, tmp_path:
     cfg = sb.BenchConfig(online_steps=5000, control_k=32, online_target_k=8)
     run = load(ROOT / sb.TASK_CONFIGS[task],
                sb.online_sets(cfg, 2, tmp_path / "gen", tmp_path / "critic", tmp_path / "demos"))
-    assert run.train.total_env_steps == 5000 and run.train.seed == 2
-    assert run.train.eval_every == 0 and run.train.stop_at_success == 0
-    assert run.steering.online and run.steering.base == "generalist" and run.steering.k == 32
-    assert run.steering.target_k == 8 and run.replay.demo_dir == str(tmp_path / "demos")
+    assert (run.train.total_env_steps, run.train.seed) == (cfg.online_steps, 2)
+    assert run.train.eval_every == 0 and run.train.stop_at_success == 0  # the task config's own stop rule is off
+    assert run.steering.online and run.steering.base == "generalist"
+    assert (run.steering.k, run.steering.target_k) == (cfg.control_k, cfg.online_target_k)
+    assert run.steering.base_dir == str(tmp_path / "gen") and run.replay.demo_dir == str(tmp_path / "demos")
 
 
 # ------------------------------------------------------------------------------------------- control reranker
