@@ -321,6 +321,20 @@ def test_prefix_bounds_count_an_ended_episode_as_no_tail() -> None:
     assert np.all(prefixes.tail_lower(6, kappa=np.inf, cap=np.inf) == 0.0)  # an untrusted critic: no tails
 
 
+def test_prefix_bounds_take_a_kappa_and_a_cap_per_step() -> None:
+    """Per-step kappa and cap (StepMix's per-switch-step calibration): each step's bound is the one its own kappa
+    and cap give, and a step whose kappa is inf gets 0 even where the critic's spread is 0."""
+    prefixes = PrefixBounds(0.95, discount=0.9)
+    for mean in (1.0, 1.5, 2.0):
+        prefixes.add_episode([ValueBound(mean, 0.0 if t == 1 else 0.2) for t in range(4)], planned=3)
+    kappa, cap = np.array([0.0, np.inf, 1.0, 2.0]), np.array([np.inf, np.inf, 0.5, np.inf])
+    tails = prefixes.tail_lower(4, kappa, cap)
+    for t in (0, 2, 3):
+        assert tails[t] == prefixes.tail_lower(4, kappa[t], cap[t])[t]
+    assert tails[1] == 0.0 and prefixes.tail_lower(4, 0.0, np.inf)[1] > 0.0
+    assert tails[2] <= 0.5 * 0.9**2  # the cap of step 2, discounted
+
+
 # ------------------------------------------------------------------------------------------------ StepMix
 
 

@@ -278,19 +278,24 @@ class PrefixBounds:
         arr = np.array([(b.mean, b.std) for b in bounds], np.float64).reshape(-1, 2)
         self._episodes.append((arr, int(planned)))
 
-    def tail_lower(self, horizon: int, kappa: float, cap: float, steps: Sequence[int] | None = None) -> np.ndarray:
-        """Lower bounds of E_b[g^tau V^pi(s_tau)] for tau = 0 .. horizon - 1 (only at `steps` when given: 0 at the
-        others, which is always a valid lower bound)."""
+    def tail_lower(self, horizon: int, kappa: float | np.ndarray, cap: float | np.ndarray) -> np.ndarray:
+        """Lower bounds of E_b[g^tau V^pi(s_tau)] for tau = 0 .. horizon - 1. `kappa` and `cap` are one value for
+        every step or one per step ((horizon,): StepMix calibrates each switch step on its own); 0 at a step whose
+        kappa is inf (an untrusted critic there), which is always a valid lower bound."""
         out = np.zeros(horizon)
-        if self.n < 2 or horizon == 0 or not np.isfinite(kappa):
-            return out  # kappa = inf: the critic is not trusted, L = 0 everywhere
+        kappa = np.broadcast_to(np.asarray(kappa, np.float64), (horizon,))
+        cap = np.broadcast_to(np.asarray(cap, np.float64), (horizon,))
+        trusted = np.flatnonzero(np.isfinite(kappa))
+        if self.n < 2 or horizon == 0 or not trusted.size:
+            return out
+        k = np.where(np.isfinite(kappa), kappa, 0.0)  # untrusted steps are computed with 0 and never read
         x = np.full((self.n, horizon), np.nan)
         for i, (b, planned) in enumerate(self._episodes):
             reach = min(len(b), horizon)
             x[i, : min(planned + 1, horizon)] = 0.0  # ended before tau: no tail
-            x[i, :reach] = np.minimum(np.maximum(b[:reach, 0] - kappa * b[:reach, 1], 0.0), cap)
+            x[i, :reach] = np.minimum(np.maximum(b[:reach, 0] - k[:reach] * b[:reach, 1], 0.0), cap[:reach])
         x *= self.discount ** np.arange(horizon)
-        for tau in range(horizon) if steps is None else steps:
+        for tau in trusted:
             col = x[~np.isnan(x[:, tau]), tau]
             if len(col) >= 2:
                 out[tau] = max(_t_bound(col[:, None], self.confidence, -1.0)[0], 0.0)

@@ -371,10 +371,11 @@ class StepMix(_Mixer):
         slack, baseline_lower = self.steps.slack_upper(self.cfg.alpha)
         h = len(slack)
         grid = switch_grid(h)
-        tail = np.zeros(h)
+        kappa, cap = np.full(h, np.inf), np.full(h, np.inf)  # off the grid: no switch, no tail bound
         for tau in grid:
             c = self.calibrator(int(tau))
-            tail[tau] = self.prefixes.tail_lower(h, c.kappa, c.cap, steps=[int(tau)])[tau]
+            kappa[tau], cap[tau] = c.kappa, c.cap
+        tail = self.prefixes.tail_lower(h, kappa, cap)
         learned_lower = self.learned.lower()
         tail[0] = max(tail[0], learned_lower)
         upper = self.baseline.upper()
