@@ -285,10 +285,11 @@ class PrefixBounds:
         out = np.zeros(horizon)
         kappa = np.broadcast_to(np.asarray(kappa, np.float64), (horizon,))
         cap = np.broadcast_to(np.asarray(cap, np.float64), (horizon,))
-        trusted = np.flatnonzero(np.isfinite(kappa))
+        finite = np.isfinite(kappa)
+        trusted = np.flatnonzero(finite)
         if self.n < 2 or horizon == 0 or not trusted.size:
             return out
-        k = np.where(np.isfinite(kappa), kappa, 0.0)  # untrusted steps are computed with 0 and never read
+        k = np.where(finite, kappa, 0.0)  # untrusted steps are computed with 0 and never read
         x = np.full((self.n, horizon), np.nan)
         for i, (b, planned) in enumerate(self._episodes):
             reach = min(len(b), horizon)
