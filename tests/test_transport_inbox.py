@@ -153,6 +153,64 @@ def test_learner_restart_resends_spooled_and_drops_duplicates(tmp_path: Path) ->
         link.close()
 
 
+def test_a_resend_goes_out_a_chunk_per_call_and_still_delivers_everything_once(tmp_path: Path) -> None:
+    """A backlog far larger than `resend_chunk_bytes` (what a previous actor run, or a slow learner, leaves
+    spooled) is sent a chunk per welcome / flush / maintain call, so no single call of the control loop carries it
+    all, and every entry still reaches the log exactly once, in order."""
+    link = Link(tmp_path)
+    entry = len(pack(transition(0)))
+    link.outbox.resend_chunk_bytes = 4 * entry
+    sent: list[int] = []  # transitions per `transitions` message, in the order sent
+    real_send = link.client.send
+
+    def counting_send(msg_type: str, body):
+        if msg_type == "transitions":
+            sent.append(len(body["items"]))
+        return real_send(msg_type, body)
+
+    link.client.send = counting_send
+    try:
+        for i in range(60):  # spooled before any welcome: nothing can go out yet
+            link.outbox.add(transition(i))
+        link.outbox.flush()
+        assert sent == [] and not link.outbox.welcomed
+        deadline = time.monotonic() + 5
+        while not link.client.replies and time.monotonic() < deadline:  # the learner's welcome, handled below
+            link.inbox.handle(link.server.recv(5))
+            link.client.poll(5)
+        assert [m for m, _ in link.client.replies] == ["welcome"]
+        link.outbox.on_reply(*link.client.replies.popleft())
+        assert sent == [4] and link.outbox.resending  # one chunk, not the 60 spooled entries
+        link.outbox.flush()
+        link.outbox.maintain()
+        assert sent == [4, 4, 4]
+        link.pump(10, until=lambda: len(link.spool) == 0)
+        assert not link.outbox.resending and sum(sent) == 60 and max(sent) == 4
+        assert [seq for _, _, seq, _ in link.log.replay()] == list(range(1, 61))
+        for i in range(60, 63):  # after the resend, new transitions go out as before: one message per flush
+            link.outbox.add(transition(i))
+        link.outbox.flush()
+        assert sent[-1] == 3
+        link.pump(5, until=lambda: len(link.spool) == 0)
+        assert [seq for _, _, seq, _ in link.log.replay()] == list(range(1, 64))
+    finally:
+        link.close()
+
+
+def test_resend_chunk_must_be_positive(tmp_path: Path) -> None:
+    server = LearnerServer("127.0.0.1", 0, 0, MAX)
+    client = ActorClient("127.0.0.1", server.transitions_port, server.params_port, "a0", MAX)
+    spool = ActorSpool(tmp_path / "spool", fsync=False)
+    t = transition(0)
+    try:
+        with pytest.raises(ValueError, match="resend_chunk_bytes: got 0, expected >= 1"):
+            DurableOutbox(client, spool, make_spec(t["observation"], t["action"]), resend_chunk_bytes=0)
+    finally:
+        client.close()
+        server.close()
+        spool.close()
+
+
 @pytest.mark.parametrize("seq", [0, -1, 2**63, True, "7"])
 def test_items_with_unusable_seq_are_counted_not_fatal(tmp_path: Path, seq) -> None:
     link = Link(tmp_path)

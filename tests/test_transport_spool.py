@@ -33,6 +33,7 @@ def test_put_pending_ack_round_trip(tmp_path: Path) -> None:
             spool.put(seq, message(seq))
         assert spool.next_seq() == 6 and len(spool) == 5
         assert list(spool.pending()) == [(s, message(s)) for s in range(1, 6)]
+        assert list(spool.pending(after=3)) == [(4, message(4)), (5, message(5))]  # where a resend goes on from
         spool.ack(3)
         assert spool.acked_seq == 3 and len(spool) == 2
         assert list(spool.pending()) == [(4, message(4)), (5, message(5))]

@@ -5,7 +5,9 @@ in the `ActorSpool` (so it survives an actor crash); `flush` sends what is new; 
 highest contiguous sequence durable on its disk) drop spooled entries; when the learner has been silent for
 `resend_after_s` with entries still spooled (it restarted, or the link dropped), the handshake is repeated and
 everything spooled is sent again — the learner's log drops duplicates, so at-least-once sending gives
-exactly-once storage. Knows nothing of learning.
+exactly-once storage. A resend goes out at most `resend_chunk_bytes` per `flush` / `maintain` call, so a large
+backlog (image transitions behind a slow learner) never stalls the actor's control step for longer than one chunk
+takes to read and send. Knows nothing of learning.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ from serl_stack.transport.spool import ActorSpool
 
 MAX_BATCH_BYTES = 4 * 1024 * 1024
 """Largest `transitions` message the outbox builds (several are sent when more is pending)."""
+RESEND_CHUNK_BYTES = 1024 * 1024
+"""Default most bytes of a resend read from the spool and sent per `flush` / `maintain` call (at least one entry):
+a few ms of the control step; a 10 Hz actor catches up by 10 MB/s (50 camera transitions) while it keeps acting."""
 
 
 class DurableOutbox:
@@ -33,7 +38,10 @@ class DurableOutbox:
         spec: Spec,
         resend_after_s: float = 2.0,
         ledger: Path | None = None,
+        resend_chunk_bytes: int = RESEND_CHUNK_BYTES,
     ) -> None:
+        if resend_chunk_bytes < 1:
+            raise ValueError(f"resend_chunk_bytes: got {resend_chunk_bytes}, expected >= 1")
         self.client = client
         self._ledger: IO[str] | None = None
         """Audit trail: one `seq sha256(payload)` line per spooled transition (for checking delivery)."""
@@ -49,6 +57,9 @@ class DurableOutbox:
         self.spool = spool
         self.spec = spec
         self.resend_after_s = resend_after_s
+        self.resend_chunk_bytes = resend_chunk_bytes
+        self._resend_after: int | None = None
+        """While a resend is under way: the last seq it sent (entries above it go next); None otherwise."""
         self._new: list[list[Any]] = []
         self._last_progress = time.monotonic()
         self.durable_seq = 0
@@ -94,9 +105,37 @@ class DurableOutbox:
         # One fsync per batch (on the spool's flusher thread when it has one, so this returns at once); a put
         # alone already survives a crash of this process.
         self.spool.flush()
-        if self._new and self.welcomed:
+        if not self.welcomed:
+            return
+        if self._resend_after is not None:
+            self._new = []  # spooled, so the resend walking up the spool sends them in turn
+            self._resend_chunk()
+        elif self._new:
             self._send(self._new)
             self._new = []
+
+    @property
+    def resending(self) -> bool:
+        """Whether a resend of spooled entries is still under way (a chunk goes out per flush / maintain)."""
+        return self._resend_after is not None
+
+    def _resend_chunk(self) -> None:
+        """Send the next spooled entries above the resend's position, about `resend_chunk_bytes` of them; the
+        resend ends when it has sent the last spooled entry."""
+        assert self._resend_after is not None
+        items: list[list[Any]] = []
+        size = 0
+        for seq, payload in self.spool.pending(after=max(self._resend_after, self.durable_seq)):
+            items.append([seq, payload])
+            size += len(payload)
+            if size >= self.resend_chunk_bytes:
+                break
+        else:
+            self._resend_after = None  # everything spooled has gone out (again)
+        if items:
+            self._send(items)
+            if self._resend_after is not None:
+                self._resend_after = items[-1][0]
 
     def on_reply(self, msg_type: str, body: dict[str, Any]) -> None:
         """Feed a reply from the learner (`welcome`, `ack`, `refused`)."""
@@ -119,12 +158,15 @@ class DurableOutbox:
             first = not self.welcomed
             self.welcomed = True
             # Whatever the learner does not hold yet goes again: after a restart of either side, or at first
-            # contact when a previous actor run left entries in the spool.
+            # contact when a previous actor run left entries in the spool. A chunk now, the rest a chunk per
+            # flush / maintain call.
             self._new = []
-            pending = [[seq, payload] for seq, payload in self.spool.pending() if seq > self.durable_seq]
-            if pending:
+            if self.spool.next_seq() - 1 > self.durable_seq and len(self.spool):
                 self.resends += 0 if first else 1
-                self._send(pending)
+                self._resend_after = self.durable_seq
+                self._resend_chunk()
+            else:
+                self._resend_after = None
         for item in body.get("quarantined", []) or []:
             self.quarantined.append(item)
 
@@ -133,7 +175,10 @@ class DurableOutbox:
         if len(self.spool) and time.monotonic() - self._last_progress > self.resend_after_s:
             self._last_progress = time.monotonic()
             self.welcomed = False
+            self._resend_after = None  # the welcome starts it again from what the learner holds
             self.hello()
+        elif self.welcomed and self._resend_after is not None:
+            self._resend_chunk()
 
     def close(self) -> None:
         if self._ledger is not None:

@@ -372,11 +372,11 @@ class ActorSpool:
         """Number of messages not yet acknowledged."""
         return len(self._index)
 
-    def pending(self) -> Iterator[tuple[int, bytes]]:
-        """Unacknowledged (seq, payload) in seq order; each read back from disk and CRC-checked. Acks made while
-        iterating are respected."""
+    def pending(self, after: int = 0) -> Iterator[tuple[int, bytes]]:
+        """Unacknowledged (seq, payload) with seq > `after`, in seq order; each read back from disk and CRC-checked
+        (entries skipped by `after` are not read). Acks made while iterating are respected."""
         for entry in list(self._index):
-            if entry.seq <= self._acked:
+            if entry.seq <= self._acked or entry.seq <= after:
                 continue
             fd = self._read_fds.get(entry.segment)
             if fd is None:
