@@ -12,15 +12,18 @@ acks and loads every new parameter version the learner broadcasts). One timed st
     episode ends -> Actor._poll
 
 Physics is left out: the observations come from a pool recorded from the real env beforehand (cameras rendered by
-MuJoCo), cycled through in episodes of `env.max_episode_steps`. No mixer or steering runs (mixing.mode off; steering
-does not exist yet). Three cases, each in its own process: `state` (the SAC policy on state observations at normal
-scheduling, `bridge.realtime_priority` 0, the default; the target: p99 < 1 ms), `state_realtime` (the same at
-SCHED_FIFO `--priority`, as a robot PC runs the actor; reported) and `cameras` (two 128x128 cameras, front and
-wrist, in every observation and transition, the pixel policy using both; reported beside it, no target). Each
-case: a fresh learner, `--warmup` random steps sent first (the learner starts training and broadcasts
-parameters), then, once it is updating, `--steps` timed steps with the policy. Median, p99 and max per case, and
-the median of each stage. Writes `<out-dir>/actor_step.json` and `actor_step.png` (default: a fresh
-`runs/bench-<time>/`), prints the JSON as one line, exits 1 when a target is missed.
+MuJoCo), cycled through in episodes of `env.max_episode_steps`. No mixer or steering runs (mixing.mode off; the
+steering reranker's own latency is measured by benchmarks/steering.py). Timed steps are paced at `--rate-hz` (100
+Hz: the control loop waits for the robot between steps, and the learner gets the CPU in between; back to back, the
+actor would take a core the learner has on a real deployment, and its caches would stay warm). Three cases, each in
+its own process: `state` (the SAC policy on state observations at normal scheduling, `bridge.realtime_priority` 0,
+the default; the target: p99 < 1 ms), `state_realtime` (the same at SCHED_FIFO `--priority`, as a robot PC runs the
+actor; reported) and `cameras` (two 128x128 cameras, front and wrist, in every observation and transition, the pixel
+policy using both; reported beside it, no target). Each case: a fresh learner, `--warmup` random steps sent first
+(the learner starts training and broadcasts parameters), then, once it is updating, `--steps` timed steps with the
+policy. Median, p99 and max per case, and the median of each stage. Writes `<out-dir>/actor_step.json` and
+`actor_step.png` (default: a fresh `runs/bench-<time>/`), prints the JSON as one line, exits 1 when a target is
+missed.
 
     .venv/bin/python benchmarks/actor_step.py [--quick] [--steps 10000] [--out-dir docs]
 """
@@ -43,6 +46,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_P99_MS = 1.0
+RATE_HZ = 100.0
+"""Timed steps per second: paced like the control loop (which waits for the robot between steps, so the learner
+gets the CPU in between), 10x the sim's 10 Hz so that 10k steps take 100 s, not 17 min."""
 POOL = 300
 """Recorded observations cycled through (three reach episodes)."""
 CAMERAS = ["env.cameras=[front,wrist]", "env.image_size=128", "agent.image_keys=[images/front,images/wrist]",
@@ -81,9 +87,11 @@ def record_pool(env: Any, n: int, seed: int) -> list[dict[str, Any]]:
     return pool
 
 
-def run_case(name: str, overrides: list[str], steps: int, warmup: int, runs: Path, priority: int) -> dict[str, Any]:
+def run_case(name: str, overrides: list[str], steps: int, warmup: int, runs: Path, priority: int,
+             rate_hz: float) -> dict[str, Any]:
     """One case in its own (spawned) process: the learner is started before this process turns real-time, so it
-    does not inherit the policy; JAX starts its threads afterwards, so they do."""
+    does not inherit the policy; JAX starts its threads afterwards, so they do. Timed steps start every
+    1 / `rate_hz` s (as `Actor.run` paces its control loop; 0: back to back)."""
     from robot_bridge.realtime import use_realtime
     from serl_stack.actor import FLUSH_EVERY, Actor
     from serl_stack.config import load
@@ -168,9 +176,20 @@ def run_case(name: str, overrides: list[str], steps: int, warmup: int, runs: Pat
         updates_before = actor._updates()
         print(f"[{name}] parameters version {policy.version}, the learner updating after "
               f"{time.monotonic() - start:.1f} s; timing {steps} steps", file=sys.stderr, flush=True)
+        period = 1.0 / rate_hz if rate_hz > 0 else 0.0
+        late = 0
         t_start = time.monotonic()
+        tick = time.perf_counter()
         for i in range(warmup, warmup + steps):
             one_step(i, timed=True)
+            if period:
+                tick += period
+                delay = tick - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+                else:  # the step overran its period: start the next one now, as the control loop would
+                    late += 1
+                    tick = time.perf_counter()
         wall = time.monotonic() - t_start
         actor._poll(100)
         learner_alive = learner.poll() is None
@@ -195,6 +214,9 @@ def run_case(name: str, overrides: list[str], steps: int, warmup: int, runs: Pat
         "stage_max_ms": {k: round(float(v.max() * 1000), 3) for k, v in stages.items()},
         "parameter_versions_loaded_while_timed": len(versions),
         "learner_updates_while_timed": updates,
+        "learner_updates_per_s_while_timed": round(updates / wall, 1) if wall > 0 else None,
+        "rate_hz": rate_hz,
+        "steps_past_their_period": late,
         "learner_trained_throughout": bool(learner_alive and updates > 0),
         "wall_s": round(wall, 1),
         "overrides": overrides,
@@ -233,6 +255,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--warmup", type=int, default=500, help="random steps sent before timing (train.start_steps)")
     p.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {list(CASES)}")
     p.add_argument("--priority", type=int, default=50, help="SCHED_FIFO priority of the realtime case's actor")
+    p.add_argument("--rate-hz", type=float, default=RATE_HZ,
+                   help="timed steps start at this rate, as the control loop paces them (0: back to back)")
     p.add_argument("--out-dir", default=None, help=benchlib.OUT_DIR_HELP)
     args = p.parse_args(argv)
     if args.quick:
@@ -247,7 +271,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in cases:
         overrides, realtime = CASES[name]
         results[name] = benchlib.run_in_worker(
-            run_case, (name, overrides, args.steps, args.warmup, runs, args.priority if realtime else 0),
+            run_case, (name, overrides, args.steps, args.warmup, runs, args.priority if realtime else 0, args.rate_hz),
             f"actor_step case {name}", timeout_s=1200)
     png = out_dir / "actor_step.png"
     plot(results, png)
@@ -256,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
         s = results["state"]
         targets[f"state_p99_lt_{TARGET_P99_MS:g}_ms"] = bool(s["p99_ms"] < TARGET_P99_MS)
         targets["state_at_least_10k_steps"] = s["steps"] >= 10_000
-        targets["learner_trained_throughout"] = all(r["learner_trained_throughout"] for r in results.values())
+    targets["learner_trained_throughout"] = all(r["learner_trained_throughout"] for r in results.values())
     report = {
         "benchmark": "actor_step",
         "what": "the actor's control step without physics: the step's key (KeyStream), PolicyRunner.act, command "
@@ -264,7 +288,7 @@ def main(argv: list[str] | None = None) -> None:
                 "spool's flusher thread, the send) every FLUSH_EVERY steps and at episode ends, Actor._poll (acks, "
                 "parameter loads)",
         "not_included": "physics, rendering (observations come from a recorded pool), mixers (mixing.mode off), "
-                        "steering (not built yet)",
+                        "steering (its reranker's latency: benchmarks/steering.py)",
         "load": "a serl learner (configs/sim_reach.yaml + the case's overrides) training on the transitions sent",
         "cases": {k: {kk: vv for kk, vv in v.items() if not kk.startswith("_")} for k, v in results.items()},
         "targets": targets,
