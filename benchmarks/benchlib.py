@@ -266,3 +266,28 @@ def demos_digest(demo_dir: Path) -> str:
         for arr in (episode.actions, episode.rewards, episode.terminated, episode.truncated):
             h.update(np.ascontiguousarray(arr).tobytes())
     return h.hexdigest()[:16]
+
+
+def plot_success_curves(ax: Any, runs: list[dict[str, Any]], curve: dict[str, list[Any]],
+                        steps_to_90: dict[str, Any], color: str, label: str) -> None:
+    """One learner on a success-vs-env-steps axis: each run's evaluations thin, the mean over runs bold with its 95 %
+    band; the label ends with the median env steps to 90 % ("> cap" when censored, "-" when unknown)."""
+    for r in runs:
+        ax.plot(r["eval_env_steps"], r["eval_success"], color=color, linewidth=0.7, alpha=0.3)
+    m = steps_to_90
+    reached = "> cap" if m["median_censored"] else "-" if m["median"] is None else f"{m['median']:.0f}"
+    ax.plot(curve["env_steps"], curve["mean_success"], color=color, linewidth=2, marker="o", markersize=3,
+            label=f"{label} (90 % median: {reached})")
+    ax.fill_between(curve["env_steps"], curve["ci95_low"], curve["ci95_high"], color=color, alpha=0.15)
+
+
+def style_success_axes(ax: Any, level: float, x_max: float, eval_episodes: int, title: str) -> None:
+    """The success axis both learning-curve benchmarks share: the level line, limits, labels, legend, grid."""
+    ax.axhline(level, color="black", linestyle=":", linewidth=0.8)
+    ax.set_xlim(0, 1.02 * x_max)
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_xlabel("env steps (training transitions)")
+    ax.set_ylabel(f"success ({eval_episodes} deterministic episodes)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="best")
+    ax.grid(alpha=0.3)

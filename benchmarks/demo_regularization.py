@@ -425,23 +425,12 @@ def plot(report: dict[str, Any], path: Path) -> None:
         for arm in RL_ARMS:
             if arm not in arms:
                 continue
-            a, c = arms[arm], arms[arm]["curve"]
-            for r in a["runs"]:
-                ax.plot(r["eval_env_steps"], r["eval_success"], color=COLORS[arm], linewidth=0.7, alpha=0.3)
-            m = a["steps_to_90pct"]
-            reached = "> cap" if m["median_censored"] else "-" if m["median"] is None else f"{m['median']:.0f}"
-            ax.plot(c["env_steps"], c["mean_success"], color=COLORS[arm], linewidth=2, marker="o", markersize=3,
-                    label=f"{arm}: mean of {len(a['runs'])} (90 % median: {reached})")
-            ax.fill_between(c["env_steps"], c["ci95_low"], c["ci95_high"], color=COLORS[arm], alpha=0.15)
+            a = arms[arm]
+            benchlib.plot_success_curves(ax, a["runs"], a["curve"], a["steps_to_90pct"], COLORS[arm],
+                                         f"{arm}: mean of {len(a['runs'])}")
         ax.axvline(entry["cap"]["value"], color="red", linestyle="--", linewidth=1, label="cap (a miss)")
-        ax.axhline(se.STOP_LEVEL, color="black", linestyle=":", linewidth=0.8)
-        ax.set_xlim(0, 1.02 * s["run_length"])
-        ax.set_ylim(-0.03, 1.03)
-        ax.set_xlabel("env steps (training transitions)")
-        ax.set_ylabel(f"success ({s['eval_episodes']} deterministic episodes)")
-        ax.set_title(f"{s['env']}, {s['demos']} demos, 50/50 sampling (shaded: 95 % Wilson)", fontsize=9)
-        ax.legend(fontsize=7, loc="best")
-        ax.grid(alpha=0.3)
+        benchlib.style_success_axes(ax, se.STOP_LEVEL, s["run_length"], s["eval_episodes"],
+                                    f"{s['env']}, {s['demos']} demos, 50/50 sampling (shaded: 95 % Wilson)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -406,25 +406,13 @@ def plot(report: dict[str, Any], path: Path) -> None:
     for ax, entry in zip(axes[0], tasks.values(), strict=False):
         s = entry["settings"]
         for name, learner in entry["learners"].items():
-            c = learner["curve"]
-            for r in learner["runs"]:
-                ax.plot(r["eval_env_steps"], r["eval_success"], color=colors[name], linewidth=0.7, alpha=0.35)
-            median = learner["steps_to_90pct"]
-            reached = ("> cap" if median["median_censored"] else
-                       "-" if median["median"] is None else f"{median['median']:.0f}")
-            ax.plot(c["env_steps"], c["mean_success"], color=colors[name], linewidth=2, marker="o", markersize=3,
-                    label=f"{labels[name]}: mean of {len(learner['runs'])} seeds (90 % median: {reached})")
-            ax.fill_between(c["env_steps"], c["ci95_low"], c["ci95_high"], color=colors[name], alpha=0.2)
+            benchlib.plot_success_curves(ax, learner["runs"], learner["curve"], learner["steps_to_90pct"],
+                                         colors[name], f"{labels[name]}: mean of {len(learner['runs'])} seeds")
         ax.axvline(s["target_steps"], color="red", linestyle="--", linewidth=1,
                    label=f"target: 90 % by {s['target_steps']} steps")
-        ax.axhline(STOP_LEVEL, color="grey", linestyle=":", linewidth=1)
-        ax.set_xlim(0, 1.02 * max(s["cap"], s["target_steps"]))  # a --quick cap is below the target
-        ax.set_ylim(-0.03, 1.03)
-        ax.set_xlabel("env steps (training transitions)")
-        ax.set_ylabel(f"success ({s['eval_episodes']} deterministic episodes)")
-        ax.set_title(f"{s['env']} from state, {s['demos']} demos (shaded: 95 % Wilson)", fontsize=9)
-        ax.legend(fontsize=7, loc="lower right")
-        ax.grid(alpha=0.3)
+        benchlib.style_success_axes(ax, STOP_LEVEL, max(s["cap"], s["target_steps"]),  # a --quick cap is below it
+                                    s["eval_episodes"], f"{s['env']} from state, {s['demos']} demos "
+                                    "(shaded: 95 % Wilson)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
