@@ -11,11 +11,16 @@ and the `--ablations` arms. Rollouts themselves are conservative_rollouts.py's. 
 `runs/bench-<time>/`; `--out-dir docs` updates the committed figures; a missed target exits 1.
 
 Setup. `configs/rlpd_cpu_pick_cube.yaml` with `env.dense_reward: false` (reward 1 on success, else 0: the mixers
-need rewards >= 0). `serl record-demos --keep 20 --noise 0.1` once (a digest of every array is kept: every run
-of a report uses the same ones). The baseline: `serl train-bc` on those demonstrations (BC seeds 0, 1, ... up to
+need rewards >= 0). `serl record-demos --keep 20 --noise 0.1` once (a digest of every array is kept: every run of a
+report uses the same ones). The baseline: `serl train-bc` on those demonstrations (BC seeds 0, 1, ... up to
 `baseline_tries`), its success and V^b measured from `baseline_rollouts` deterministic episodes on the fixed check
-states (reset seeds `check_seed + i`, shared by every check of every mode); the first in the band is kept, else
-the one nearest 50 %. Every run mixes with it (`mixing.baseline_run`; mode off ignores it).
+states (reset seeds `check_seed + i`, shared by every check of every mode); the first in the band is kept, else the
+one nearest 50 %. Every run mixes with it (`mixing.baseline_run`; mode off ignores it). With `demo_prior` (default)
+every mode's learner is also regularized toward that BC policy and starts from its weights (`agent.bc.enabled`,
+`agent.bc.prior_run` = the baseline, `agent.bc.init_actor_from_bc`; issue 17's demonstration regularization), with a
+target entropy near the prior's own (`PRIOR_ENTROPY_SCALE`): plain SAC + demos did not learn sparse pick-cube within
+30k env steps (off ended at 0-2 %), so there was nothing to hand over to; with the prior the learned policy starts
+at the baseline's level and improves.
 
 Runs. modes off / epsmix / stepmix x seeds, each `train.total_env_steps = steps` (30k), no evaluation during
 training and no early stop (every mode runs as long), alpha = 0.2, `mixing.baseline_episodes` = `mixer_warmup`,
@@ -82,8 +87,13 @@ ABLATION_WALL_TARGET_S = 3600.0
 SNAPSHOTS_PER_CHECK = 4
 ASSUMED_EPISODE_STEPS = 50
 """For `snapshot_every` only: with it a run holds about SNAPSHOTS_PER_CHECK snapshots per check."""
+PRIOR_ENTROPY_SCALE = 2.0
+"""agent.target_entropy_scale with the demo prior: a target entropy of -2|A|, about the BC policy's own (-13.6 nats
+for the 7-D action). With the config's -|A|/2 the temperature rose from 0.012 to 0.19 to widen the BC-initialized
+actor; with reward only on success the entropy term then outweighed it, and mode off, at 100 % training success by
+6.7k env steps, fell to 5 % by 14k while its entropy rose from -13.6 to -1.3 (2026-12-07, seed 0, not committed)."""
 MERGE_KEYS = ("config", "steps", "alpha", "mixer_warmup", "checks", "check_rollouts", "check_seed",
-              "final_eval_episodes", "demos_digest", "baseline_digest", "start_steps")
+              "final_eval_episodes", "demos_digest", "baseline_digest", "start_steps", "demo_prior")
 """Setup that must match for one invocation's runs to be kept beside another's."""
 
 
@@ -121,6 +131,8 @@ class BenchConfig:
     """Deterministic episodes of each run's final evaluation of the learned policy alone."""
     start_steps: int = 0
     """train.start_steps of every run; 0: the config's."""
+    demo_prior: bool = True
+    """Every mode's learner regularized toward, and initialized from, the baseline BC policy (agent.bc.*)."""
     ablations: bool = False
     """Run the ablation arms (oracle L on the main runs' snapshots, finite-kappa StepMix) instead of the main runs."""
     ablation_seeds: str = "0"
@@ -273,7 +285,7 @@ def canonical(setup: dict[str, Any]) -> bool:
     return (setup.get("steps") == c.steps and setup.get("alpha") == c.alpha and setup.get("checks") == c.checks
             and setup.get("check_rollouts", 0) >= 100 and setup.get("baseline_rollouts", 0) >= 100
             and setup.get("demos") == c.demos and setup.get("demo_noise") == c.demo_noise
-            and setup.get("config") == c.config)
+            and setup.get("config") == c.config and setup.get("demo_prior", False) == c.demo_prior)
 
 
 def targets_of(summary: dict[str, dict[str, Any]], setup: dict[str, Any], wall_s: float | None
@@ -286,7 +298,8 @@ def targets_of(summary: dict[str, dict[str, Any]], setup: dict[str, Any], wall_s
     complete = {m: m in summary and len(summary[m]["seeds"]) >= MIN_SEEDS for m in MODES}
     general = []
     if not canonical(setup):
-        general.append("not the canonical sizes (30k env steps, alpha 0.2, 20 demos, 12 checks, >= 100 rollouts)")
+        general.append("not the canonical sizes (30k env steps, alpha 0.2, 20 demos, 12 checks, >= 100 rollouts, "
+                       "the demo prior)")
     success_b = setup.get("baseline", {}).get("success")
     if success_b is None or not BAND[0] <= success_b <= BAND[1]:
         general.append(f"baseline success {success_b} outside the band {list(BAND)}: not a safe but clearly "
@@ -380,6 +393,9 @@ def run_sets(cfg: BenchConfig, mode: str, seed: int, baseline_dir: Path | str, d
             f"mixing.snapshot_every={snapshot_every}", f"mixing.baseline_run={baseline_dir}"]
     if demo_dir:
         sets.append(f"replay.demo_dir={demo_dir}")
+    if cfg.demo_prior:
+        sets += ["agent.bc.enabled=true", f"agent.bc.prior_run={baseline_dir}", "agent.bc.init_actor_from_bc=true",
+                 f"agent.target_entropy_scale={PRIOR_ENTROPY_SCALE}"]
     if cfg.start_steps:
         sets.append(f"train.start_steps={cfg.start_steps}")
     return sets
@@ -436,7 +452,8 @@ def setup_sizes(cfg: BenchConfig) -> dict[str, Any]:
             "demos": cfg.demos, "demo_noise": cfg.demo_noise, "checks": cfg.checks,
             "check_rollouts": cfg.check_rollouts, "check_seed": cfg.check_seed,
             "baseline_rollouts": cfg.baseline_rollouts, "final_eval_episodes": cfg.final_eval_episodes,
-            "start_steps": cfg.start_steps or base.train.start_steps, "discount": base.agent.discount}
+            "start_steps": cfg.start_steps or base.train.start_steps, "discount": base.agent.discount,
+            "demo_prior": cfg.demo_prior}
 
 
 # ------------------------------------------------------------------------------------------------ runs

@@ -183,6 +183,26 @@ def test_targets_need_three_seeds_and_the_canonical_sizes() -> None:
     targets, notes = cb.targets_of(summaries(), setup(steps=900), wall_s=100.0)
     assert not targets["epsmix_learned_share_last_10pct_gt_0.8"]
     assert "canonical" in notes["epsmix_learned_share_last_10pct_gt_0.8"]
+    targets, notes = cb.targets_of(summaries(), setup(demo_prior=False), wall_s=100.0)
+    assert not targets["epsmix_learned_share_last_10pct_gt_0.8"]
+    assert "the demo prior" in notes["epsmix_learned_share_last_10pct_gt_0.8"]
+
+
+def test_every_mode_learns_from_the_baseline_bc_policy_as_its_prior() -> None:
+    """With the demo prior every mode's run is regularized toward, and starts from, the baseline (the same BC
+    policy the mixers mix with); without it the runs are plain SAC + demos. Checked on the loaded config."""
+    from serl_stack.config import apply_overrides, load
+
+    cfg = cb.BenchConfig()
+    for mode in cb.MODES:
+        sets = cb.run_sets(cfg, mode, 1, "/base/bc", "/d", 10)
+        bc = apply_overrides(load(cb.ROOT / cfg.config), sets).agent.bc
+        loaded = apply_overrides(load(cb.ROOT / cfg.config), sets)
+        assert bc.enabled and bc.init_actor_from_bc and bc.prior_run == "/base/bc"
+        assert loaded.agent.target_entropy_scale == cb.PRIOR_ENTROPY_SCALE
+        assert "mixing.baseline_run=/base/bc" in sets
+    plain = cb.run_sets(cb.BenchConfig(demo_prior=False), "off", 1, "/base/bc", "/d", 10)
+    assert not apply_overrides(load(cb.ROOT / cfg.config), plain).agent.bc.enabled
 
 
 # ------------------------------------------------------------------------------------------- merge
