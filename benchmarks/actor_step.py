@@ -25,7 +25,7 @@ policy. Median, p99 and max per case, and the median of each stage. Writes `<out
 `actor_step.png` (default: a fresh `runs/bench-<time>/`), prints the JSON as one line, exits 1 when a target is
 missed.
 
-    .venv/bin/python benchmarks/actor_step.py [--quick] [--steps 10000] [--out-dir docs]
+    .venv/bin/python benchmarks/actor_step.py [--quick] [--steps 10000] [--rate-hz 100] [--out-dir docs]
 """
 
 from __future__ import annotations

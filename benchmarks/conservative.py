@@ -48,7 +48,7 @@ runs with `mixing.kappa = ablation_kappa` from the start). No target but `ablati
 under `runs/` (gitignored); progress goes to stderr.
 
     .venv/bin/python benchmarks/conservative.py [--quick] [--modes off,epsmix,stepmix] [--seeds 0,1,2]
-        [--ablations true] [--out-dir docs]
+        [--ablations true] [--demo-prior true] [--out-dir docs]
 """
 
 from __future__ import annotations
