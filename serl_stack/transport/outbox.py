@@ -161,7 +161,7 @@ class DurableOutbox:
             # contact when a previous actor run left entries in the spool. A chunk now, the rest a chunk per
             # flush / maintain call.
             self._new = []
-            if self.spool.next_seq() - 1 > self.durable_seq and len(self.spool):
+            if len(self.spool):  # acked up to durable_seq just above: whatever is left, the learner lacks
                 self.resends += 0 if first else 1
                 self._resend_after = self.durable_seq
                 self._resend_chunk()
