@@ -487,6 +487,10 @@ class BCConfig:
     """schedule: learner updates over which lambda falls linearly from `lambda_init` to 0."""
     init_actor_from_bc: bool = False
     """Start the actor from the prior's weights (needs the prior's hidden dims to equal `agent.hidden_dims`)."""
+    target_entropy: Literal["agent", "prior"] = "agent"
+    """SAC's target entropy. agent: -agent.target_entropy_scale * |A|. prior: the prior's own mean entropy at the
+    demonstrations' states (measured when the learner starts; needs replay.demo_dir), so the temperature does not
+    widen an actor started from the prior past it (docs/learner.md: the late collapse it prevents)."""
     critic_penalty: bool = False
     """Also subtract lambda * scale * KL at s' from the TD target's next-state value (BRAC's value penalty)."""
     q_normalize: bool = True
@@ -784,6 +788,19 @@ def _bc_init(s: BCConfig, p: str) -> str | None:
             "lambda_init: 0)")
 
 
+def _bc_entropy_data(c: Config, p: str) -> str | None:
+    bc = c.agent.bc
+    if bc.target_entropy != "prior":
+        return None
+    if not bc.enabled:
+        return ("agent.bc.target_entropy: got 'prior', expected 'agent' while agent.bc.enabled is false (the prior is "
+                "loaded only when enabled)")
+    if not c.replay.demo_dir:
+        return ("replay.demo_dir: got '', expected a folder of demonstrations while agent.bc.target_entropy is "
+                "'prior' (the prior's entropy is measured at the demonstrations' states)")
+    return None
+
+
 def _bc_dual_lambda(s: BCConfig, p: str) -> str | None:
     if s.lambda_mode != "dual" or s.lambda_init > 0:
         return None
@@ -939,6 +956,7 @@ RULES: tuple[Rule, ...] = (
     Rule("agent.bc.enabled needs agent.bc.prior_run", "agent.bc", _bc_prior),
     Rule("agent.bc.init_actor_from_bc needs agent.bc.enabled", "agent.bc", _bc_init),
     Rule("agent.bc.lambda_mode: dual needs agent.bc.lambda_init > 0", "agent.bc", _bc_dual_lambda),
+    Rule("agent.bc.target_entropy: prior needs agent.bc.enabled and replay.demo_dir", "", _bc_entropy_data),
     Rule("agent.bc.enabled needs a state-only agent (no agent.image_keys)", "agent", _bc_state_only),
     Rule("transport.params_port != transport.transitions_port", "transport", _ports),
     Rule("train.stop_at_success > 0 needs train.eval_every > 0", "train", _stop_needs_eval),

@@ -212,6 +212,10 @@ class Learner:
                        else f"lambda {bc.lambda_init:g} fading to 0 over {bc.schedule_updates} updates")
                 print(f"learner: the actor is regularized toward the BC prior in {bc.prior_run} ({how}); "
                       "learner/bc_lambda and learner/bc_kl in TensorBoard", flush=True)
+                if u.prior.entropy is not None and bc.target_entropy == "prior":
+                    print(f"learner: target entropy {u.prior.entropy:.2f} nats, the prior's at the demonstrations' "
+                          f"states (agent.bc.target_entropy: prior; -|A| x agent.target_entropy_scale would be "
+                          f"{-self.cfg.agent.target_entropy_scale * u.action_dim:.2f})", flush=True)
         if self.online:
             # The critic's own labels, given at the episode's end from the success flag the actor sends with
             # every transition under steering.online (so the log alone rebuilds them on a resume).

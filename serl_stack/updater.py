@@ -15,6 +15,7 @@ restored from a checkpoint continues bit for bit like one that was never stopped
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -108,7 +109,14 @@ class Updater:
         if policy.action_dim != self.action_dim:
             raise ConfigError(f"agent.bc.prior_run: {where} acts in {policy.action_dim} dimensions, expected this "
                               f"env's {self.action_dim}")
-        return BCPrior(policy.params, policy.hidden_dims, policy.std_floor)
+        prior = BCPrior(policy.params, policy.hidden_dims, policy.std_floor)
+        if self.cfg.agent.bc.target_entropy == "prior":
+            from serl_stack.agents.bc import prior_entropy
+
+            assert self.demos is not None  # config rule: target_entropy prior needs replay.demo_dir
+            entropy = prior_entropy(prior, self.demos.vectors(self.keys), seed=self.cfg.train.seed)
+            prior = dataclasses.replace(prior, entropy=entropy)
+        return prior
 
     def insert(
         self,

@@ -160,6 +160,10 @@ RULE_CASES: dict[str, tuple[str, list[str], list[str]]] = {
     "agent.bc.lambda_mode: dual needs agent.bc.lambda_init > 0": (
         "agent.bc.lambda_init", ["agent.bc.lambda_init=0"],
         ["agent.bc.lambda_init=0", "agent.bc.lambda_mode=schedule"]),
+    "agent.bc.target_entropy: prior needs agent.bc.enabled and replay.demo_dir": (
+        "replay.demo_dir", ["agent.bc.target_entropy=prior", "agent.bc.enabled=true", "agent.bc.prior_run=runs/bc"],
+        ["agent.bc.target_entropy=prior", "agent.bc.enabled=true", "agent.bc.prior_run=runs/bc",
+         "replay.demo_dir=demos"]),
     "agent.bc.enabled needs a state-only agent (no agent.image_keys)": (
         "agent.bc.enabled", ["agent.bc.enabled=true", "agent.bc.prior_run=runs/bc", "agent.image_keys=[images/front]"],
         ["agent.bc.enabled=true", "agent.bc.prior_run=runs/bc"]),

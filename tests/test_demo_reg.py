@@ -244,6 +244,56 @@ def test_bc_initialization_starts_the_actor_at_the_prior_under_the_agents_standa
                         prior=prior)
 
 
+# ------------------------------------------------------------------------------------------ the prior's entropy
+
+
+def tanh_gaussian_entropy(mean: float, std: float) -> float:
+    """Entropy (nats) of tanh(u), u ~ N(mean, std), by quadrature: H(u) + E[log(1 - tanh(u)^2)]."""
+    u = np.linspace(mean - 12 * std, mean + 12 * std, 200_001)
+    density = np.exp(-0.5 * ((u - mean) / std) ** 2) / (std * math.sqrt(2 * math.pi))
+    log_jacobian = 2 * (math.log(2) - u - np.logaddexp(0, -2 * u))  # log(1 - tanh(u)^2), stable
+    return 0.5 * math.log(2 * math.pi * math.e * std**2) + float(np.trapezoid(density * log_jacobian, u))
+
+
+@pytest.mark.parametrize(("mean", "std"), [([0.0, 0.0], [0.3, 0.3]), ([1.5, -0.5], [0.8, 0.1])])
+def test_prior_entropy_matches_the_tanh_gaussians_by_quadrature(mean: list[float], std: list[float]) -> None:
+    from serl_stack.agents.bc import prior_entropy
+
+    prior = constant_prior(mean, std)
+    states = np.random.default_rng(0).normal(size=(500, OBS_DIM)).astype(np.float32)
+    exact = sum(tanh_gaussian_entropy(m, s) for m, s in zip(mean, std, strict=True))
+    # 500 states x 16 draws of a constant prior: 8,000 samples, the estimate's std ~ 0.01 nats.
+    assert prior_entropy(prior, states, seed=1) == pytest.approx(exact, abs=0.05)
+    assert prior_entropy(prior, states, seed=1) == prior_entropy(prior, states, seed=1)  # a function of its inputs
+    with pytest.raises(ValueError, match=r"observations: got shape \(0, 5\), expected \(N >= 1, D\) finite"):
+        prior_entropy(prior, states[:0])
+
+
+def test_target_entropy_prior_holds_an_actor_started_from_the_prior_at_its_own_entropy() -> None:
+    """`agent.bc.target_entropy: prior` with `init_actor_from_bc`: SAC's target is the prior's entropy, which the
+    actor starts at, so the temperature has nothing to push it toward; the default keeps -scale * |A|."""
+    import dataclasses as dc
+
+    from serl_stack.agents.bc import prior_entropy
+
+    states = np.random.default_rng(0).normal(size=(256, OBS_DIM)).astype(np.float32)
+    prior = constant_prior([0.2, -0.4], [0.1, 0.2], hidden=(32, 32))
+    prior = dc.replace(prior, entropy=prior_entropy(prior, states))
+    cfg = with_bc(AgentConfig(hidden_dims=(32, 32), batch_size=256, target_entropy_scale=0.5),
+                  init_actor_from_bc=True, target_entropy="prior")
+    agent = SACAgent.create(0, OBS_DIM, ACTION_DIM, cfg, identity_norm(OBS_DIM), prior=prior)
+    assert agent.target_entropy == prior.entropy < -1.0  # the prior is much narrower than -|A|/2 = -1
+    b = batch(256, 0)
+    b["observations"] = states
+    _, info = agent.actor_step(b)
+    assert float(info["entropy"]) == pytest.approx(prior.entropy, abs=0.1)
+    default = SACAgent.create(0, OBS_DIM, ACTION_DIM, dc.replace(cfg, bc=dc.replace(cfg.bc, target_entropy="agent")),
+                              identity_norm(OBS_DIM), prior=prior)
+    assert default.target_entropy == -0.5 * ACTION_DIM
+    with pytest.raises(ValueError, match="agent.bc.target_entropy: got 'prior', expected a BCPrior with its entropy"):
+        SACAgent.create(0, OBS_DIM, ACTION_DIM, cfg, identity_norm(OBS_DIM), prior=dc.replace(prior, entropy=None))
+
+
 def test_a_prior_of_other_sizes_or_none_is_refused_by_name() -> None:
     cfg = with_bc(SMALL)
     with pytest.raises(ValueError, match="agent.bc.enabled: got true, expected a BCPrior"):
@@ -271,6 +321,11 @@ def test_a_prior_of_other_sizes_or_none_is_refused_by_name() -> None:
     (["agent.bc.schedule_updates=0"], "agent.bc.schedule_updates: got 0, expected a value >= 1"),
     (["agent.bc.lambda_lr=-1e-3"], "agent.bc.lambda_lr: got -0.001, expected a finite value > 0"),
     (["agent.bc.q_normalize=maybe"], "agent.bc.q_normalize: expected bool (true/false), got 'maybe'"),
+    (["agent.bc.target_entropy=bc"], "agent.bc.target_entropy: expected one of agent, prior, got 'bc'"),
+    (["agent.bc.target_entropy=prior"],
+     "agent.bc.target_entropy: got 'prior', expected 'agent' while agent.bc.enabled is false"),
+    (["agent.bc.target_entropy=prior", "agent.bc.enabled=true", "agent.bc.prior_run=p"],
+     "replay.demo_dir: got '', expected a folder of demonstrations while agent.bc.target_entropy is 'prior'"),
 ])
 def test_bad_bc_settings_name_the_field(overrides: list[str], message: str) -> None:
     with pytest.raises(ConfigError) as e:
@@ -327,6 +382,32 @@ def test_the_updater_loads_the_prior_and_reports_lambda_and_the_kl(tmp_path: Pat
     info = jax.device_get(updater.step())
     assert float(info["bc_lambda"]) == pytest.approx(1.0) and np.isfinite(info["bc_kl"])
     assert updater.agent.prior is not None
+
+
+def test_the_updater_measures_the_priors_entropy_at_the_demonstrations_for_the_target(tmp_path: Path) -> None:
+    from serl_stack.agents.bc import prior_entropy
+    from serl_stack.data.demos import Episode, replay_from_demos, save_episode
+    from serl_stack.updater import Updater
+
+    folder = fake_bc_folder(tmp_path, ["state/x"], OBS_DIM, ACTION_DIM)
+    rng = np.random.default_rng(0)
+    for _ in range(2):
+        episode = Episode({"state/x": rng.normal(2.0, 1.0, (11, OBS_DIM)).astype(np.float32)},
+                          rng.uniform(-1, 1, (10, ACTION_DIM)).astype(np.float32), np.zeros(10, np.float32),
+                          np.zeros(10, bool), np.eye(10, dtype=bool)[9])
+        save_episode(tmp_path / "demos", episode, env_id="X")
+    cfg = updater_config(str(folder))
+    bc = dataclasses.replace(cfg.agent.bc, target_entropy="prior")
+    cfg = dataclasses.replace(cfg, agent=dataclasses.replace(cfg.agent, bc=bc),
+                              replay=dataclasses.replace(cfg.replay, demo_dir=str(tmp_path / "demos")))
+    updater = Updater(cfg, {"state/x": np.zeros(OBS_DIM, np.float32)}, np.zeros(ACTION_DIM, np.float32))
+    demo_states = replay_from_demos(tmp_path / "demos").vectors(("state/x",))
+    assert updater.prior.entropy == prior_entropy(updater.prior, demo_states, seed=cfg.train.seed)
+    for _ in range(16):
+        updater.insert({"state/x": rng.normal(size=OBS_DIM).astype(np.float32)}, np.zeros(ACTION_DIM, np.float32),
+                       0.0, {"state/x": rng.normal(size=OBS_DIM).astype(np.float32)}, False, False)
+    updater.init_agent()
+    assert updater.agent.target_entropy == updater.prior.entropy
 
 
 def test_the_updater_refuses_a_prior_of_other_keys_or_a_missing_one_by_name(tmp_path: Path) -> None:

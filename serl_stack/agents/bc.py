@@ -46,6 +46,7 @@ from serl_stack.agents.networks import (
     normalize_obs,
     tanh_gaussian_log_prob,
     tanh_gaussian_mode,
+    tanh_gaussian_sample,
 )
 from serl_stack.config import AgentConfig, BCConfig
 
@@ -90,11 +91,13 @@ class BCSettings:
 @dataclass(frozen=True)
 class BCPrior:
     """A trained BC policy as SAC's prior: `params` = {"actor", "obs_norm"} (the inference pytree), the network's
-    `hidden_dims` and its `std_floor`."""
+    `hidden_dims`, its `std_floor` and, where measured (`prior_entropy`), its mean `entropy` at the demonstrations'
+    states: SAC's target entropy under `agent.bc.target_entropy: prior`."""
 
     params: Params
     hidden_dims: tuple[int, ...]
     std_floor: float
+    entropy: float | None = None
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,26 @@ def prior_log_prob(
     Differentiable in `actions` (the KL's pathwise gradient flows through it into the SAC actor)."""
     mean, log_std = prior_dist(params, observations, actions.shape[-1], hidden_dims, std_floor)
     return tanh_gaussian_log_prob(mean, log_std, actions)
+
+
+ENTROPY_STATES = 4096
+"""At most this many demonstration states (drawn evenly) for `prior_entropy`: ~0.1 s on a CPU."""
+
+
+def prior_entropy(prior: BCPrior, observations: np.ndarray, seed: int = 0, samples: int = 16) -> float:
+    """The prior's mean entropy (nats, whole action) at raw observations `(N, D)`: `-log pi_BC(a|s)` of
+    `samples` draws `a ~ pi_BC(.|s)` per state, averaged, the Monte-Carlo estimate SAC's temperature loss makes
+    of its own actor (`losses.actor_loss`'s "entropy"). A pure function of its inputs and `seed`."""
+    obs = np.asarray(observations, np.float32)
+    if obs.ndim != 2 or len(obs) == 0 or not np.all(np.isfinite(obs)):
+        raise ValueError(f"observations: got shape {obs.shape}, expected (N >= 1, D) finite values")
+    if len(obs) > ENTROPY_STATES:
+        obs = obs[np.linspace(0, len(obs) - 1, ENTROPY_STATES).astype(int)]
+    action_dim = int(np.shape(prior.params["actor"]["Dense_0"]["bias"])[0])
+    mean, log_std = prior_dist(prior.params, jnp.asarray(obs), action_dim, prior.hidden_dims, prior.std_floor)
+    keys = jax.random.split(jax.random.PRNGKey(seed), samples)
+    log_prob = jax.vmap(lambda k: tanh_gaussian_sample(mean, log_std, k)[1])(keys)
+    return float(-jnp.mean(log_prob))
 
 
 class Multiplier(nn.Module):

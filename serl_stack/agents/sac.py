@@ -70,6 +70,16 @@ def _check_config(cfg: AgentConfig, obs_dim: int, action_dim: int) -> None:
     check_section(cfg)
 
 
+def _target_entropy(cfg: AgentConfig, action_dim: int, prior: Any) -> float:
+    """-target_entropy_scale * |A|, or under `agent.bc.target_entropy: prior` the prior's measured entropy."""
+    if cfg.bc.enabled and cfg.bc.target_entropy == "prior":
+        if prior is None or prior.entropy is None:
+            raise ValueError("agent.bc.target_entropy: got 'prior', expected a BCPrior with its entropy measured "
+                             "(agents.bc.prior_entropy; the learner measures it at the demonstrations' states)")
+        return float(prior.entropy)
+    return -float(cfg.target_entropy_scale) * action_dim
+
+
 def _train_state(apply_fn: Any, params: Any, tx: optax.GradientTransformation) -> TrainState:
     # TrainState.create starts `step` as a Python int; after one step it is an int32 array, which would make
     # the jitted update trace a second time. Start it as the array it will become.
@@ -197,7 +207,7 @@ class SACAgent(struct.PyTreeNode):
             obs_norm=norm,
             discount=float(cfg.discount),
             tau=float(cfg.tau),
-            target_entropy=-float(cfg.target_entropy_scale) * action_dim,
+            target_entropy=_target_entropy(cfg, action_dim, prior),
             utd=int(cfg.utd),
             batch_size=int(cfg.batch_size),
             critic_subset=int(cfg.critic_subset),
