@@ -18,7 +18,6 @@ first, w >= 0) and the action semantics are the same (tests/test_bridge_e2e.py d
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from gymnasium import spaces
 from robot_bridge import make_backend
 from robot_bridge.backend import Backend, BackendError, BackendUnsupported
 from robot_bridge.operator_keys import ABORT, SUCCESS, OperatorKeys, operator_keys_if_terminal
-from robot_bridge.realtime import use_realtime
+from robot_bridge.realtime import use_realtime, wait_until
 from serl_stack.config import SERL_TASK_IDS, BridgeConfig, ConfigError, EnvConfig, check_section
 from serl_stack.envs.controller import quat_canonical, quat_error, quat_from_rotvec, quat_mul
 from serl_stack.envs.franka import CommandLimits, state_space
@@ -267,11 +266,7 @@ class RobotFrankaEnv(gym.Env):
     def _wait_period(self) -> None:
         """Sleep until this control period's deadline (the last millisecond spun for precision), then start the
         next; a step that overran restarts the schedule from now instead of bursting to catch up."""
-        now = self.backend.now()
-        if now < self._deadline - 0.0015:
-            time.sleep(self._deadline - 0.0015 - now)
-        while (now := self.backend.now()) < self._deadline:
-            time.sleep(0)  # spin, but let the DDS threads have the interpreter lock (else they wait up to 5 ms)
+        now = wait_until(self._deadline, self.backend.now)
         self.jitter.add(now - self._deadline)
         self._deadline = max(self._deadline + self.period, now)
 

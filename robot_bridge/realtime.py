@@ -5,12 +5,15 @@ Owns: `use_realtime(priority)`, which moves this process's calling thread, and e
 a learner training on the same machine cannot delay a control period or a state message by a time slice. Call it
 before the DDS participant exists: threads inherit the policy when they are created. 0 leaves scheduling alone.
 Needs root or CAP_SYS_NICE (on a robot PC: `@realtime - rtprio 99` in /etc/security/limits.conf, as the
-franka_ros2 set-up already asks for); a refusal is a `ConfigError` naming the field.
+franka_ros2 set-up already asks for); a refusal is a `ConfigError` naming the field. Also `wait_until`, how a
+control loop waits for its next period (the robot env, benchmarks/actor_step.py).
 """
 
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 
 from serl_stack.config import ConfigError
 
@@ -28,3 +31,23 @@ def use_realtime(priority: int) -> None:
     except AttributeError as e:  # not Linux
         raise ConfigError(f"bridge.realtime_priority: got {priority}, but this platform has no SCHED_FIFO; "
                           "expected 0") from e
+
+
+SPIN_S = 0.0015
+"""The last part of a control period that `wait_until` spins instead of sleeping: a sleep can wake up to ~1 ms
+late."""
+
+
+def wait_until(deadline: float, now: Callable[[], float] = time.monotonic, spin_s: float = SPIN_S,
+               slice_s: float = 0.0) -> float:
+    """Wait until `now() >= deadline` and return that time: sleep until `spin_s` before it, then spin (yielding the
+    GIL, so other threads such as DDS's receivers are not held up to the 5 ms switch interval). `slice_s` > 0
+    sleeps in slices of at most that long instead of one sleep: the core never goes idle for a whole period, and on
+    a machine whose idle cores are handed to other work (a VM) the control step's code and data stay in the caches
+    (benchmarks/actor_step.py measures both)."""
+    while (t := now()) < deadline - spin_s:
+        rest = deadline - spin_s - t
+        time.sleep(min(rest, slice_s) if slice_s > 0 else rest)
+    while (t := now()) < deadline:
+        time.sleep(0)
+    return t

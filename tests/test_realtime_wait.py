@@ -1,0 +1,53 @@
+"""`robot_bridge.realtime.wait_until`: how the control loop waits for its next period (on a fake clock, with the
+sleeps recorded instead of slept)."""
+
+from __future__ import annotations
+
+import pytest
+
+from robot_bridge import realtime
+
+
+class FakeClock:
+    """A clock that advances by what is slept, plus `tick` per reading (the time the loop itself takes)."""
+
+    def __init__(self, start: float, tick: float = 1e-5) -> None:
+        self.t, self.tick, self.sleeps = start, tick, []
+
+    def now(self) -> float:
+        self.t += self.tick
+        return self.t
+
+    def sleep(self, s: float) -> None:
+        self.sleeps.append(s)
+        self.t += s
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    c = FakeClock(100.0)
+    monkeypatch.setattr(realtime.time, "sleep", c.sleep)
+    return c
+
+
+def test_one_sleep_to_the_spin_window_then_yielding_spins_to_the_deadline(clock: FakeClock) -> None:
+    deadline = 100.010
+    end = realtime.wait_until(deadline, clock.now)
+    assert deadline <= end < deadline + 1e-4
+    long = [s for s in clock.sleeps if s > 0]
+    assert len(long) == 1 and long[0] == pytest.approx(0.010 - realtime.SPIN_S, abs=1e-4)
+    assert clock.sleeps[1:] and all(s == 0 for s in clock.sleeps[1:])  # the rest spun, yielding the GIL
+
+
+def test_slices_keep_every_sleep_short_and_end_at_the_same_time(clock: FakeClock) -> None:
+    deadline = 100.010
+    end = realtime.wait_until(deadline, clock.now, slice_s=0.0005)
+    assert deadline <= end < deadline + 1e-4
+    naps = [s for s in clock.sleeps if s > 0]
+    assert len(naps) >= 16 and max(naps) <= 0.0005  # 8.5 ms in naps of at most 0.5 ms
+    assert sum(naps) <= 0.010 - realtime.SPIN_S + 1e-9  # never past the spin window
+
+
+def test_a_deadline_already_passed_returns_at_once(clock: FakeClock) -> None:
+    end = realtime.wait_until(99.0, clock.now)
+    assert end > 99.0 and clock.sleeps == []
