@@ -186,28 +186,3 @@ def test_the_sac_policy_and_the_scripted_baselines_follow_the_policy_protocol() 
     # The scripted controller's deterministic action is its noise-free one.
     np.testing.assert_array_equal(scripted.act(obs, None, True), make_scripted(cfg.env)(obs))
     env.close()
-
-
-def test_broadcast_parameters_are_moved_to_the_device_once_and_act_as_given() -> None:
-    """Parameters arrive over the wire as host (numpy) arrays; the runner holds them as device arrays, so no step
-    copies every weight again, and acts exactly as with the arrays it was given."""
-    from flax import serialization
-
-    from serl_stack.agents.sac import SACAgent
-    from serl_stack.envs import make_env
-    from serl_stack.inference import PolicyRunner
-
-    cfg = Config()
-    env = make_env(cfg.env)
-    obs, _ = env.reset(seed=0)
-    runner = PolicyRunner(obs, 7, cfg.agent)
-    agent = SACAgent.create(0, runner.observe(obs).shape[-1], 7, cfg.agent)
-    host = jax.tree_util.tree_map(np.asarray, serialization.to_state_dict(agent.actor_params))
-    assert all(isinstance(x, np.ndarray) for x in jax.tree_util.tree_leaves(host))
-    runner.load(1, host)
-    leaves = jax.tree_util.tree_leaves(runner.params)
-    assert leaves and all(isinstance(x, jax.Array) for x in leaves)
-    key = jax.random.PRNGKey(5)
-    x = runner.observe(obs)
-    np.testing.assert_array_equal(runner.act_on(x, key), np.asarray(runner._policy(host, x, key, False)))
-    env.close()

@@ -115,7 +115,7 @@ def _fit(template: Any, params: Any, where: str) -> Any:
     if problems:
         more = f"; ... {len(problems) - 4} more" if len(problems) > 4 else ""
         raise ValueError(f"{where} do not fit the critic of the config: " + "; ".join(problems[:4]) + more)
-    return jax.device_put(serialization.from_state_dict(template, subset))  # on the device once, not every call
+    return serialization.from_state_dict(template, subset)
 
 
 class CriticScorer:
