@@ -15,7 +15,8 @@ Physics is left out: the observations come from a pool recorded from the real en
 MuJoCo), cycled through in episodes of `env.max_episode_steps`. No mixer or steering runs (mixing.mode off; the
 steering reranker's own latency is measured by benchmarks/steering.py). Timed steps are paced at `--rate-hz` (100
 Hz: the control loop waits for the robot between steps, and the learner gets the CPU in between; back to back, the
-actor would take a core the learner has on a real deployment, and its caches would stay warm). Three cases, each in
+actor would take a core the learner has on a real deployment, and its caches would stay warm), each period waited
+for as the robot env waits (`robot_bridge.realtime.wait_until`: a sleep, then the last 1.5 ms spun). Three cases, each in
 its own process: `state` (the SAC policy on state observations at normal scheduling, `bridge.realtime_priority` 0,
 the default; the target: p99 < 1 ms), `state_realtime` (the same at SCHED_FIFO `--priority`, as a robot PC runs the
 actor; reported) and `cameras` (two 128x128 cameras, front and wrist, in every observation and transition, the pixel
@@ -91,8 +92,9 @@ def run_case(name: str, overrides: list[str], steps: int, warmup: int, runs: Pat
              rate_hz: float) -> dict[str, Any]:
     """One case in its own (spawned) process: the learner is started before this process turns real-time, so it
     does not inherit the policy; JAX starts its threads afterwards, so they do. Timed steps start every
-    1 / `rate_hz` s (as `Actor.run` paces its control loop; 0: back to back)."""
-    from robot_bridge.realtime import use_realtime
+    1 / `rate_hz` s (0: back to back), waited for as the robot env waits for its next period
+    (`robot_bridge.realtime.wait_until`: a sleep, then the last 1.5 ms spun)."""
+    from robot_bridge.realtime import use_realtime, wait_until
     from serl_stack.actor import FLUSH_EVERY, Actor
     from serl_stack.config import load
     from serl_stack.inference import KeyStream, PolicyRunner
@@ -179,17 +181,14 @@ def run_case(name: str, overrides: list[str], steps: int, warmup: int, runs: Pat
         period = 1.0 / rate_hz if rate_hz > 0 else 0.0
         late = 0
         t_start = time.monotonic()
-        tick = time.perf_counter()
+        deadline = time.perf_counter()
         for i in range(warmup, warmup + steps):
             one_step(i, timed=True)
             if period:
-                tick += period
-                delay = tick - time.perf_counter()
-                if delay > 0:
-                    time.sleep(delay)
-                else:  # the step overran its period: start the next one now, as the control loop would
-                    late += 1
-                    tick = time.perf_counter()
+                deadline += period
+                late += time.perf_counter() > deadline
+                # As RobotFrankaEnv._wait_period: an overrun restarts the schedule from now, no burst to catch up.
+                deadline = max(deadline, wait_until(deadline, time.perf_counter))
         wall = time.monotonic() - t_start
         actor._poll(100)
         learner_alive = learner.poll() is None

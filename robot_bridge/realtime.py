@@ -38,16 +38,11 @@ SPIN_S = 0.0015
 late."""
 
 
-def wait_until(deadline: float, now: Callable[[], float] = time.monotonic, spin_s: float = SPIN_S,
-               slice_s: float = 0.0) -> float:
-    """Wait until `now() >= deadline` and return that time: sleep until `spin_s` before it, then spin (yielding the
-    GIL, so other threads such as DDS's receivers are not held up to the 5 ms switch interval). `slice_s` > 0
-    sleeps in slices of at most that long instead of one sleep: the core never goes idle for a whole period, and on
-    a machine whose idle cores are handed to other work (a VM) the control step's code and data stay in the caches
-    (benchmarks/actor_step.py measures both)."""
+def wait_until(deadline: float, now: Callable[[], float] = time.monotonic, spin_s: float = SPIN_S) -> float:
+    """Wait until `now() >= deadline` and return that time: sleep until `spin_s` before it, then spin, yielding the
+    GIL (so other threads, such as DDS's receivers, are not held up to the 5 ms switch interval)."""
     while (t := now()) < deadline - spin_s:
-        rest = deadline - spin_s - t
-        time.sleep(min(rest, slice_s) if slice_s > 0 else rest)
+        time.sleep(deadline - spin_s - t)
     while (t := now()) < deadline:
         time.sleep(0)
     return t
