@@ -264,8 +264,8 @@ class RobotFrankaEnv(gym.Env):
         return 0 if self._watchdog_thread is None else self._watchdog_thread.holds
 
     def _wait_period(self) -> None:
-        """Sleep until this control period's deadline (the last millisecond spun for precision), then start the
-        next; a step that overran restarts the schedule from now instead of bursting to catch up."""
+        """Wait until this control period's deadline (`wait_until`: the last `SPIN_S` spun for precision), then
+        start the next; a step that overran restarts the schedule from now instead of bursting to catch up."""
         now = wait_until(self._deadline, self.backend.now)
         self.jitter.add(now - self._deadline)
         self._deadline = max(self._deadline + self.period, now)
