@@ -75,3 +75,26 @@ def test_replay_vectors_compute_relative_entries_from_the_stored_keys() -> None:
         replay.insert(obs, np.zeros(2, np.float32), 0.0, obs, False, False)
     keys = ("task/goal_pos - state/tcp_pose",)
     np.testing.assert_allclose(replay.vectors(keys), np.ones((3, 3)), rtol=1e-6)
+
+
+def test_fine_offset_entry_resolves_millimetres_near_zero_and_saturates_far_away() -> None:
+    flat = flatten_keys(OBS)  # goal (1, 2, 3), tcp position (0, 1, 2)
+    keys = vector_keys(flat, ("tanh((task/goal_pos - state/tcp_pose) / 0.005)", "task/goal_pos - state/tcp_pose"))
+    assert keys[0].startswith("tanh") and vector_dim(flat, keys) == 6  # sorted: the fine offset first
+    assert source_keys(keys) == ("task/goal_pos", "state/tcp_pose")
+    near = dict(flat, **{"task/goal_pos": flat["state/tcp_pose"][:3] + np.array([0.001, -0.002, 0.0], np.float32)})
+    vec = to_vector(near, keys)
+    np.testing.assert_allclose(vec[:3], np.tanh(np.array([0.2, -0.4, 0.0])), atol=1e-5)  # 1 mm -> 0.2, not 0.001
+    np.testing.assert_allclose(vec[3:], [0.001, -0.002, 0.0], atol=1e-6)  # the plain offset beside it
+    np.testing.assert_allclose(to_vector(flat, keys)[:3], [1.0, 1.0, 1.0], atol=1e-6)  # 1 m away: saturated
+    batched = {k: np.stack([v, v]) for k, v in near.items()}
+    np.testing.assert_allclose(to_vector(batched, keys, batch_dims=1), np.stack([vec, vec]), rtol=1e-6)
+
+
+@pytest.mark.parametrize("entry", ["tanh((task/goal_pos - state/tcp_pose) / 0)",
+                                   "tanh((task/goal_pos - state/tcp_pose) / -0.01)",
+                                   "tanh((task/goal_pos - state/tcp_pose) / 5mm)",
+                                   "tanh((task/goal_pos) / 0.005)"])
+def test_fine_offset_entry_names_a_bad_scale_or_a_missing_offset(entry: str) -> None:
+    with pytest.raises(KeyError, match=r"is not a fine offset; expected 'tanh\(\(A - B\) / S\)'"):
+        vector_keys(flatten_keys(OBS), (entry,))

@@ -6,11 +6,17 @@ Images (anything under `images/`) are kept apart for the image encoders. An `age
 *relative position*) adds `A[:3] - B[:3]`, the offset between the positions of two poses (every pose here starts with
 its position: `state/tcp_pose`, `task/object_pose`, `task/peg_pose`, `task/hole_pos`), e.g.
 `"task/object_pose - state/tcp_pose"`: the network gets the offset it acts on directly instead of having to subtract
-two separately normalized features to centimetre precision.
+two separately normalized features to centimetre precision. An entry `"tanh((A - B) / S)"` (a *fine offset*) adds
+`tanh((A[:3] - B[:3]) / S)` with S a length in metres: linear within a few S of zero and saturated beyond, so after
+normalization a millimetre near the target still moves the input by a visible amount (a plain offset spread over
+decimetres moves it by about 1/100 of its scale), e.g. `"tanh((task/peg_pose - task/hole_pos) / 0.005)"` for a hole
+with 1 mm of play.
 """
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,6 +26,8 @@ SEP = "/"
 IMAGE_PREFIX = "images" + SEP
 RELATIVE = " - "
 """Separator of a relative-position entry `"A - B"` in `agent.obs_keys`."""
+_FINE = re.compile(r"^tanh\(\((?P<rel>.+)\) / (?P<scale>[^()]+)\)$")
+"""A fine-offset entry `"tanh((A - B) / S)"`."""
 
 
 def flatten_keys(obs: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
@@ -47,11 +55,30 @@ def unflatten_keys(flat: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def relative_parts(key: str) -> tuple[str, str] | None:
-    """`("A", "B")` for a relative-position entry `"A - B"`, else None."""
+    """`("A", "B")` for a relative-position entry `"A - B"` or a fine offset `"tanh((A - B) / S)"`, else None."""
+    fine = _FINE.match(key.strip())
+    if fine is not None:
+        key = fine["rel"]
     if RELATIVE not in key:
         return None
     a, b = key.split(RELATIVE, 1)
     return a.strip(), b.strip()
+
+
+def fine_scale(key: str) -> float | None:
+    """S (metres) of a fine-offset entry `"tanh((A - B) / S)"`, None for any other entry; a KeyError naming the
+    entry when S is not a positive number."""
+    fine = _FINE.match(key.strip())
+    if fine is None:
+        return None
+    try:
+        scale = float(fine["scale"])
+    except ValueError:
+        scale = math.nan
+    if not (math.isfinite(scale) and scale > 0) or RELATIVE not in fine["rel"]:
+        raise KeyError(f"agent.obs_keys: '{key}' is not a fine offset; expected 'tanh((A - B) / S)' with two pose keys "
+                       "A and B and S a length in metres > 0, e.g. 'tanh((task/peg_pose - task/hole_pos) / 0.005)'")
+    return scale
 
 
 def source_keys(keys: tuple[str, ...]) -> tuple[str, ...]:
@@ -73,6 +100,8 @@ def vector_keys(flat: Mapping[str, Any], selected: tuple[str, ...] = ()) -> tupl
     available = sorted(k for k in flat if not k.startswith(IMAGE_PREFIX))
     if not selected:
         return tuple(available)
+    for k in selected:
+        fine_scale(k)
     missing = [k for k in source_keys(selected) if k not in available]
     if missing:
         raise KeyError(f"agent.obs_keys: {missing} not in the observation; expected some of {available}")
@@ -93,7 +122,9 @@ def to_vector(flat: Mapping[str, Any], keys: tuple[str, ...], batch_dims: int = 
             a, b = (np.asarray(flat[p], dtype=np.float32) for p in rel)
             a = a.reshape(a.shape[:batch_dims] + (-1,))
             b = b.reshape(b.shape[:batch_dims] + (-1,))
-            parts.append(a[..., :3] - b[..., :3])
+            offset = a[..., :3] - b[..., :3]
+            scale = fine_scale(k)
+            parts.append(offset if scale is None else np.tanh(offset / np.float32(scale)))
             continue
         if k not in flat:
             raise KeyError(f"observation is missing '{k}' (expected keys: {', '.join(keys)})")
