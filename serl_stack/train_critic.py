@@ -43,10 +43,12 @@ CRITIC_OPTIONS = (
                          "one to train further)"),
     ("batch-size", int, "transitions per update (default 256)"),
     ("log-every", int, "updates per jitted chunk and progress line (default 500)"),
+    ("tau", float, "Polyak rate of the target critics (default 0.005, V-GPS's for 1M updates; a budget of a few "
+                   "thousand updates learns faster with a faster target, e.g. 0.02: docs/steering.md)"),
 )
 """`serl train-critic`'s `CalQLConfig` options (dashes for underscores) and their help, defaults stated as text:
 the parser must not import JAX (tests/test_train_critic.py checks the text against `CalQLConfig`)."""
-SETTINGS = ("hidden_dims", "num_updates", "batch_size", "log_every")
+SETTINGS = ("hidden_dims", "num_updates", "batch_size", "log_every", "tau")
 """The `CalQLConfig` fields the command sets (`--hidden-dims` and `CRITIC_OPTIONS`); the rest are its defaults."""
 
 

@@ -109,6 +109,19 @@ def _leaves_equal(a: object, b: object) -> bool:
     return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
 
 
+def test_tau_sets_the_target_critics_polyak_rate(data: tuple[Path, Path], uninterrupted: Path,
+                                               tmp_path: Path) -> None:
+    """`--tau 1` copies the critic into its target after every update; the default (0.005) keeps them apart."""
+    out = tmp_path / "tau1"
+    assert _train(out, data, "--num-updates", "40", "--checkpoint-every", "20", "--tau", "1") == 0
+    assert json.loads((out / "critic.json").read_text())["calql"]["tau"] == 1.0
+    state = _state(out)
+    assert _leaves_equal(state.critic.params, state.target_critic.params)
+    default = _state(uninterrupted)
+    assert json.loads((uninterrupted / "critic.json").read_text())["calql"]["tau"] == 0.005
+    assert not _leaves_equal(default.critic.params, default.target_critic.params)
+
+
 # ------------------------------------------------------------------------------------------ the folder
 
 
@@ -221,6 +234,7 @@ def test_bad_input_is_refused_naming_the_option(data: tuple[Path, Path], tmp_pat
     assert "expected actions in [-1, 1]" in err("--episodes", str(data[0]), "--episodes", str(big))
     assert "--batch-size: got 0, expected >= 1" in err(*both, "--batch-size", "0")
     assert "--checkpoint-every: got 0, expected >= 1" in err(*both, "--checkpoint-every", "0")
+    assert "--tau: got 0.0, expected in (0, 1]" in err(*both, "--tau", "0")
     assert "agent.image_keys: got ['images/front'], expected []" in err(*both, "--set",
                                                                        "agent.image_keys=[images/front]")
 
