@@ -15,6 +15,7 @@ with 1 mm of play.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Mapping
@@ -54,6 +55,7 @@ def unflatten_keys(flat: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+@functools.lru_cache(maxsize=256)  # called per key on every control step (to_vector): parse each entry once
 def relative_parts(key: str) -> tuple[str, str] | None:
     """`("A", "B")` for a relative-position entry `"A - B"` or a fine offset `"tanh((A - B) / S)"`, else None."""
     fine = _FINE.match(key.strip())
@@ -65,6 +67,7 @@ def relative_parts(key: str) -> tuple[str, str] | None:
     return a.strip(), b.strip()
 
 
+@functools.lru_cache(maxsize=256)
 def fine_scale(key: str) -> float | None:
     """S (metres) of a fine-offset entry `"tanh((A - B) / S)"`, None for any other entry; a KeyError naming the
     entry when S is not a positive number."""
