@@ -57,6 +57,13 @@ def test_parse_ks_sorts_and_refuses_nonsense() -> None:
             sb.parse_ks(bad)
 
 
+@pytest.mark.parametrize("tau", ["0", "-0.1", "1.5"])
+def test_a_critic_tau_outside_0_1_is_refused_before_anything_runs(tau: str, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match=r"--critic-tau: got .*, expected in \(0, 1\]"):
+        sb.main(["--critic-tau", tau, "--out-dir", str(tmp_path), "--runs-dir", str(tmp_path / "runs")])
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "steering.json").exists()
+
+
 @pytest.mark.parametrize("task", sorted(sb.TASK_CONFIGS))
 def test_the_online_runs_settings_load_on_every_task_config(task: str, tmp_path: Path) -> None:
     """The online arm's `serl train` settings pass the config rules on each task's config (rlpd_cpu_peg_insert's
