@@ -63,7 +63,7 @@ CASES: dict[str, tuple[list[str], bool]] = {
 sets it on a robot PC; the learner always runs at normal priority)."""
 
 
-def start_learner(run_dir: Path, overrides: list[str], warmup: int) -> subprocess.Popen:
+def start_learner(run_dir: Path, overrides: list[str], warmup: int, env: dict[str, str]) -> subprocess.Popen:
     from serl_stack.orchestrate import free_port
 
     sets = [f"transport.transitions_port={free_port('127.0.0.1')}", f"transport.params_port={free_port('127.0.0.1')}",
@@ -72,7 +72,7 @@ def start_learner(run_dir: Path, overrides: list[str], warmup: int) -> subproces
     cmd = benchlib.serl("learner", "--config", "configs/sim_reach.yaml", "--run-dir", str(run_dir),
                         *[x for s in sets for x in ("--set", s)])
     log = open(run_dir.parent / f"{run_dir.name}.learner.log", "w")  # noqa: SIM115 -- closed with the process
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=os.environ.copy())
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
 
 
 def record_pool(env: Any, n: int, seed: int) -> list[dict[str, Any]]:
@@ -93,17 +93,24 @@ def run_case(name: str, overrides: list[str], steps: int, warmup: int, runs: Pat
     """One case in its own (spawned) process: the learner is started before this process turns real-time, so it
     does not inherit the policy; JAX starts its threads afterwards, so they do. Timed steps start every
     1 / `rate_hz` s (0: back to back), waited for as the robot env waits for its next period
-    (`robot_bridge.realtime.wait_until`: a sleep, then the last 1.5 ms spun)."""
+    (`robot_bridge.realtime.wait_until`: a sleep, then the last 1.5 ms spun). XLA's threads are limited to
+    `train.actor_threads` before JAX loads, as `serl actor` limits them (default 1: no Eigen thread pool, whose
+    hand-offs to pool threads a busy machine delays)."""
+    from serl_stack.cli import set_thread_env
+    from serl_stack.config import load
+
+    learner_env = os.environ.copy()  # the learner keeps its own thread settings (train.learner_threads)
+    actor_threads = load(ROOT / "configs" / "sim_reach.yaml", overrides).train.actor_threads
+    set_thread_env(actor_threads)
     from robot_bridge.realtime import use_realtime, wait_until
     from serl_stack.actor import FLUSH_EVERY, Actor
-    from serl_stack.config import load
     from serl_stack.inference import KeyStream, PolicyRunner
     from serl_stack.transport.outbox import DurableOutbox
     from serl_stack.transport.protocol import make_spec
 
     run_dir = runs / name
     run_dir.mkdir(parents=True)
-    learner = start_learner(run_dir, overrides, warmup)
+    learner = start_learner(run_dir, overrides, warmup, learner_env)
     learner_log = run_dir.parent / f"{name}.learner.log"
     use_realtime(priority)
     actor: Actor | None = None
@@ -220,6 +227,7 @@ def run_case(name: str, overrides: list[str], steps: int, warmup: int, runs: Pat
         "wall_s": round(wall, 1),
         "overrides": overrides,
         "actor_sched_fifo_priority": priority,
+        "actor_threads": actor_threads,
         "_samples_ms": ms,
     }
 
