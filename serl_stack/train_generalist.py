@@ -60,7 +60,7 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 """The repository's configs folder (the default `--config-dir`)."""
 DEFAULT_EPISODES = 400
 DEFAULT_NOISE = 0.1
-DEFAULT_FAIL_FRACTIONS = {"reach": 0.15, "pick_cube": 0.3, "peg_insert": 0.1}
+DEFAULT_FAIL_FRACTIONS = {"reach": 0.15, "pick_cube": 0.3, "peg_insert": 0.3}
 """Per task, the share of degraded episodes when `--fail-fraction` is not given."""
 DEFAULT_CHUNK = 2
 DEFAULT_EVAL_EPISODES = 50
