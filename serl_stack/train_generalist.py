@@ -60,13 +60,19 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 """The repository's configs folder (the default `--config-dir`)."""
 DEFAULT_EPISODES = 400
 DEFAULT_NOISE = 0.1
-DEFAULT_FAIL_FRACTIONS = {"reach": 0.15, "pick_cube": 0.3, "peg_insert": 0.3}
+DEFAULT_FAIL_FRACTIONS = {"reach": 0.15, "pick_cube": 0.3, "peg_insert": 0.55}
 """Per task, the share of degraded episodes when `--fail-fraction` is not given."""
 DEFAULT_CHUNK = 2
 DEFAULT_EVAL_EPISODES = 50
 WRONG_TARGET_M = (0.03, 0.06)
 """The `wrong_target` degradation: the script aims at its target shifted this far (m), horizontally, in a random
 direction fixed for the episode: it goes, confidently, to the wrong place."""
+BIASED_TARGET_M = (0.0, 0.04)
+"""The `biased_target` degradation: the script aims at its target shifted by this (x, y) offset (m), the same in
+every episode: a systematic error (data recorded with a miscalibrated camera, say) that the policy learns as a mode
+of its own, confidently wrong. When it is the larger share of a task's data, the policy's most likely action is the
+wrong one, so keeping the mode (a likelihood reranker) does not fix it, while a critic that has seen the outcomes
+can."""
 EARLY_CLOSE_M = (0.01, 0.03)
 """The `early_close` degradation (pick-cube): the gripper closes once the TCP is within this distance (m, uniform
 per episode) of the cube horizontally, still above it, and never opens again: it grasps air and hovers there."""
@@ -80,7 +86,7 @@ stopping after 10 still steps and 20 % after 5 (400 episodes)."""
 TARGETS = {"reach": "goal_pos", "pick_cube": "object_pose", "peg_insert": "hole_pos"}
 """The `task/` observation whose position (first 3 entries) a `wrong_target` script misperceives."""
 DEGRADATIONS = {"reach": ("wrong_target",), "pick_cube": ("wrong_target", "early_close"),
-                "peg_insert": ("wrong_target",)}
+                "peg_insert": ("biased_target",)}
 """The ways each task's script is degraded (one drawn uniformly per degraded episode). Failures with a cause, not
 more noise: a third kind, five times the action noise for a whole episode, made the policy's samples jump (the
 peg thrown out of the hole it had nearly found, the TCP sent off from 2 cm before the goal), and its samples
@@ -100,8 +106,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"std of the scripts' Gaussian action noise (default {DEFAULT_NOISE})")
     defaults = ", ".join(f"{t} {f:g}" for t, f in DEFAULT_FAIL_FRACTIONS.items())
     parser.add_argument("--fail-fraction", type=float, default=None,
-                        help="share of the episodes whose script is degraded: wrong target, gripper closed too early "
-                             f"(pick-cube); one value for every task (default per task: {defaults})")
+                        help="share of the episodes whose script is degraded: wrong target (reach, pick-cube), gripper "
+                             "closed too early (pick-cube), the same biased target every time (peg-insert); one value "
+                             f"for every task (default per task: {defaults})")
     parser.add_argument("--chunk", type=int, default=DEFAULT_CHUNK,
                         help=f"actions per chunk, H (default {DEFAULT_CHUNK})")
     parser.add_argument("--steps", type=int, default=None,
@@ -144,6 +151,8 @@ class DegradedScript:
         self.task, self.mode = task, mode
         self.script = make_scripted(env_cfg, noise, rng)
         self.offset = np.zeros(3)
+        if mode == "biased_target":
+            self.offset[:2] = BIASED_TARGET_M
         if mode == "wrong_target":
             angle, radius = rng.uniform(0, 2 * np.pi), rng.uniform(*WRONG_TARGET_M)
             self.offset[:2] = radius * np.cos(angle), radius * np.sin(angle)
@@ -154,7 +163,7 @@ class DegradedScript:
         import numpy as np
 
         seen = obs
-        if self.mode == "wrong_target":
+        if self.mode in ("wrong_target", "biased_target"):
             key = TARGETS[self.task]
             target = np.array(obs["task"][key], np.float64)
             target[:3] += self.offset
@@ -404,7 +413,7 @@ def train_generalist(args: argparse.Namespace) -> int:
         "recording": {"episodes_per_task": args.episodes_per_task, "noise": args.noise,
                       "fail_fraction": fail, "seed": args.seed,
                       "degradations": {t: list(DEGRADATIONS[t]) for t in tasks},
-                      "wrong_target_m": list(WRONG_TARGET_M),
+                      "wrong_target_m": list(WRONG_TARGET_M), "biased_target_m": list(BIASED_TARGET_M),
                       "early_close_m": list(EARLY_CLOSE_M)},
         "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(settings).items()},
         "kept_step": result.kept_step, "val_loss": result.val_loss, "best_val_step": result.best_val_step,

@@ -40,6 +40,7 @@ from serl_stack.steering.generalist import (
     task_of_env,
 )
 from serl_stack.train_generalist import (
+    BIASED_TARGET_M,
     DegradedScript,
     add_arguments,
     save_generalist,
@@ -320,6 +321,18 @@ def test_a_wrong_target_script_confidently_reaches_the_wrong_place() -> None:
     success, info, script = run_episode("reach", "sim_reach.yaml", "wrong_target", 3)
     assert not success and 0.03 <= np.linalg.norm(script.offset) <= 0.06
     assert abs(info["distance"] - np.linalg.norm(script.offset)) < 0.01  # it sits where it thought the goal was
+
+
+def test_a_biased_target_script_misses_by_the_same_offset_in_every_episode() -> None:
+    offsets, misses = [], []
+    for seed in (5, 6):
+        success, info, script = run_episode("peg_insert", "rlpd_cpu_peg_insert.yaml", "biased_target", seed)
+        assert not success
+        offsets.append(script.offset.copy())
+        misses.append(info["xy_error"])
+    assert np.array_equal(offsets[0], offsets[1]) and np.allclose(offsets[0][:2], BIASED_TARGET_M)
+    # it pressed down where it thought the hole was: the bias away from the hole's axis, not somewhere else
+    assert all(abs(m - np.linalg.norm(BIASED_TARGET_M)) < 0.01 for m in misses), misses
 
 
 def test_a_gripper_closed_too_early_never_holds_the_cube() -> None:
