@@ -95,8 +95,8 @@ class BenchConfig:
     peg-insert stand-in with a biased mode (one critic, 400 rollouts, 50 episodes at K = 32; exploration) V-GPS
     succeeded in 50 % after 4,000 updates, 68 % after 8,000 (base 32 %, an oracle chooser 94 %)."""
     critic_tau: float = 0.02
-    """`serl train-critic --tau` of the offline critics. 0.02, not V-GPS's 0.005 (sized for 1M updates): at this
-    budget of 4,000 updates 0.005 had not learned reach's ranking (docs/steering.md)."""
+    """`serl train-critic --tau` of the offline critics. 0.02, not V-GPS's 0.005 (sized for 1M updates): at the
+    former budget of 4,000 updates 0.005 had not learned reach's ranking (docs/steering.md)."""
     online_steps: int = 5000
     online_target_k: int = 0
     """`steering.target_k` of the online runs: base samples at s' in the critic's TD target (0: `--control-k`)."""

@@ -86,7 +86,8 @@ to sit or press wherever it was a few millimetres off: in an earlier configurati
 "large noise" degradation, 30 evaluation episodes) peg-insert's samples succeeded in 3 % without stopping, 13 %
 stopping after 10 still steps and 20 % after 5 (400 episodes)."""
 TARGETS = {"reach": "goal_pos", "pick_cube": "object_pose", "peg_insert": "hole_pos"}
-"""The `task/` observation whose position (first 3 entries) a `wrong_target` script misperceives."""
+"""The `task/` observation whose position (first 3 entries) a `wrong_target` or `biased_target` script
+misperceives."""
 DEGRADATIONS = {"reach": ("wrong_target",), "pick_cube": ("wrong_target", "early_close"),
                 "peg_insert": ("biased_target",)}
 """The ways each task's script is degraded (one drawn uniformly per degraded episode). Failures with a cause, not
