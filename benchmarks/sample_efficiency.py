@@ -9,10 +9,12 @@ the list of what still differs from ours) is `sbx_baseline.py`. `--out-dir` defa
 `--out-dir docs` updates the committed figures; a missed target exits 1.
 
 Tasks (everything about a learner comes from the task's serl config; the benchmark only sets the run's seed,
-length, evaluation schedule, stop rule and demonstrations with `--set`):
+length, evaluation schedule, stop rule and demonstrations with `--set`, and for a task with `bc_prior` ours' prior):
 
-- pick_cube: `configs/rlpd_cpu_pick_cube.yaml`; target 90 % within 15,000 env steps (median of the seeds), and
-  no seed above 20,000. Cap 30,000.
+- pick_cube: `configs/rlpd_cpu_pick_cube.yaml` with a BC prior for ours (`Task.bc_prior`: `serl train-bc` on the
+  run's demonstrations, then `agent.bc.enabled`, `agent.bc.init_actor_from_bc` and `agent.bc.prior_run`; issue 17's
+  demonstration regularization, whose benchmark measured it beside SAC + demos alone); target 90 % within 15,000
+  env steps (median of the seeds), and no seed above 20,000. Cap 30,000.
 - peg_insert: `configs/rlpd_cpu_peg_insert.yaml`; target 90 % within 20,000 env steps (median). Cap 40,000.
 
 Per task, one `serl record-demos --keep <demos> --noise <demo-noise>` (successful scripted episodes only) feeds
@@ -99,7 +101,10 @@ CAP_FACTOR = 2
 MIN_SEEDS = 3
 RUN_WALL_TARGET_S = 600.0
 ALL_RUNS_WALL_TARGET_S = 5400.0
-MERGE_KEYS = ("config_digest", "cap", "eval_every", "eval_episodes", "demos", "demo_noise")
+BC_PRIOR_SETS = ("agent.bc.enabled=true", "agent.bc.init_actor_from_bc=true")
+"""With `agent.bc.prior_run=<the run's prior>`: what `Task.bc_prior` adds to ours' overrides (the rest of
+`agent.bc.*` stays at the config's values: dual lambda toward the KL target, Q normalized)."""
+MERGE_KEYS = ("config_digest", "cap", "eval_every", "eval_episodes", "demos", "demo_noise", "bc_prior")
 """Task settings that must match for one learner's results to be kept beside another's."""
 RAW_LEARNER_KEYS = ("runs", "demos_digest", "machine", "date", "versions")
 """What a learner's entry holds that is measured, not derived (the rest is recomputed on every write)."""
@@ -113,10 +118,14 @@ class Task:
     """Ours: 90 % within this many env steps, median of the seeds."""
     every_seed_max: int | None = None
     """Ours: additionally no seed above this many env steps (None: no such target)."""
+    bc_prior: bool = False
+    """Ours: before each run, `serl train-bc` on the run's demonstrations (its seed, the defaults), and the run's
+    actor regularized toward that prior and started from its weights (`BC_PRIOR_SETS`: issue 17's demonstration
+    regularization). The prior's training counts in the run's wall-clock. SBX has no counterpart (`differences`)."""
 
 
 TASKS = {
-    "pick_cube": Task("configs/rlpd_cpu_pick_cube.yaml", 15_000, 20_000),
+    "pick_cube": Task("configs/rlpd_cpu_pick_cube.yaml", 15_000, 20_000, bc_prior=True),
     "peg_insert": Task("configs/rlpd_cpu_peg_insert.yaml", 20_000),
 }
 
@@ -263,13 +272,32 @@ def cap_of(cfg: BenchConfig, task: str) -> int:
     return cfg.cap_steps or CAP_FACTOR * TASKS[task].target_steps
 
 
+def ours_overrides(cfg: BenchConfig, task: str, seed: int, demo_dir: Path, prior: Path | None) -> list[str]:
+    """`run_overrides`, plus `BC_PRIOR_SETS` and the prior's folder when the task has `bc_prior`."""
+    sets = run_overrides(cfg, task, seed, demo_dir)
+    if TASKS[task].bc_prior:
+        if prior is None:
+            raise ValueError(f"task {task}: bc_prior is set, expected the run's `serl train-bc` folder")
+        sets += [*BC_PRIOR_SETS, f"agent.bc.prior_run={prior}"]
+    return sets
+
+
+def train_prior(task: str, seed: int, out: Path, demo_dir: Path) -> float:
+    """`serl train-bc` on the run's demonstrations into `out` (no evaluation episodes); its wall-clock seconds."""
+    cmd = benchlib.serl("train-bc", "--config", TASKS[task].config, "--demos", str(demo_dir), "--out", str(out),
+                        "--seed", str(seed), "--episodes", "0")
+    return benchlib.run_logged(cmd, out.parent / f"{out.name}.train-bc.log", f"serl train-bc ({out.name})")
+
+
 def run_ours(cfg: BenchConfig, task: str, seed: int, run_dir: Path, demo_dir: Path) -> dict[str, Any]:
     from serl_stack.runlog import evaluations, event_files, read_scalars
 
-    sets = [x for s in run_overrides(cfg, task, seed, demo_dir) for x in ("--set", s)]
-    wall = benchlib.run_logged(benchlib.serl("train", "--config", TASKS[task].config, "--run-dir", str(run_dir),
-                                             *sets),
-                               run_dir.parent / f"{run_dir.name}.serl-train.log", f"serl train ({run_dir.name})")
+    prior = run_dir.parent / f"{run_dir.name}-bc-prior" if TASKS[task].bc_prior else None
+    prior_s = train_prior(task, seed, prior, demo_dir) if prior is not None else 0.0
+    sets = [x for s in ours_overrides(cfg, task, seed, demo_dir, prior) for x in ("--set", s)]
+    wall = prior_s + benchlib.run_logged(
+        benchlib.serl("train", "--config", TASKS[task].config, "--run-dir", str(run_dir), *sets),
+        run_dir.parent / f"{run_dir.name}.serl-train.log", f"serl train ({run_dir.name})")
     evals = evaluations(run_dir)
     final = json.loads((run_dir / "eval.json").read_text())
     ups = [v for f in event_files(run_dir) for tag, _, v in read_scalars(f) if tag == "learner/updates_per_s"]
@@ -278,7 +306,7 @@ def run_ours(cfg: BenchConfig, task: str, seed: int, run_dir: Path, demo_dir: Pa
             "eval_success": [float(v) for v in evals["success_rate"][:-1]], "eval_episodes": cfg.eval_episodes,
             "env_steps": int(final["env_steps"]), "wall_s": round(wall, 1),
             "updates_per_s": float(np.median(ups)) if ups else None, "final_success": final.get("success_rate"),
-            "run_dir": str(run_dir)}
+            "bc_prior_s": round(prior_s, 1) if prior is not None else None, "run_dir": str(run_dir)}
 
 
 def run_sbx(cfg: BenchConfig, task: str, seed: int, demo_dir: Path) -> dict[str, Any]:
@@ -309,7 +337,11 @@ def task_settings(cfg: BenchConfig, task: str) -> dict[str, Any]:
                                               "utd", "batch_size", "actor_lr", "critic_lr", "temp_lr", "discount",
                                               "tau", "init_temperature", "target_entropy_scale", "obs_keys",
                                               "normalize_observations", "obs_norm_refresh")},
-        "differences": sbx_baseline.differences(serl_cfg),
+        "bc_prior": TASKS[task].bc_prior,
+        "differences": [*sbx_baseline.differences(serl_cfg), *([
+            "demonstrations: ours also regularizes its actor toward a behaviour-cloned prior trained on the same "
+            "demonstrations before the run (KL with a dual-descent weight, agent.bc.*) and starts it from the "
+            "prior's weights; SBX only samples them in its replay"] if TASKS[task].bc_prior else [])],
     }
 
 
@@ -341,7 +373,7 @@ def check_mergeable(tasks: dict[str, Any], settings: dict[str, dict[str, Any]], 
         kept = [name for name in (old or {}).get("learners", {}) if name not in learners]
         if not old or not kept:
             continue
-        changed = {k: (old["settings"].get(k), new[k]) for k in MERGE_KEYS if old["settings"].get(k) != new[k]}
+        changed = {k: (old["settings"].get(k), new.get(k)) for k in MERGE_KEYS if old["settings"].get(k) != new.get(k)}
         if changed:
             raise SystemExit(f"{task}: the report in --out-dir holds {kept} measured with other settings "
                              f"(report, now: {changed}); expected the same to keep them beside {learners}: rerun "
@@ -382,7 +414,8 @@ def build_report(tasks: dict[str, Any], cfg: BenchConfig, started: float) -> dic
                      "live_seeds: runs evaluated at that step",
             "env_steps": "training transitions, warm-up included, evaluation episodes excluded (ours: eval.json's "
                          "env_steps, SBX: num_timesteps)",
-            "wall_s": "ours: the serl train subprocess; SBX: the spawned worker (learn_s: learn() alone)",
+            "wall_s": "ours: the serl train subprocess, plus its serl train-bc (bc_prior_s) on a bc_prior task; "
+                      "SBX: the spawned worker (learn_s: learn() alone)",
             "targets": f"ours only; false without {MIN_SEEDS} seeds of ours on a canonical task (--demos "
                        f"{CANONICAL.demos} --demo-noise {CANONICAL.demo_noise} --eval-every {CANONICAL.eval_every} "
                        f"--eval-episodes {CANONICAL.eval_episodes}, cap {CAP_FACTOR}x target); the wall-clock ones "

@@ -264,3 +264,39 @@ def test_merging_refuses_kept_results_measured_with_other_settings_and_replaces_
     old = {"benchmark": se.NAME, "ours_demos": {}, "targets": {"x": True}}
     benchlib.write_report(tmp_path, se.NAME, old, lambda _: None)
     assert se.existing_tasks(benchlib.load_report(tmp_path, se.NAME)) == {}
+
+
+# ------------------------------------------------------------------------------------------- ours' BC prior
+
+
+def test_ours_on_a_bc_prior_task_is_regularized_toward_and_started_from_its_prior_and_nothing_else_changes() -> None:
+    import dataclasses
+
+    from serl_stack.config import load
+
+    assert se.TASKS["pick_cube"].bc_prior
+    for task, spec in se.TASKS.items():
+        base = se.run_overrides(se.CANONICAL, task, 1, Path("/demos"))
+        if not spec.bc_prior:
+            assert se.ours_overrides(se.CANONICAL, task, 1, Path("/demos"), None) == base
+            continue
+        sets = se.ours_overrides(se.CANONICAL, task, 1, Path("/demos"), Path("/prior"))
+        assert sets[:len(base)] == base and set(sets) - set(base) == {*se.BC_PRIOR_SETS, "agent.bc.prior_run=/prior"}
+        cfg, plain = load(ROOT / spec.config, sets), load(ROOT / spec.config, base)
+        bc = cfg.agent.bc
+        assert bc.enabled and bc.init_actor_from_bc and bc.prior_run == "/prior"
+        # Only those three fields of agent.bc differ from the config's own; the rest of the run is the same.
+        assert dataclasses.replace(bc, enabled=False, init_actor_from_bc=False, prior_run="") == plain.agent.bc
+        assert dataclasses.replace(cfg, agent=plain.agent) == plain
+        with pytest.raises(ValueError, match=f"task {task}: bc_prior is set"):
+            se.ours_overrides(se.CANONICAL, task, 1, Path("/demos"), None)
+        # The report says so, and lists it among what SBX does not get.
+        now = se.task_settings(se.CANONICAL, task)
+        assert now["bc_prior"] is True and any("behaviour-cloned prior" in d for d in now["differences"])
+
+
+def test_results_with_and_without_the_bc_prior_are_not_merged_side_by_side() -> None:
+    tasks = tasks_with({"pick_cube": good("pick_cube")}, bc_prior=True)
+    with pytest.raises(SystemExit, match="bc_prior"):
+        se.check_mergeable(tasks, {"pick_cube": settings("pick_cube", bc_prior=False)}, ["sbx"])
+    se.check_mergeable(tasks, {"pick_cube": settings("pick_cube", bc_prior=True)}, ["sbx"])
