@@ -126,7 +126,7 @@ class Task:
 
 TASKS = {
     "pick_cube": Task("configs/rlpd_cpu_pick_cube.yaml", 15_000, 20_000, bc_prior=True),
-    "peg_insert": Task("configs/rlpd_cpu_peg_insert.yaml", 20_000),
+    "peg_insert": Task("configs/rlpd_cpu_peg_insert.yaml", 20_000, bc_prior=True),
 }
 
 
@@ -439,8 +439,9 @@ def plot(report: dict[str, Any], path: Path) -> None:
     for ax, entry in zip(axes[0], tasks.values(), strict=False):
         s = entry["settings"]
         for name, learner in entry["learners"].items():
+            label = labels[name] + (" + BC prior" if name == "ours" and s.get("bc_prior") else "")
             benchlib.plot_success_curves(ax, learner["runs"], learner["curve"], learner["steps_to_90pct"],
-                                         colors[name], f"{labels[name]}: mean of {len(learner['runs'])} seeds")
+                                         colors[name], f"{label}: mean of {len(learner['runs'])} seeds")
         ax.axvline(s["target_steps"], color="red", linestyle="--", linewidth=1,
                    label=f"target: 90 % by {s['target_steps']} steps")
         benchlib.style_success_axes(ax, STOP_LEVEL, max(s["cap"], s["target_steps"]),  # a --quick cap is below it
