@@ -15,7 +15,8 @@ length, evaluation schedule, stop rule and demonstrations with `--set`, and for 
   run's demonstrations, then `agent.bc.enabled`, `agent.bc.init_actor_from_bc` and `agent.bc.prior_run`; issue 17's
   demonstration regularization, whose benchmark measured it beside SAC + demos alone); target 90 % within 15,000
   env steps (median of the seeds), and no seed above 20,000. Cap 30,000.
-- peg_insert: `configs/rlpd_cpu_peg_insert.yaml`; target 90 % within 20,000 env steps (median). Cap 40,000.
+- peg_insert: `configs/rlpd_cpu_peg_insert.yaml` with a BC prior for ours (as pick_cube); target 90 % within 20,000
+  env steps (median). Cap 40,000.
 
 Per task, one `serl record-demos --keep <demos> --noise <demo-noise>` (successful scripted episodes only) feeds
 both learners; the report keeps a digest of each learner's demonstrations (`same_demos`).
