@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -110,6 +111,8 @@ def train_sac(run: SacRun) -> dict[str, Any]:
                 wins += bool(info.get("success", False))
             steps.append(n)
             success.append(wins / run.eval_episodes)
+            print(f"[sbx seed {run.seed}] {n} env steps: success {success[-1]:.0%} on {run.eval_episodes} episodes "
+                  f"({time.monotonic() - start:.0f} s)", file=sys.stderr, flush=True)  # progress of a long run
             self.streak = self.streak + 1 if run.at_stop_level(success[-1]) else 0
             return self.streak < run.stop_after  # False ends learn()
 
