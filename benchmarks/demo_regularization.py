@@ -198,9 +198,7 @@ def run_rl(task: str, seed: int, sets: list[str], run_dir: Path, eval_episodes: 
 
 def run_bc(cfg: BenchConfig, task: str, seed: int, out: Path, demo_dir: Path, digest: str) -> dict[str, Any]:
     """`serl train-bc --seed <seed>` into `out` (the reg arms' prior) and its `--bc-episodes` evaluation."""
-    cmd = benchlib.serl("train-bc", "--config", se.TASKS[task].config, "--demos", str(demo_dir), "--out", str(out),
-                        "--seed", str(seed), "--episodes", str(cfg.bc_episodes))
-    wall = benchlib.run_logged(cmd, out.parent / f"{out.name}.train-bc.log", f"serl train-bc ({out.name})")
+    wall = se.train_prior(task, seed, out, demo_dir, cfg.bc_episodes)
     summary = json.loads((out / "bc.json").read_text())
     return {"seed": seed, "success": float(summary["eval"]["success_rate"]), "episodes": cfg.bc_episodes,
             "val_loss": summary["val_loss"], "best_step": summary["best_step"], "wall_s": round(wall, 1),

@@ -283,10 +283,11 @@ def ours_overrides(cfg: BenchConfig, task: str, seed: int, demo_dir: Path, prior
     return sets
 
 
-def train_prior(task: str, seed: int, out: Path, demo_dir: Path) -> float:
-    """`serl train-bc` on the run's demonstrations into `out` (no evaluation episodes); its wall-clock seconds."""
+def train_prior(task: str, seed: int, out: Path, demo_dir: Path, episodes: int = 0) -> float:
+    """`serl train-bc --seed <seed>` on the demonstrations into `out`, then `episodes` evaluation episodes (none for
+    ours' prior); its wall-clock seconds."""
     cmd = benchlib.serl("train-bc", "--config", TASKS[task].config, "--demos", str(demo_dir), "--out", str(out),
-                        "--seed", str(seed), "--episodes", "0")
+                        "--seed", str(seed), "--episodes", str(episodes))
     return benchlib.run_logged(cmd, out.parent / f"{out.name}.train-bc.log", f"serl train-bc ({out.name})")
 
 
