@@ -75,6 +75,14 @@ class KeyStream:
         return key
 
 
+def step_noise(key: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """float32 standard normal noise of `shape` drawn by numpy's generator seeded with a PRNG key's words (a
+    `KeyStream` key, `jax.random.PRNGKey`, or a typed `jax.random.key`): the same noise for the same key."""
+    if isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.key_data(key)
+    return np.random.default_rng(np.asarray(key, np.uint32).ravel()).standard_normal(shape, np.float32)
+
+
 @runtime_checkable
 class Policy(Protocol):
     """What acts in an env, on its dict observation (DESIGN.md's observation contract).
@@ -124,6 +132,8 @@ class PolicyRunner:
         self.template: Any = init_params(jax.random.PRNGKey(0))
         """A parameter pytree of the right structure: what broadcast or checkpointed parameters restore into."""
         self.params: Any = None
+        self._fast: Any = None  # NumpyActor of _fast_params, built on the first act after they change
+        self._fast_params: Any = None
         self.version = -1
         self.adopted = 0
         """How many parameter versions it has taken on (what an actor's summary reports)."""
@@ -142,8 +152,9 @@ class PolicyRunner:
         """Compile the jitted calls now, on the template parameters (nothing is adopted): on a robot, the first
         learned step must not stall the arm for a compile."""
         x, key = self.observe(obs), jax.random.PRNGKey(0)
-        for deterministic in (False, True):
-            jax.block_until_ready(self._policy(self.template, x, key, deterministic))
+        if self.image_keys:  # a state policy acts in numpy (act_on): nothing of it to compile
+            for deterministic in (False, True):
+                jax.block_until_ready(self._policy(self.template, x, key, deterministic))
         if self._q_values is not None:
             jax.block_until_ready(self._q_values(self.template, x, key))
 
@@ -159,8 +170,28 @@ class PolicyRunner:
         return agent_obs(flatten_keys(obs), self.keys, self.image_keys)
 
     def act_on(self, x: Any, key: jax.Array | None, deterministic: bool = False) -> np.ndarray:
-        """`act` on an observation already converted by `observe`."""
-        return np.asarray(self._policy(self._params(), x, key, deterministic))
+        """`act` on an observation already converted by `observe`.
+
+        A state policy runs in numpy (`NumpyActor`, rebuilt when the parameters change) on the calling thread,
+        its Gaussian noise drawn from numpy's generator seeded with the key (`step_noise`): the same action
+        distribution as the jitted policy, a deterministic function of (parameters, observation, key), without
+        a JAX dispatch in the control step. A pixel policy calls the jitted network."""
+        params = self._params()
+        if self.image_keys:
+            return np.asarray(self._policy(params, x, key, deterministic))
+        if self._fast_params is not params:
+            from serl_stack.agents.policy import NumpyActor
+
+            self._fast, self._fast_params = NumpyActor(params), params
+        mean, log_std = self._fast(x)
+        if deterministic:
+            return np.tanh(mean)
+        if key is None:
+            raise ValueError("key: got None, expected a PRNG key for a stochastic action (deterministic=False)")
+        u = np.exp(log_std)
+        u *= step_noise(key, mean.shape)
+        u += mean
+        return np.tanh(u, out=u)
 
     def act(self, obs: Mapping[str, Any], key: jax.Array | None, deterministic: bool = False) -> np.ndarray:
         return self.act_on(self.observe(obs), key, deterministic)

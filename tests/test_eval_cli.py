@@ -88,7 +88,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object, object]
 # ------------------------------------------------------------------------------------------- the policy
 
 
-def test_restored_policy_acts_exactly_like_the_saved_agent(run: tuple[Path, object, object]) -> None:
+def test_restored_policy_acts_like_the_saved_agent(run: tuple[Path, object, object]) -> None:
     import jax
 
     from serl_stack.envs import make_env
@@ -108,8 +108,9 @@ def test_restored_policy_acts_exactly_like_the_saved_agent(run: tuple[Path, obje
     pairs = zip(jax.tree.leaves(restored["actor"]), jax.tree.leaves(initial["actor"]), strict=True)  # type: ignore[index]
     assert not all(np.array_equal(a, b) for a, b in pairs)
 
-    # The same actions, bit for bit, as the saved agent on real observations (deterministic mode): through the
-    # actor's inference function given the in-memory parameters, and through the learner agent's own method.
+    # The same actions as the saved agent on real observations (deterministic mode): bit for bit through the
+    # actor's inference given the in-memory parameters, and up to float32 rounding through the learner agent's own
+    # method (the actor runs a state policy in numpy, the learner in XLA: tests/test_policy_numpy.py).
     env = make_env(cfg.env)
     obs, _ = env.reset(seed=5)
     in_memory = PolicyRunner(obs, int(np.prod(env.action_space.shape)), cfg.agent)
@@ -121,7 +122,7 @@ def test_restored_policy_acts_exactly_like_the_saved_agent(run: tuple[Path, obje
             vec = policy.observe(obs)
             got = policy.act(obs, key, True)
             assert np.array_equal(got, in_memory.act_on(vec, key, True))
-            assert np.array_equal(got, np.asarray(agent.eval_actions(vec)))  # type: ignore[attr-defined]
+            np.testing.assert_allclose(got, np.asarray(agent.eval_actions(vec)), atol=1e-5)  # type: ignore[attr-defined]
             obs = env.step(got)[0]
     env.close()
 
