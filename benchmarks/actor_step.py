@@ -54,13 +54,15 @@ POOL = 300
 """Recorded observations cycled through (three reach episodes)."""
 CAMERAS = ["env.cameras=[front,wrist]", "env.image_size=128", "agent.image_keys=[images/front,images/wrist]",
            "agent.obs_keys=[state/tcp_pose,state/tcp_vel,state/gripper_pos]"]
-CASES: dict[str, tuple[list[str], bool]] = {
-    "state": ([], False),
-    "state_realtime": ([], True),
-    "cameras": (CAMERAS, False),
+CASES: dict[str, tuple[list[str], bool, bool]] = {
+    "state": ([], False, True),
+    "state_realtime": ([], True, True),
+    "state_no_warm": ([], False, False),
+    "cameras": (CAMERAS, False, True),
 }
 """name -> (config overrides, whether the actor runs at `--priority` SCHED_FIFO as `bridge.realtime_priority`
-sets it on a robot PC; the learner always runs at normal priority)."""
+sets it on a robot PC (the learner always runs at normal priority), whether each period's wait warms the next step
+with `Actor.warm_step` as the robot env's does)."""
 
 
 def start_learner(run_dir: Path, overrides: list[str], warmup: int, env: dict[str, str]) -> subprocess.Popen:
@@ -89,7 +91,7 @@ def record_pool(env: Any, n: int, seed: int) -> list[dict[str, Any]]:
 
 
 def run_case(name: str, overrides: list[str], steps: int, warmup: int, runs: Path, priority: int,
-             rate_hz: float) -> dict[str, Any]:
+             rate_hz: float, warm: bool) -> dict[str, Any]:
     """One case in its own (spawned) process: the learner is started before this process turns real-time, so it
     does not inherit the policy; JAX starts its threads afterwards, so they do. Timed steps start every
     1 / `rate_hz` s (0: back to back), waited for as the robot env waits for its next period
@@ -148,9 +150,11 @@ def run_case(name: str, overrides: list[str], steps: int, warmup: int, runs: Pat
             executed = inner._executed_action(prev_pos, prev_quat, result)
             t2 = time.perf_counter()
             end = (i + 1) % horizon == 0
-            outbox.add({"observation": o, "action": np.asarray(action, np.float32), "executed_action": executed,
-                        "reward": 0.0, "next_observation": nxt, "terminated": False, "truncated": end,
-                        "episode": i // horizon})
+            transition = {"observation": o, "action": np.asarray(action, np.float32), "executed_action": executed,
+                          "reward": 0.0, "next_observation": nxt, "terminated": False, "truncated": end,
+                          "episode": i // horizon}
+            outbox.add(transition)
+            actor.warm_input = (nxt, transition["action"], transition)  # as Actor.run keeps it
             actor._unflushed += 1
             if end or actor._unflushed >= FLUSH_EVERY:
                 actor._flush()
@@ -195,7 +199,8 @@ def run_case(name: str, overrides: list[str], steps: int, warmup: int, runs: Pat
                 deadline += period
                 late += time.perf_counter() > deadline
                 # As RobotFrankaEnv._wait_period: an overrun restarts the schedule from now, no burst to catch up.
-                deadline = max(deadline, wait_until(deadline, time.perf_counter))
+                deadline = max(deadline, wait_until(deadline, time.perf_counter,
+                                                    warm=actor.warm_step if warm else None))
         wall = time.monotonic() - t_start
         actor._poll(100)
         learner_alive = learner.poll() is None
@@ -227,6 +232,7 @@ def run_case(name: str, overrides: list[str], steps: int, warmup: int, runs: Pat
         "wall_s": round(wall, 1),
         "overrides": overrides,
         "actor_sched_fifo_priority": priority,
+        "warm_step_in_wait": warm,
         "actor_threads": actor_threads,
         "_samples_ms": ms,
     }
@@ -276,10 +282,10 @@ def main(argv: list[str] | None = None) -> None:
     load_start = os.getloadavg()[0]
     results = {}
     for name in cases:
-        overrides, realtime = CASES[name]
+        overrides, realtime, warm = CASES[name]
         results[name] = benchlib.run_in_worker(
-            run_case, (name, overrides, args.steps, args.warmup, runs, args.priority if realtime else 0, args.rate_hz),
-            f"actor_step case {name}", timeout_s=1200)
+            run_case, (name, overrides, args.steps, args.warmup, runs, args.priority if realtime else 0, args.rate_hz,
+                       warm), f"actor_step case {name}", timeout_s=1200)
     png = out_dir / "actor_step.png"
     plot(results, png)
     targets: dict[str, bool] = {}

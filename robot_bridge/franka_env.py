@@ -18,6 +18,7 @@ first, w >= 0) and the action semantics are the same (tests/test_bridge_e2e.py d
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from serl_stack.config import SERL_TASK_IDS, BridgeConfig, ConfigError, EnvConfi
 from serl_stack.envs.controller import quat_canonical, quat_error, quat_from_rotvec, quat_mul
 from serl_stack.envs.franka import CommandLimits, state_space
 from serl_stack.envs.panda import PANDA
-from serl_stack.safety import SafetyFilter, StaleStateError, Watchdog, WatchdogThread
+from serl_stack.safety import FilterResult, SafetyFilter, StaleStateError, Watchdog, WatchdogThread
 
 REACH_ID = SERL_TASK_IDS[0]
 TASKS = (REACH_ID,)
@@ -100,6 +101,9 @@ class RobotFrankaEnv(gym.Env):
             raise ConfigError(f"env.id: got {config.id!r} with env.kind franka, expected one of {list(TASKS)} (their "
                               "reward needs only the TCP pose and taught poses)")
         self.cfg, self.bridge = config, bridge
+        self.warm: Callable[[], object] | None = None
+        """Called once in each period's wait, just before its deadline (`wait_until`): the actor sets its
+        `Actor.warm_step`, so the step after the wait finds its code and data in the caches."""
         taught = load_teach(bridge.teach_file) if bridge.teach_file else {}
         self.workspace_low = taught.get("workspace_low", np.asarray(config.workspace_low, np.float64))
         self.workspace_high = taught.get("workspace_high", np.asarray(config.workspace_high, np.float64))
@@ -266,7 +270,7 @@ class RobotFrankaEnv(gym.Env):
     def _wait_period(self) -> None:
         """Wait until this control period's deadline (`wait_until`: the last `SPIN_S` spun for precision), then
         start the next; a step that overran restarts the schedule from now instead of bursting to catch up."""
-        now = wait_until(self._deadline, self.backend.now)
+        now = wait_until(self._deadline, self.backend.now, warm=self.warm)
         self.jitter.add(now - self._deadline)
         self._deadline = max(self._deadline + self.period, now)
 
@@ -331,23 +335,40 @@ class RobotFrankaEnv(gym.Env):
         pose, wrench = self.backend.latest_pose(), self.backend.latest_wrench()
         return np.asarray(pose.position), np.asarray(pose.quat), np.asarray(wrench.force)
 
+    @staticmethod
+    def _checked_action(action: np.ndarray) -> np.ndarray:
+        a = np.asarray(action, dtype=np.float64).reshape(-1)
+        if a.shape != (7,):
+            raise ValueError(f"action: expected shape (7,) [dx, dy, dz, drx, dry, drz, gripper], got {a.shape}")
+        return np.where(np.isfinite(a), np.clip(a, -1.0, 1.0), a)
+
+    def _target(self, a: np.ndarray, prev_pos: np.ndarray, prev_quat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The pose a (checked) action asks for from the last command, with the arm's command limits applied."""
+        cfg = self.cfg
+        if np.all(np.isfinite(a[:6])):
+            return self.limits.clip_command(
+                prev_pos + a[:3] * cfg.action_scale_pos, quat_mul(quat_from_rotvec(a[3:6] * cfg.action_scale_rot),
+                                                                  prev_quat))
+        # nothing can be composed from a NaN: the filter holds the last command and says so
+        return np.full(3, np.nan), np.full(4, np.nan)
+
+    def preview_action(self, action: np.ndarray) -> FilterResult:
+        """What the safety filter would command for `action` now, on the latest state samples, with nothing
+        changed and nothing sent: the command path of `step` run for the control loop's cache warm-up (`warm`)."""
+        a = self._checked_action(action)
+        prev_pos, prev_quat, _ = self.safety.command
+        target_pos, target_quat = self._target(a, prev_pos, prev_quat)
+        return self.safety.filter(target_pos, target_quat, a[6], *self._measured(), self.backend.now(), commit=False)
+
     def step(self, action: np.ndarray) -> tuple[dict, float, bool, bool, dict[str, Any]]:
         if self._elapsed < 0:
             raise RuntimeError("RobotFrankaEnv.step called before reset()")
         if self._watchdog_thread is not None:
             self._watchdog_thread.raise_if_failed()  # a stale stream seen while we were away stops the run
-        a = np.asarray(action, dtype=np.float64).reshape(-1)
-        if a.shape != (7,):
-            raise ValueError(f"action: expected shape (7,) [dx, dy, dz, drx, dry, drz, gripper], got {a.shape}")
-        a = np.where(np.isfinite(a), np.clip(a, -1.0, 1.0), a)
+        a = self._checked_action(action)
         cfg = self.cfg
         prev_pos, prev_quat, _ = self.safety.command
-        if np.all(np.isfinite(a[:6])):
-            target_pos, target_quat = self.limits.clip_command(
-                prev_pos + a[:3] * cfg.action_scale_pos, quat_mul(quat_from_rotvec(a[3:6] * cfg.action_scale_rot),
-                                                                  prev_quat))
-        else:  # nothing can be composed from a NaN: the filter holds the last command and says so
-            target_pos, target_quat = np.full(3, np.nan), np.full(4, np.nan)
+        target_pos, target_quat = self._target(a, prev_pos, prev_quat)
         now = self.backend.now()
         self._fresh_state(now)
         result = self.safety.filter(target_pos, target_quat, a[6], *self._measured(), now)

@@ -38,11 +38,21 @@ SPIN_S = 0.0015
 late."""
 
 
-def wait_until(deadline: float, now: Callable[[], float] = time.monotonic, spin_s: float = SPIN_S) -> float:
-    """Wait until `now() >= deadline` and return that time: sleep until `spin_s` before it, then spin, yielding the
-    GIL (so other threads, such as DDS's receivers, are not held up to the 5 ms switch interval)."""
+def wait_until(deadline: float, now: Callable[[], float] = time.monotonic, spin_s: float = SPIN_S,
+               warm: Callable[[], object] | None = None) -> float:
+    """Wait until `now() >= deadline` and return that time: sleep until `spin_s` before it, then call `warm` (if
+    given and the deadline has not passed), then spin, yielding the GIL (so other threads, such as DDS's receivers,
+    are not held up to the 5 ms switch interval).
+
+    `warm` is the next step's own work done once on stale input, its result discarded: while a control loop
+    sleeps, a core the OS or a hypervisor hands to other work evicts the step's code and data from the caches, and
+    the first step after the sleep pays for it (measured on this project's 2-core VM: a 256x256 numpy MLP takes
+    14 us back to back, 180 us after a 10 ms sleep, 30 us when run once 1.5 ms before). It must not change any
+    state the step depends on."""
     while (t := now()) < deadline - spin_s:
         time.sleep(deadline - spin_s - t)
+    if warm is not None and t < deadline:
+        warm()
     while (t := now()) < deadline:
         time.sleep(0)
     return t

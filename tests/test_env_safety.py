@@ -258,3 +258,39 @@ def test_episode_counts_restart_at_reset(env: FrankaReachEnv) -> None:
     _, _, _, _, info = env.step(_action(0, 0, 0, 0, 0, 0, 0))
     assert "safety_counts" not in info  # only at the end of an episode
     assert env.safety_counts() == {"steps": 1, **dict.fromkeys(FLAG_NAMES, 0)}
+
+
+# ------------------------------------------------------------------------------------------ preview (warm-up)
+
+
+@pytest.mark.parametrize("env_id", ["FrankaReachEnv", "FrankaPegInsertEnv"])
+def test_previewing_actions_changes_nothing_and_previews_what_the_step_commands(env_id: str) -> None:
+    # `preview_action` runs a step's command path for the control loop's cache warm-up (`Actor.warm_step`): an
+    # env that previews before every step must follow exactly the trajectory of one that never does, and the
+    # preview of the action about to be stepped is the command the step then sends.
+    from serl_stack.envs.peg_insert import FrankaPegInsertEnv
+
+    cls = {"FrankaReachEnv": FrankaReachEnv, "FrankaPegInsertEnv": FrankaPegInsertEnv}[env_id]
+    plain, previewed = cls(), cls()
+    try:
+        dim = plain.action_space.shape[0]
+        rng = np.random.default_rng(0)
+        o1, _ = plain.reset(seed=4)
+        o2, _ = previewed.reset(seed=4)
+        for t in range(60):
+            action = rng.uniform(-1.2, 1.2, dim).astype(np.float32)
+            if t % 7 == 3:
+                action[1] = np.nan
+            for _ in range(2):  # stray previews of other actions, as a warm-up of a stale action would be
+                previewed.unwrapped.preview_action(rng.uniform(-1, 1, dim))
+            preview = previewed.unwrapped.preview_action(action)
+            o1, r1, *_ = plain.step(action)
+            o2, r2, *_, info = previewed.step(action)
+            assert r1 == r2 and all(np.array_equal(o1[g][k], o2[g][k]) for g in o1 for k in o1[g])
+            assert np.array_equal(preview.pos, previewed.unwrapped.cmd_pos)
+            assert np.array_equal(preview.quat, previewed.unwrapped.cmd_quat)
+            assert preview.flags() == info["safety"]
+        assert plain.unwrapped.safety_counts() == previewed.unwrapped.safety_counts()
+    finally:
+        plain.close()
+        previewed.close()

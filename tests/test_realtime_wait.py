@@ -42,3 +42,17 @@ def test_one_sleep_to_the_spin_window_then_yielding_spins_to_the_deadline(clock:
 def test_a_deadline_already_passed_returns_at_once(clock: FakeClock) -> None:
     end = realtime.wait_until(99.0, clock.now)
     assert end > 99.0 and clock.sleeps == []
+
+
+def test_warm_runs_once_at_the_start_of_the_spin_window(clock: FakeClock) -> None:
+    calls: list[float] = []
+    deadline = 100.010
+    end = realtime.wait_until(deadline, clock.now, warm=lambda: calls.append(clock.t))
+    assert deadline <= end < deadline + 1e-4
+    assert len(calls) == 1 and deadline - realtime.SPIN_S <= calls[0] < deadline  # after the sleep, before the end
+
+
+def test_warm_is_skipped_when_the_deadline_has_passed(clock: FakeClock) -> None:
+    calls: list[float] = []
+    realtime.wait_until(99.0, clock.now, warm=lambda: calls.append(clock.t))
+    assert calls == []

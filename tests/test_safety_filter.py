@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import subprocess
@@ -215,6 +216,31 @@ def test_invariants_hold_for_any_input_sequence(
 
     counts = f.episode_counts()
     assert counts == {"steps": len(sequence), **flag_totals}
+
+
+@settings(max_examples=150, deadline=None)
+@given(f=filters(), start_pos=positions(), start_quat=quats(), sequence=st.lists(steps(), min_size=1, max_size=20))
+def test_a_preview_is_the_step_it_previews_and_changes_nothing(
+    f: SafetyFilter, start_pos: np.ndarray, start_quat: np.ndarray, sequence: list[dict]
+) -> None:
+    # commit=False (a control loop's cache warm-up): the same result as the real step, and the filter afterwards
+    # is as if the preview had not run: same command, counts and gripper toggle time.
+    t = 100.0
+    f.reset(start_pos, start_quat, False, t)
+    twin = copy.deepcopy(f)
+    for step in sequence:
+        t += step["dt"] if math.isfinite(step["dt"]) else 0.0
+        args = (step["target_pos"], step["target_quat"], step["gripper"], step["measured_pos"],
+                step["measured_quat"], step["measured_force"], t)
+        before = (f.command, f.episode_counts())
+        preview = f.filter(*args, commit=False)
+        after = (f.command, f.episode_counts())
+        assert np.array_equal(before[0][0], after[0][0]) and np.array_equal(before[0][1], after[0][1])
+        assert before[0][2] == after[0][2] and before[1] == after[1]
+        real, reference = f.filter(*args), twin.filter(*args)  # twin: the same sequence, never previewed
+        for r in (real, reference):
+            assert np.array_equal(preview.pos, r.pos) and np.array_equal(preview.quat, r.quat)
+            assert preview.gripper_closed == r.gripper_closed and preview.flags() == r.flags()
 
 
 # --------------------------------------------------------------------------------------------- examples

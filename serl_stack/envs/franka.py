@@ -29,7 +29,14 @@ import numpy as np
 from gymnasium import spaces
 
 from serl_stack.config import PHYSICS_TIMESTEP, EnvConfig, check_section
-from serl_stack.envs.controller import OpSpaceController, quat_canonical, quat_error, quat_from_rotvec, quat_mul
+from serl_stack.envs.controller import (
+    OpSpaceController,
+    quat_canonical,
+    quat_error,
+    quat_from_rotvec,
+    quat_mul,
+    vec_norm,
+)
 from serl_stack.envs.panda import PANDA, TABLE_TOP_Z, ArmSpec, dh_fk, load_model
 from serl_stack.envs.randomize import DomainRandomizer, add_observation_noise, noise_enabled, noisy_observation_space
 from serl_stack.safety import FilterResult, SafetyFilter
@@ -83,7 +90,7 @@ class CommandLimits:
         """Pull `quat` back onto the cone of half-angle `orientation_cone` around the nominal orientation."""
         rel = np.empty(3)
         mujoco.mju_subQuat(rel, quat, self.nominal_quat)  # nominal * quat(rel) = quat
-        angle = float(np.linalg.norm(rel))
+        angle = float(vec_norm(rel))
         if angle <= self.cfg.orientation_cone:
             return quat
         return quat_mul(self.nominal_quat, quat_from_rotvec(rel * (self.cfg.orientation_cone / angle)))
@@ -96,20 +103,20 @@ class CommandLimits:
         close to its base that the elbow folds into its limit), and the tilted gripper's lowest edge above the
         workspace floor. The box and the cone are the safety filter's; the shell and the floor are the arm's.
         """
-        quat = self._clip_orientation(np.asarray(quat, dtype=np.float64) / np.linalg.norm(quat))
+        quat = self._clip_orientation(np.asarray(quat, dtype=np.float64) / vec_norm(np.asarray(quat)))
         axis = np.empty(3)
         mujoco.mju_rotVecQuat(axis, np.array([0.0, 0.0, 1.0]), quat)  # tool (TCP z) axis in the base frame
         # Projections onto the box and onto the shell alternate; a few rounds settle on a pose satisfying both.
         pos = np.asarray(pos, dtype=np.float64)
         for _ in range(3):
-            pos = np.clip(pos, self.workspace_low, self.workspace_high)
+            pos = np.minimum(np.maximum(pos, self.workspace_low), self.workspace_high)  # np.clip, a third the cost
             radial = pos - self.arm.tcp_offset * axis - self._shoulder
-            dist = float(np.linalg.norm(radial))
+            dist = float(vec_norm(radial))
             reach = min(max(dist, self.cfg.reach_min), self.cfg.reach_max)
             if reach == dist:
                 break
             pos = pos + radial * (reach / dist - 1.0)
-        pos = np.clip(pos, self.workspace_low, self.workspace_high)
+        pos = np.minimum(np.maximum(pos, self.workspace_low), self.workspace_high)
         # A tilted gripper at the bare floor height digs its pads into the table with large forces (which can
         # shove the arm into another IK branch): raise the floor so the lowest pad edge stays above it.
         sin_tilt = float(np.sqrt(max(0.0, 1.0 - axis[2] * axis[2]))) if axis[2] < 0 else 1.0
@@ -126,11 +133,17 @@ class CommandLimits:
         `allowed_pose`'s position. The orientation is returned as requested (unit norm): the filter clips it to
         the cone (and reports `cone`); the shell and the floor are computed for the cone-clipped orientation.
         """
-        quat = np.asarray(quat, dtype=np.float64) / np.linalg.norm(quat)
+        quat = np.asarray(quat, dtype=np.float64) / vec_norm(np.asarray(quat))
         pos = np.asarray(pos, dtype=np.float64)
         allowed, _ = self.allowed_pose(pos, quat)
-        boxed = np.clip(pos, self.workspace_low, self.workspace_high)
+        boxed = np.minimum(np.maximum(pos, self.workspace_low), self.workspace_high)
         return np.where(allowed == boxed, pos, allowed), quat
+
+
+def _clip_finite(a: np.ndarray) -> np.ndarray:
+    """Finite entries clipped to the action box; NaN and inf go on to the safety filter, which holds the last
+    command and counts them (np.clip would turn inf into 1)."""
+    return np.where(np.isfinite(a), np.clip(a, -1.0, 1.0), a)
 
 
 class FrankaEnv(gym.Env[ObsDict, np.ndarray]):
@@ -268,7 +281,10 @@ class FrankaEnv(gym.Env[ObsDict, np.ndarray]):
         rot = d.site_xmat[self._ft_site].reshape(3, 3)
         lever = d.subtree_com[self._hand] - d.site_xpos[self._ft_site]
         force = -(rot @ d.sensordata[self._ft_force]) - self._hand_weight
-        torque = -(rot @ d.sensordata[self._ft_torque]) - np.cross(lever, self._hand_weight)
+        (lx, ly, lz), (wx, wy, wz) = lever.tolist(), self._hand_weight.tolist()
+        # lever x weight, as np.cross computes it (bit for bit) at a twentieth of its cost: this runs every step.
+        moment = np.array([ly * wz - lz * wy, lz * wx - lx * wz, lx * wy - ly * wx])
+        torque = -(rot @ d.sensordata[self._ft_torque]) - moment
         return force, torque
 
     def _state_obs(self) -> dict[str, np.ndarray]:
@@ -323,6 +339,18 @@ class FrankaEnv(gym.Env[ObsDict, np.ndarray]):
         a limited step is not replayed. A non-finite action goes to the filter unchanged: it holds the last
         command and reports `nonfinite`.
         """
+        result = self._filtered(action, commit=True)
+        self.cmd_pos, self.cmd_quat = result.pos.copy(), result.quat.copy()
+        self.data.ctrl[self._gripper_act] = self._gripper_ctrl(result.gripper_closed)
+        self.controller.set_target(self.cmd_pos, self.cmd_quat)
+        return result
+
+    def preview_action(self, action: np.ndarray) -> FilterResult:
+        """What the safety filter would command for a (7,) action now, with nothing changed: the command path of
+        a step (command limits, filter) run for a control loop's cache warm-up (`Actor.warm_step`)."""
+        return self._filtered(_clip_finite(np.asarray(action, dtype=np.float64)), commit=False)
+
+    def _filtered(self, action: np.ndarray, commit: bool) -> FilterResult:
         cfg = self.cfg
         if np.all(np.isfinite(action[:6])):
             # Rotation vector in the base frame, applied to the commanded (not measured) orientation.
@@ -334,13 +362,8 @@ class FrankaEnv(gym.Env[ObsDict, np.ndarray]):
             # No pose can be composed from a NaN/inf: the filter gets a non-finite target and holds on it.
             target_pos, target_quat = np.full(3, np.nan), np.full(4, np.nan)
         measured_pos, measured_quat = self.tcp_pose()
-        result = self.safety.filter(
-            target_pos, target_quat, action[6], measured_pos, measured_quat, self.wrench()[0], self.data.time
-        )
-        self.cmd_pos, self.cmd_quat = result.pos.copy(), result.quat.copy()
-        self.data.ctrl[self._gripper_act] = self._gripper_ctrl(result.gripper_closed)
-        self.controller.set_target(self.cmd_pos, self.cmd_quat)
-        return result
+        return self.safety.filter(target_pos, target_quat, action[6], measured_pos, measured_quat, self.wrench()[0],
+                                  self.data.time, commit=commit)
 
     def _executed_action(self, prev_pos: np.ndarray, prev_quat: np.ndarray, result: FilterResult) -> np.ndarray:
         """The action (float32, (7,)) that reproduces the filtered command change from (prev_pos, prev_quat)."""
@@ -352,7 +375,7 @@ class FrankaEnv(gym.Env[ObsDict, np.ndarray]):
         # A force back-off adds force_backoff along the force to the policy's motion across it, and the step
         # limits sit a little above a full action: either can move the command further than one action step.
         # The clip keeps the executed action a valid action (it then under-states such a move).
-        return np.clip(executed, -1.0, 1.0).astype(np.float32)
+        return np.minimum(np.maximum(executed, -1.0), 1.0).astype(np.float32)  # np.clip, a third the cost
 
     def safety_counts(self) -> dict[str, int]:
         """Steps filtered this episode and, per safety flag (`serl_stack.safety.FLAG_NAMES`), how many raised it."""
@@ -405,9 +428,7 @@ class FrankaEnv(gym.Env[ObsDict, np.ndarray]):
         a = np.asarray(action, dtype=np.float64)
         if a.shape != (7,):
             raise ValueError(f"action: expected shape (7,) [dx, dy, dz, drx, dry, drz, gripper], got {a.shape}")
-        # Finite entries are clipped to the action box; NaN and inf go on to the safety filter, which holds the
-        # last command and counts them (np.clip would turn inf into 1).
-        a = np.where(np.isfinite(a), np.clip(a, -1.0, 1.0), a)
+        a = _clip_finite(a)
         if self.cfg.randomization.action_latency:
             # The command arrives one control cycle late, as on the real arm: run the previous step's action.
             a, self._pending_action = self._pending_action, a

@@ -24,6 +24,7 @@ from serl_stack.config import EnvConfig, PegInsertConfig, check_section
 from serl_stack.envs.controller import quat_canonical
 from serl_stack.envs.franka import FrankaEnv, ObsDict, corners
 from serl_stack.envs.panda import PANDA, TABLE_TOP_Z, ArmSpec
+from serl_stack.safety import FilterResult
 
 # Finger pads (panda.py): in the hand frame they span z = 0.0584 .. 0.1084 (their tips 5 mm beyond the TCP) and
 # x = -0.01 .. 0.01; each inner face is a finger's joint position away from the tool axis.
@@ -195,6 +196,11 @@ class FrankaPegInsertEnv(FrankaEnv):
         if "executed_action" in info:  # in this env's (6-D) action space, like `action`
             info["executed_action"] = info["executed_action"][:6]
         return obs, reward, terminated, truncated, info
+
+    def preview_action(self, action: np.ndarray) -> FilterResult:
+        a7 = self._action7.copy()
+        a7[:6] = np.asarray(action, dtype=np.float64).reshape(-1)[:6]
+        return super().preview_action(a7)
 
     def _gripper_ctrl(self, closed: bool) -> float:
         return self._grasp_ctrl if closed else self._gripper_open  # "close" here means: grasp with the full force

@@ -320,7 +320,9 @@ class SafetyFilter:
         (x, y, z), (lx, ly, lz), (hx, hy, hz) = pos, self._low, self._high
         return x < lx or y < ly or z < lz or x > hx or y > hy or z > hz or self._cone_excess(quat) > _TOL
 
-    def _emit(self, pos: Vec3, quat: Quat, gripper: bool, flags: dict[str, bool]) -> FilterResult:
+    def _emit(self, pos: Vec3, quat: Quat, gripper: bool, flags: dict[str, bool], commit: bool) -> FilterResult:
+        if not commit:
+            return FilterResult(_frozen(pos), _frozen(quat), gripper, **flags)
         self._pos, self._quat, self._gripper = pos, quat, gripper
         counts = self._counts
         counts["steps"] += 1
@@ -340,12 +342,15 @@ class SafetyFilter:
         measured_quat: Any,
         measured_force: Any,
         now: float,
+        commit: bool = True,
     ) -> FilterResult:
         """The safe command for a requested target pose and gripper request, given the measured state.
 
         `gripper` follows the action contract (> 0.5 close, < -0.5 open, else keep); `measured_force` is the
         external force on the hand in the base frame (N; pressing down on the table reads +z); `now` is the time
-        (s) on any monotonic clock, used only for the gripper rate limit.
+        (s) on any monotonic clock, used only for the gripper rate limit. `commit=False` computes the same result
+        and changes nothing (no command, toggle time or count is kept): a control loop's cache warm-up
+        (`robot_bridge.realtime.wait_until`'s `warm`).
         """
         last_pos = self._require_reset()
         last_quat = self._quat
@@ -361,7 +366,7 @@ class SafetyFilter:
         if not finite or tq is None or mq is None:
             # Nothing computed from a NaN can be trusted, not even the parts that look fine: hold everything.
             flags["nonfinite"] = True
-            return self._emit(last_pos, last_quat, self._gripper, flags)
+            return self._emit(last_pos, last_quat, self._gripper, flags, commit)
 
         low, high = self._low, self._high
         flags["outside_recovery"] = self._outside(last_pos, last_quat) or self._outside(mp, mq)
@@ -400,10 +405,12 @@ class SafetyFilter:
         want = True if g > _GRIPPER_CLOSE else False if g < _GRIPPER_OPEN else self._gripper
         if want != self._gripper:
             if t - self._last_toggle >= self.gripper_min_interval_s:
-                gripper_closed, self._last_toggle = want, t
+                gripper_closed = want
+                if commit:
+                    self._last_toggle = t
             else:
                 flags["gripper_rate"] = True
-        return self._emit(pos, quat, gripper_closed, flags)
+        return self._emit(pos, quat, gripper_closed, flags, commit)
 
     def _backoff_goal(self, last_pos: Vec3, goal: Vec3, direction: Vec3) -> Vec3:
         """A position goal that backs off along the measured force (unit `direction`) while it exceeds the limit.
