@@ -16,11 +16,13 @@ MuJoCo), cycled through in episodes of `env.max_episode_steps`. No mixer or stee
 steering reranker's own latency is measured by benchmarks/steering.py). Timed steps are paced at `--rate-hz` (100
 Hz: the control loop waits for the robot between steps, and the learner gets the CPU in between; back to back, the
 actor would take a core the learner has on a real deployment, and its caches would stay warm), each period waited
-for as the robot env waits (`robot_bridge.realtime.wait_until`: a sleep, then the last 1.5 ms spun). Three cases,
-each in its own process: `state` (the SAC policy on state observations at normal scheduling,
+for as the robot env waits (`robot_bridge.realtime.wait_until`: a sleep, then `Actor.warm_step` (the step's work
+once on the last step's input, discarded: the robot env's cache warm-up), then the rest of the last 1.5 ms spun).
+Four cases, each in its own process: `state` (the SAC policy on state observations at normal scheduling,
 `bridge.realtime_priority` 0, the default; the target: p99 < 1 ms), `state_realtime` (the same at SCHED_FIFO
-`--priority`, as a robot PC runs the actor; reported) and `cameras` (two 128x128 cameras, front and wrist, in every
-observation and transition, the pixel policy using both; reported beside it, no target). Each case: a fresh learner,
+`--priority`, as a robot PC runs the actor; reported), `state_no_warm` (`state` without the warm-up; reported) and
+`cameras` (two 128x128 cameras, front and wrist, in every observation and transition, the pixel policy using both;
+reported beside it, no target). Each case: a fresh learner,
 `--warmup` random steps sent first (the learner starts training and broadcasts parameters), then, once it is
 updating, `--steps` timed steps with the policy. Median, p99 and max per case, and the median of each stage. Writes
 `<out-dir>/actor_step.json` and `actor_step.png` (default: a fresh `runs/bench-<time>/`), prints the JSON as one
