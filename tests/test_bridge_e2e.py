@@ -108,7 +108,10 @@ def test_the_robot_env_looks_like_the_sim_and_a_scripted_policy_solves_reach(fak
             for key, value in obs[group].items():
                 assert value.shape == sim_obs[group][key].shape and value.dtype == sim_obs[group][key].dtype, key
         assert obs["state"]["tcp_pose"][3] >= 0  # w first, w >= 0, as in sim
-        np.testing.assert_allclose(obs["state"]["tcp_pose"][:3], BridgeConfig().home_pose[:3], atol=0.01)
+        # Home within the reset's own tolerance (the move ends once it is inside it; how much closer depends on how
+        # fast the fake arm keeps up, which a loaded machine slows: 1.2 cm once at a 1 cm bound).
+        bridge = BridgeConfig()
+        assert np.linalg.norm(obs["state"]["tcp_pose"][:3] - np.asarray(bridge.home_pose[:3])) <= bridge.reset_tolerance
         policy = make_scripted(EnvConfig())
         successes = 0
         for episode in range(3):
