@@ -15,9 +15,8 @@ length, evaluation schedule, stop rule and demonstrations with `--set`, and for 
   run's demonstrations, then `agent.bc.enabled`, `agent.bc.init_actor_from_bc` and `agent.bc.prior_run`; issue 17's
   demonstration regularization, whose benchmark measured it beside SAC + demos alone); target 90 % within 15,000
   env steps (median of the seeds), and no seed above 20,000. Cap 30,000.
-- peg_insert: `configs/rlpd_cpu_peg_insert.yaml` with a BC prior for ours (as pick_cube) held closer
-  (`Task.bc_sets`: `agent.bc.kl_target=0.5`, 3 nats over the 6 action dimensions; the default 10 let lambda decay to
-  ~0 and one seed fell from 100 % to 25 % at 14k); target 90 % within 20,000 env steps (median). Cap 40,000.
+- peg_insert: `configs/rlpd_cpu_peg_insert.yaml` with a BC prior for ours (as pick_cube); target 90 % within 20,000
+  env steps (median). Cap 40,000.
 
 Per task, one `serl record-demos --keep <demos> --noise <demo-noise>` (successful scripted episodes only) feeds
 both learners; the report keeps a digest of each learner's demonstrations (`same_demos`).
@@ -124,13 +123,11 @@ class Task:
     """Ours: before each run, `serl train-bc` on the run's demonstrations (its seed, the defaults), and the run's
     actor regularized toward that prior and started from its weights (`BC_PRIOR_SETS`: issue 17's demonstration
     regularization). The prior's training counts in the run's wall-clock. SBX has no counterpart (`differences`)."""
-    bc_sets: tuple[str, ...] = ()
-    """Ours, with `bc_prior`: further `agent.bc.*` overrides for this task (kept in each run's record)."""
 
 
 TASKS = {
     "pick_cube": Task("configs/rlpd_cpu_pick_cube.yaml", 15_000, 20_000, bc_prior=True),
-    "peg_insert": Task("configs/rlpd_cpu_peg_insert.yaml", 20_000, bc_prior=True, bc_sets=("agent.bc.kl_target=0.5",)),
+    "peg_insert": Task("configs/rlpd_cpu_peg_insert.yaml", 20_000, bc_prior=True),
 }
 
 
@@ -277,12 +274,12 @@ def cap_of(cfg: BenchConfig, task: str) -> int:
 
 
 def ours_overrides(cfg: BenchConfig, task: str, seed: int, demo_dir: Path, prior: Path | None) -> list[str]:
-    """`run_overrides`, plus `BC_PRIOR_SETS`, the task's `bc_sets` and the prior's folder when it has `bc_prior`."""
+    """`run_overrides`, plus `BC_PRIOR_SETS` and the prior's folder when the task has `bc_prior`."""
     sets = run_overrides(cfg, task, seed, demo_dir)
     if TASKS[task].bc_prior:
         if prior is None:
             raise ValueError(f"task {task}: bc_prior is set, expected the run's `serl train-bc` folder")
-        sets += [*BC_PRIOR_SETS, *TASKS[task].bc_sets, f"agent.bc.prior_run={prior}"]
+        sets += [*BC_PRIOR_SETS, f"agent.bc.prior_run={prior}"]
     return sets
 
 
@@ -311,8 +308,7 @@ def run_ours(cfg: BenchConfig, task: str, seed: int, run_dir: Path, demo_dir: Pa
             "eval_success": [float(v) for v in evals["success_rate"][:-1]], "eval_episodes": cfg.eval_episodes,
             "env_steps": int(final["env_steps"]), "wall_s": round(wall, 1),
             "updates_per_s": float(np.median(ups)) if ups else None, "final_success": final.get("success_rate"),
-            "bc_prior_s": round(prior_s, 1) if prior is not None else None,
-            "bc_sets": list(TASKS[task].bc_sets) if prior is not None else [], "run_dir": str(run_dir)}
+            "bc_prior_s": round(prior_s, 1) if prior is not None else None, "run_dir": str(run_dir)}
 
 
 def run_sbx(cfg: BenchConfig, task: str, seed: int, demo_dir: Path) -> dict[str, Any]:
@@ -347,9 +343,7 @@ def task_settings(cfg: BenchConfig, task: str) -> dict[str, Any]:
         "differences": [*sbx_baseline.differences(serl_cfg), *([
             "demonstrations: ours also regularizes its actor toward a behaviour-cloned prior trained on the same "
             "demonstrations before the run (KL with a dual-descent weight, agent.bc.*) and starts it from the "
-            "prior's weights; SBX only samples them in its replay"
-            + (f" (this task: {', '.join(TASKS[task].bc_sets)})" if TASKS[task].bc_sets else "")]
-            if TASKS[task].bc_prior else [])],
+            "prior's weights; SBX only samples them in its replay"] if TASKS[task].bc_prior else [])],
     }
 
 
