@@ -131,11 +131,13 @@ class Actor:
         safety filter, nothing changed or sent) and the transition's encoding. A robot env calls it in each
         period's wait just before the deadline (`RobotFrankaEnv.warm`, set by `run`): a core left idle for most
         of a period is handed to other work that evicts the step's code and data, and the step after the wait
-        would pay for reloading them (benchmarks/actor_step.py: the measured effect)."""
+        would pay for reloading them (benchmarks/actor_step.py: the measured effect). A pixel policy is not run: its
+        forward pass (~3 ms on a CPU) is longer than the spin window it would run in, so it would make every step
+        late."""
         if self.warm_input is None:
             return
         obs, action, transition = self.warm_input
-        if self.policy is not None and self.policy.params is not None:
+        if self.policy is not None and self.policy.params is not None and not self.policy.image_keys:
             self.policy.act(obs, _WARM_KEY, False)
         preview = getattr(self.env.unwrapped, "preview_action", None)
         if preview is not None:

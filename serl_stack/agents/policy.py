@@ -162,7 +162,7 @@ class NumpyActor:
 
     def __call__(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """`(mean, log_std)`, each `(*batch, action_dim)`, for float32 observations `(*batch, obs_dim)`."""
-        x = (obs - self._shift) * self._scale
+        x = (np.asarray(obs, np.float32) - self._shift) * self._scale
         np.minimum(x, OBS_NORM_CLIP, out=x)
         np.maximum(x, -OBS_NORM_CLIP, out=x)
         for w, b in self._hidden:
