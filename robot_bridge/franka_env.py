@@ -34,7 +34,7 @@ from robot_bridge.operator_keys import ABORT, SUCCESS, OperatorKeys, operator_ke
 from robot_bridge.realtime import use_realtime, wait_until
 from serl_stack.config import SERL_TASK_IDS, BridgeConfig, ConfigError, EnvConfig, check_section
 from serl_stack.envs.controller import quat_canonical, quat_error, quat_from_rotvec, quat_mul
-from serl_stack.envs.franka import CommandLimits, state_space
+from serl_stack.envs.franka import CommandLimits, clip_finite_action, state_space
 from serl_stack.envs.panda import PANDA
 from serl_stack.safety import FilterResult, SafetyFilter, StaleStateError, Watchdog, WatchdogThread
 
@@ -340,7 +340,7 @@ class RobotFrankaEnv(gym.Env):
         a = np.asarray(action, dtype=np.float64).reshape(-1)
         if a.shape != (7,):
             raise ValueError(f"action: expected shape (7,) [dx, dy, dz, drx, dry, drz, gripper], got {a.shape}")
-        return np.where(np.isfinite(a), np.clip(a, -1.0, 1.0), a)
+        return clip_finite_action(a)
 
     def _target(self, a: np.ndarray, prev_pos: np.ndarray, prev_quat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The pose a (checked) action asks for from the last command, with the arm's command limits applied."""

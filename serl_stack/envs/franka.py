@@ -140,7 +140,7 @@ class CommandLimits:
         return np.where(allowed == boxed, pos, allowed), quat
 
 
-def _clip_finite(a: np.ndarray) -> np.ndarray:
+def clip_finite_action(a: np.ndarray) -> np.ndarray:
     """Finite entries clipped to the action box; NaN and inf go on to the safety filter, which holds the last
     command and counts them (np.clip would turn inf into 1)."""
     return np.where(np.isfinite(a), np.clip(a, -1.0, 1.0), a)
@@ -348,7 +348,7 @@ class FrankaEnv(gym.Env[ObsDict, np.ndarray]):
     def preview_action(self, action: np.ndarray) -> FilterResult:
         """What the safety filter would command for a (7,) action now, with nothing changed: the command path of
         a step (command limits, filter) run for a control loop's cache warm-up (`Actor.warm_step`)."""
-        return self._filtered(_clip_finite(np.asarray(action, dtype=np.float64)), commit=False)
+        return self._filtered(clip_finite_action(np.asarray(action, dtype=np.float64)), commit=False)
 
     def _filtered(self, action: np.ndarray, commit: bool) -> FilterResult:
         cfg = self.cfg
@@ -428,7 +428,7 @@ class FrankaEnv(gym.Env[ObsDict, np.ndarray]):
         a = np.asarray(action, dtype=np.float64)
         if a.shape != (7,):
             raise ValueError(f"action: expected shape (7,) [dx, dy, dz, drx, dry, drz, gripper], got {a.shape}")
-        a = _clip_finite(a)
+        a = clip_finite_action(a)
         if self.cfg.randomization.action_latency:
             # The command arrives one control cycle late, as on the real arm: run the previous step's action.
             a, self._pending_action = self._pending_action, a
