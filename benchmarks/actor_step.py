@@ -156,7 +156,7 @@ def run_case(name: str, overrides: list[str], steps: int, warmup: int, runs: Pat
                           "reward": 0.0, "next_observation": nxt, "terminated": False, "truncated": end,
                           "episode": i // horizon}
             outbox.add(transition)
-            actor.warm_input = (nxt, transition["action"], transition)  # as Actor.run keeps it
+            actor.warm_input = transition  # as Actor.run keeps it
             actor._unflushed += 1
             if end or actor._unflushed >= FLUSH_EVERY:
                 actor._flush()

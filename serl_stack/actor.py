@@ -117,8 +117,8 @@ class Actor:
         self._next_progress = time.monotonic() + PROGRESS_EVERY_S
         self._last_progress = (0, 0)
         self._said_no_params = False
-        self.warm_input: tuple[dict[str, Any], np.ndarray, dict[str, Any]] | None = None
-        """(observation, action, transition) of the last step: what `warm_step` runs the step's work on."""
+        self.warm_input: dict[str, Any] | None = None
+        """The last step's transition: what `warm_step` runs the step's work on (its next observation, action)."""
         self._next_eval = 0
         self._eval_streak = 0
         """Consecutive evaluations during training at or above `train.stop_at_success`."""
@@ -136,7 +136,8 @@ class Actor:
         late."""
         if self.warm_input is None:
             return
-        obs, action, transition = self.warm_input
+        transition = self.warm_input
+        obs, action = transition["next_observation"], transition["action"]
         if self.policy is not None and self.policy.params is not None and not self.policy.image_keys:
             self.policy.act(obs, _WARM_KEY, False)
         preview = getattr(self.env.unwrapped, "preview_action", None)
@@ -356,7 +357,7 @@ class Actor:
                 if self.online:  # the critic's labels need the outcome; in the log, so a resume relabels the same
                     transition["success"] = bool(info.get("success", False))
                 self.outbox.add(transition)
-                self.warm_input = (next_obs, transition["action"], transition)
+                self.warm_input = transition
                 self.steps += 1
                 obs = next_obs
                 if terminated or truncated:
