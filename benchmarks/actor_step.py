@@ -108,6 +108,7 @@ def run_case(name: str, overrides: list[str], steps: int, warmup: int, runs: Pat
     set_thread_env(actor_threads)
     from robot_bridge.realtime import use_realtime, wait_until
     from serl_stack.actor import FLUSH_EVERY, Actor
+    from serl_stack.envs.franka import executed_action
     from serl_stack.inference import KeyStream, PolicyRunner
     from serl_stack.transport.outbox import DurableOutbox
     from serl_stack.transport.protocol import make_spec
@@ -149,7 +150,7 @@ def run_case(name: str, overrides: list[str], steps: int, warmup: int, runs: Pat
             t1 = time.perf_counter()
             prev_pos, prev_quat, _ = inner.safety.command
             result = inner._apply_action(np.asarray(action, np.float64))  # command limits + safety filter, no physics
-            executed = inner._executed_action(prev_pos, prev_quat, result)
+            executed = executed_action(inner.cfg, prev_pos, prev_quat, result)
             t2 = time.perf_counter()
             end = (i + 1) % horizon == 0
             transition = {"observation": o, "action": np.asarray(action, np.float32), "executed_action": executed,

@@ -34,7 +34,7 @@ from robot_bridge.operator_keys import ABORT, SUCCESS, OperatorKeys, operator_ke
 from robot_bridge.realtime import use_realtime, wait_until
 from serl_stack.config import SERL_TASK_IDS, BridgeConfig, ConfigError, EnvConfig, check_section
 from serl_stack.envs.controller import quat_canonical, quat_error, quat_from_rotvec, quat_mul
-from serl_stack.envs.franka import CommandLimits, clip_finite_action, state_space
+from serl_stack.envs.franka import CommandLimits, clip_finite_action, executed_action, state_space
 from serl_stack.envs.panda import PANDA
 from serl_stack.safety import FilterResult, SafetyFilter, StaleStateError, Watchdog, WatchdogThread
 
@@ -380,12 +380,7 @@ class RobotFrankaEnv(gym.Env):
         self._elapsed += 1
         obs, tcp = self._observe(self.backend.now())
         reward, terminated, info = self._evaluate(tcp)
-        executed = np.empty(7)
-        executed[:3] = (result.pos - prev_pos) / cfg.action_scale_pos
-        executed[3:6] = quat_error(result.quat, prev_quat) / cfg.action_scale_rot
-        executed[6] = 1.0 if result.gripper_closed else -1.0
-        executed = np.clip(executed, -1.0, 1.0).astype(np.float32)
-        info["executed_action"] = executed
+        info["executed_action"] = executed_action(cfg, prev_pos, prev_quat, result)
         info["safety"] = result.flags()
         info["jitter_s"] = self.jitter.last
         truncated = self._elapsed >= cfg.max_episode_steps

@@ -146,6 +146,19 @@ def clip_finite_action(a: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(a), np.clip(a, -1.0, 1.0), a)
 
 
+def executed_action(cfg: EnvConfig, prev_pos: np.ndarray, prev_quat: np.ndarray, result: FilterResult) -> np.ndarray:
+    """The action (float32, (7,)) that reproduces the filtered command change from (prev_pos, prev_quat): what
+    the robot did, sim and real alike (`info["executed_action"]`)."""
+    executed = np.empty(7)
+    executed[:3] = (result.pos - prev_pos) / cfg.action_scale_pos
+    executed[3:6] = quat_error(result.quat, prev_quat) / cfg.action_scale_rot  # base frame, like the action
+    executed[6] = 1.0 if result.gripper_closed else -1.0
+    # A force back-off adds force_backoff along the force to the policy's motion across it, and the step
+    # limits sit a little above a full action: either can move the command further than one action step.
+    # The clip keeps the executed action a valid action (it then under-states such a move).
+    return np.minimum(np.maximum(executed, -1.0), 1.0).astype(np.float32)  # np.clip, a third the cost
+
+
 class FrankaEnv(gym.Env[ObsDict, np.ndarray]):
     """A Franka Panda on a table, driven by relative TCP pose actions through a cartesian impedance controller."""
 
@@ -365,18 +378,6 @@ class FrankaEnv(gym.Env[ObsDict, np.ndarray]):
         return self.safety.filter(target_pos, target_quat, action[6], measured_pos, measured_quat, self.wrench()[0],
                                   self.data.time, commit=commit)
 
-    def _executed_action(self, prev_pos: np.ndarray, prev_quat: np.ndarray, result: FilterResult) -> np.ndarray:
-        """The action (float32, (7,)) that reproduces the filtered command change from (prev_pos, prev_quat)."""
-        cfg = self.cfg
-        executed = np.empty(7)
-        executed[:3] = (result.pos - prev_pos) / cfg.action_scale_pos
-        executed[3:6] = quat_error(result.quat, prev_quat) / cfg.action_scale_rot  # base frame, like the action
-        executed[6] = 1.0 if result.gripper_closed else -1.0
-        # A force back-off adds force_backoff along the force to the policy's motion across it, and the step
-        # limits sit a little above a full action: either can move the command further than one action step.
-        # The clip keeps the executed action a valid action (it then under-states such a move).
-        return np.minimum(np.maximum(executed, -1.0), 1.0).astype(np.float32)  # np.clip, a third the cost
-
     def safety_counts(self) -> dict[str, int]:
         """Steps filtered this episode and, per safety flag (`serl_stack.safety.FLAG_NAMES`), how many raised it."""
         return self.safety.episode_counts()
@@ -440,7 +441,7 @@ class FrankaEnv(gym.Env[ObsDict, np.ndarray]):
         self._elapsed += 1
         obs = self._get_obs()
         reward, terminated, info = self._evaluate(obs)
-        info["executed_action"] = self._executed_action(prev_pos, prev_quat, result)
+        info["executed_action"] = executed_action(self.cfg, prev_pos, prev_quat, result)
         info["safety"] = result.flags()
         truncated = self._elapsed >= self.cfg.max_episode_steps
         if terminated or truncated:
