@@ -104,6 +104,10 @@ class RobotFrankaEnv(gym.Env):
         self.warm: Callable[[], object] | None = None
         """Called once in each period's wait, just before its deadline (`wait_until`): the actor sets its
         `Actor.warm_step`, so the step after the wait finds its code and data in the caches."""
+        self.idle: Callable[[], object] | None = None
+        """Called once late in each period's sleep (`wait_until`, `IDLE_S` before the spin window): the actor sets
+        its `Actor.idle_step`, so receiving and adopting the learner's parameters happens while the loop would
+        sleep, not between an observation and its command."""
         taught = load_teach(bridge.teach_file) if bridge.teach_file else {}
         self.workspace_low = taught.get("workspace_low", np.asarray(config.workspace_low, np.float64))
         self.workspace_high = taught.get("workspace_high", np.asarray(config.workspace_high, np.float64))
@@ -270,7 +274,7 @@ class RobotFrankaEnv(gym.Env):
     def _wait_period(self) -> None:
         """Wait until this control period's deadline (`wait_until`: the last `SPIN_S` spun for precision), then
         start the next; a step that overran restarts the schedule from now instead of bursting to catch up."""
-        now = wait_until(self._deadline, self.backend.now, warm=self.warm)
+        now = wait_until(self._deadline, self.backend.now, warm=self.warm, idle=self.idle)
         self.jitter.add(now - self._deadline)
         self._deadline = max(self._deadline + self.period, now)
 

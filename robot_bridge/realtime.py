@@ -38,17 +38,34 @@ SPIN_S = 0.0015
 late."""
 
 
+IDLE_S = 0.002
+"""How long before the spin window `wait_until` calls its `idle` work: late in the sleep, so it handles what
+arrived during most of the period, with time to finish before the spin window."""
+
+
 def wait_until(deadline: float, now: Callable[[], float] = time.monotonic, spin_s: float = SPIN_S,
-               warm: Callable[[], object] | None = None) -> float:
-    """Wait until `now() >= deadline` and return that time: sleep until `spin_s` before it, then call `warm` (if
-    given and the deadline has not passed), then spin, yielding the GIL (so other threads, such as DDS's receivers,
-    are not held up to the 5 ms switch interval).
+               warm: Callable[[], object] | None = None, idle: Callable[[], object] | None = None,
+               idle_s: float = IDLE_S) -> float:
+    """Wait until `now() >= deadline` and return that time: sleep until `spin_s + idle_s` before it, call `idle`
+    (if given and the spin window has not begun), sleep on until `spin_s` before the deadline, then call `warm`
+    (if given and the deadline has not passed), then spin, yielding the GIL (so other threads, such as DDS's
+    receivers, are not held up to the 5 ms switch interval).
+
+    `idle` is work the loop must do but not between an observation and its command: the actor's bookkeeping
+    (`Actor.idle_step`: the learner's acknowledgements and parameters received, new parameters adopted and their
+    policy built), done in time the loop would otherwise sleep, late enough that what arrived during the period
+    is there to handle.
 
     `warm` is the next step's own work done once on stale input, its result discarded: while a control loop
     sleeps, a core the OS or a hypervisor hands to other work evicts the step's code and data from the caches, and
     the first step after the sleep pays for it (measured on this project's 2-core VM: a 256x256 numpy MLP takes
     14 us back to back, 180 us after a 10 ms sleep, 30 us when run once 1.5 ms before). It must not change any
     state the step depends on."""
+    if idle is not None:
+        while (t := now()) < deadline - spin_s - idle_s:
+            time.sleep(deadline - spin_s - idle_s - t)
+        if t < deadline - spin_s:
+            idle()
     while (t := now()) < deadline - spin_s:
         time.sleep(deadline - spin_s - t)
     if warm is not None and t < deadline:

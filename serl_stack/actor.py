@@ -145,6 +145,31 @@ class Actor:
             preview(action)
         pack(transition)
 
+    def idle_step(self) -> None:
+        """The control loop's bookkeeping, done where a robot's loop would sleep (`RobotFrankaEnv.idle`, called late
+        in each period's sleep): receive the learner's messages (acknowledgements, resends, parameters),
+        adopt new parameters and build their numpy policy (`PolicyRunner.prepare`). The step's own `_poll` then
+        finds little or nothing queued, so a parameter broadcast (decoding ~0.3 MB, restoring the pytree, building
+        the policy's matrices) no longer lands between an observation and its command (benchmarks/actor_step.py).
+        Raises nothing a step would not: a refusal, an interrupt or a vanished parent is left for the step's own
+        `_poll` to report between steps."""
+        self.client.poll(0)
+        if self.outbox is not None:
+            while self.client.replies:
+                self.outbox.on_reply(*self.client.replies.popleft())
+            if self.outbox.refused_reason is None:
+                self.outbox.maintain()
+        self._adopt()
+        if self.policy is not None:
+            self.policy.prepare()
+
+    def _adopt(self) -> None:
+        """Hand the newest broadcast parameters to what adopts them (a no-op when they are not newer)."""
+        body = self.client.params_body
+        target = self._receiver()
+        if target is not None and body is not None and "params" in body:
+            target.load(self.client.params_version, body["params"])
+
     def _flush(self) -> None:
         if self.outbox is not None:
             self.outbox.flush()
@@ -173,10 +198,7 @@ class Actor:
             print(f"actor {self.actor_id}: the learner at {self.learner_at} has been silent for over "
                   f"{t.learner_silent_warn_s:g} s; {doing}, spooling transitions", flush=True)
         self._warned_silent = silent
-        body = self.client.params_body
-        target = self._receiver()
-        if target is not None and body is not None and "params" in body:
-            target.load(self.client.params_version, body["params"])
+        self._adopt()
         if self.parent_pid is not None and os.getppid() != self.parent_pid:
             raise ProcessGone(f"actor {self.actor_id}: the parent process (serl train) is gone; stopping")
 
@@ -292,6 +314,8 @@ class Actor:
                 self.policy.compile(obs)  # (the key stream compiled its split when it was made)
                 if hasattr(self.env.unwrapped, "warm"):  # each period's wait warms the next step (warm_step)
                     self.env.unwrapped.warm = self.warm_step
+                if hasattr(self.env.unwrapped, "idle"):  # ... and first receives and adopts parameters (idle_step)
+                    self.env.unwrapped.idle = self.idle_step
                 obs, _ = self.env.reset(seed=self.seed)
             self._next_eval = self._eval_after(self._run_steps())
             stopped = self.steps >= self.quota or (self.episode_limit is not None and episode >= self.episode_limit)

@@ -158,6 +158,21 @@ class PolicyRunner:
         if self._q_values is not None:
             jax.block_until_ready(self._q_values(self.template, x, key))
 
+    def prepare(self) -> None:
+        """Build the numpy policy of the current parameters now (a state policy; a no-op otherwise or when it is
+        built), rather than in the first `act` after they changed: a control loop calls it while it waits for
+        the next period (`Actor.idle_step`)."""
+        if self.params is not None and not self.image_keys:
+            self._numpy_actor(self.params)
+
+    def _numpy_actor(self, params: Any) -> Any:
+        """The `NumpyActor` of `params`, rebuilt when the parameters object changed."""
+        if self._fast_params is not params:
+            from serl_stack.agents.policy import NumpyActor
+
+            self._fast, self._fast_params = NumpyActor(params), params
+        return self._fast
+
     def _params(self) -> Any:
         if self.params is None:
             raise RuntimeError("PolicyRunner: no parameters yet; load() the learner's broadcast or a checkpoint first")
@@ -179,11 +194,7 @@ class PolicyRunner:
         params = self._params()
         if self.image_keys:
             return np.asarray(self._policy(params, x, key, deterministic))
-        if self._fast_params is not params:
-            from serl_stack.agents.policy import NumpyActor
-
-            self._fast, self._fast_params = NumpyActor(params), params
-        mean, log_std = self._fast(x)
+        mean, log_std = self._numpy_actor(params)(x)
         if deterministic:
             return np.tanh(mean)
         if key is None:

@@ -56,3 +56,34 @@ def test_warm_is_skipped_when_the_deadline_has_passed(clock: FakeClock) -> None:
     calls: list[float] = []
     realtime.wait_until(99.0, clock.now, warm=lambda: calls.append(clock.t))
     assert calls == []
+
+
+def test_idle_runs_once_late_in_the_sleep_then_warm_at_the_spin_window(clock: FakeClock) -> None:
+    calls: list[tuple[str, float]] = []
+    deadline = 100.010
+    end = realtime.wait_until(deadline, clock.now, warm=lambda: calls.append(("warm", clock.t)),
+                              idle=lambda: calls.append(("idle", clock.t)))
+    assert deadline <= end < deadline + 1e-4
+    assert [name for name, _ in calls] == ["idle", "warm"]
+    idle_at = calls[0][1]
+    # after sleeping to idle_s before the spin window (what arrived during the period is there), before the window
+    assert deadline - realtime.SPIN_S - realtime.IDLE_S <= idle_at < deadline - realtime.SPIN_S
+    long = [s for s in clock.sleeps if s > 0]
+    assert len(long) == 2 and sum(long) == pytest.approx(0.010 - realtime.SPIN_S, abs=1e-4)
+
+
+def test_idle_is_skipped_once_the_spin_window_has_begun(clock: FakeClock) -> None:
+    calls: list[str] = []
+    realtime.wait_until(100.001, clock.now, warm=lambda: calls.append("warm"), idle=lambda: calls.append("idle"))
+    assert calls == ["warm"]  # 1 ms left: inside the 1.5 ms spin window, no time for bookkeeping
+
+
+def test_a_long_idle_leaves_the_deadline_and_the_warm_up_in_place(clock: FakeClock) -> None:
+    calls: list[str] = []
+
+    def slow_idle() -> None:
+        calls.append("idle")
+        clock.t += 0.0012  # ran into the spin window
+
+    end = realtime.wait_until(100.010, clock.now, warm=lambda: calls.append("warm"), idle=slow_idle)
+    assert calls == ["idle", "warm"] and 100.010 <= end < 100.010 + 1e-4
