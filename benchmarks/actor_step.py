@@ -4,9 +4,9 @@ Owns: timing the actor's per-step work exactly as `serl_stack.actor.Actor.run` d
 real learner: a `serl learner` process (sim reach config, training on what this process sends) and, in this
 process, the product's `Actor` (its ZeroMQ client, durable outbox and disk spool with the product settings: a put per
 transition, one fsync per flush of `FLUSH_EVERY` transitions, a flush at every episode end; its `_poll`, which reads
-acks and loads every new parameter version the learner broadcasts). One timed step is:
+acks and adopts whatever parameter version arrived since the wait's `idle_step`). One timed step is:
 
-    the step's key (KeyStream) -> PolicyRunner.act (observation -> vector, normalization, the jitted actor)
+    the step's key (KeyStream) -> PolicyRunner.act (observation -> vector, normalization, the numpy actor)
     -> the env's command path without physics (`_apply_action`: command limits, `SafetyFilter.filter`, controller
     target; the executed action) -> outbox.add (msgpack + spool put) -> flush every FLUSH_EVERY steps and at
     episode ends -> Actor._poll
@@ -16,8 +16,11 @@ MuJoCo), cycled through in episodes of `env.max_episode_steps`. No mixer or stee
 steering reranker's own latency is measured by benchmarks/steering.py). Timed steps are paced at `--rate-hz` (100
 Hz: the control loop waits for the robot between steps, and the learner gets the CPU in between; back to back, the
 actor would take a core the learner has on a real deployment, and its caches would stay warm), each period waited
-for as the robot env waits (`robot_bridge.realtime.wait_until`: a sleep, then `Actor.warm_step` (the step's work
-once on the last step's input, discarded: the robot env's cache warm-up), then the rest of the last 1.5 ms spun).
+for as the robot env waits (`robot_bridge.realtime.wait_until`: a sleep to 2 ms before the spin window, then
+`Actor.idle_step` (acks and parameter broadcasts received, new parameters adopted and their numpy policy built,
+timed apart as `idle_step_*`; `parameter_versions_adopted_in_wait` / `_in_step` count where each version was
+adopted), a sleep to the spin window, then `Actor.warm_step` (the step's work once on the last step's input,
+discarded: the robot env's cache warm-up), then the rest of the last 1.5 ms spun).
 Four cases, each in its own process: `state` (the SAC policy on state observations at normal scheduling,
 `bridge.realtime_priority` 0, the default; the target: p99 < 1 ms), `state_realtime` (the same at SCHED_FIFO
 `--priority`, as a robot PC runs the actor; reported), `state_no_warm` (`state` without the warm-up; reported) and
@@ -142,6 +145,7 @@ def run_case(name: str, overrides: list[str], steps: int, warmup: int, runs: Pat
         stages = {k: np.zeros(steps) for k in ("policy", "safety", "outbox", "poll")}
         total = np.zeros(steps)
         versions: set[int] = set()
+        adopted = {"idle": 0, "step": 0}  # parameter versions adopted in the wait (Actor.idle_step) / in the step
 
         def one_step(i: int, timed: bool) -> None:
             o, nxt = pool[i % POOL], pool[i % POOL + 1]
@@ -165,8 +169,11 @@ def run_case(name: str, overrides: list[str], steps: int, warmup: int, runs: Pat
                 actor.client.send("episode", {"episode": i // horizon, "return": 0.0, "length": horizon,
                                               "success": False})
             t3 = time.perf_counter()
+            before = policy.version
             actor._poll(0)
             t4 = time.perf_counter()
+            if timed:
+                adopted["step"] += policy.version != before
             if end:
                 env.reset()  # outside the timing: the command and the filter start the next episode afresh
             if timed:
@@ -194,6 +201,15 @@ def run_case(name: str, overrides: list[str], steps: int, warmup: int, runs: Pat
               f"{time.monotonic() - start:.1f} s; timing {steps} steps", file=sys.stderr, flush=True)
         period = 1.0 / rate_hz if rate_hz > 0 else 0.0
         late = 0
+        idle_s: list[float] = []
+
+
+        def idle() -> None:  # Actor.idle_step, timed: the bookkeeping done in the wait (untimed in the step)
+            before, t0 = policy.version, time.perf_counter()
+            actor.idle_step()
+            idle_s.append(time.perf_counter() - t0)
+            adopted["idle"] += policy.version != before
+
         t_start = time.monotonic()
         deadline = time.perf_counter()
         for i in range(warmup, warmup + steps):
@@ -203,7 +219,7 @@ def run_case(name: str, overrides: list[str], steps: int, warmup: int, runs: Pat
                 late += time.perf_counter() > deadline
                 # As RobotFrankaEnv._wait_period: an overrun restarts the schedule from now, no burst to catch up.
                 deadline = max(deadline, wait_until(deadline, time.perf_counter,
-                                                    warm=actor.warm_step if warm else None))
+                                                    warm=actor.warm_step if warm else None, idle=idle))
         wall = time.monotonic() - t_start
         actor._poll(100)
         learner_alive = learner.poll() is None
@@ -226,7 +242,13 @@ def run_case(name: str, overrides: list[str], steps: int, warmup: int, runs: Pat
         "stage_median_ms": {k: round(float(np.median(v) * 1000), 4) for k, v in stages.items()},
         "stage_p99_ms": {k: round(float(np.percentile(v, 99) * 1000), 4) for k, v in stages.items()},
         "stage_max_ms": {k: round(float(v.max() * 1000), 3) for k, v in stages.items()},
+        "idle_step_calls": len(idle_s),
+        "idle_step_median_ms": round(float(np.median(idle_s) * 1000), 4) if idle_s else None,
+        "idle_step_p99_ms": round(float(np.percentile(idle_s, 99) * 1000), 4) if idle_s else None,
+        "idle_step_max_ms": round(float(np.max(idle_s) * 1000), 3) if idle_s else None,
         "parameter_versions_loaded_while_timed": len(versions),
+        "parameter_versions_adopted_in_wait": adopted["idle"],
+        "parameter_versions_adopted_in_step": adopted["step"],
         "learner_updates_while_timed": updates,
         "learner_updates_per_s_while_timed": round(updates / wall, 1) if wall > 0 else None,
         "rate_hz": rate_hz,
