@@ -153,15 +153,20 @@ class Actor:
         the policy's matrices) no longer lands between an observation and its command (benchmarks/actor_step.py).
         Raises nothing a step would not: a refusal, an interrupt or a vanished parent is left for the step's own
         `_poll` to report between steps."""
-        self.client.poll(0)
+        self._receive(0)
+        self._adopt()
+        if self.policy is not None:
+            self.policy.prepare()
+
+    def _receive(self, timeout_ms: int) -> None:
+        """Read the learner's messages (waiting up to `timeout_ms` for the first), feed its replies to the outbox
+        and let the outbox resend what is due (not once the learner has refused this actor)."""
+        self.client.poll(timeout_ms)
         if self.outbox is not None:
             while self.client.replies:
                 self.outbox.on_reply(*self.client.replies.popleft())
             if self.outbox.refused_reason is None:
                 self.outbox.maintain()
-        self._adopt()
-        if self.policy is not None:
-            self.policy.prepare()
 
     def _adopt(self) -> None:
         """Hand the newest broadcast parameters to what adopts them (a no-op when they are not newer)."""
@@ -177,14 +182,10 @@ class Actor:
 
     def _poll(self, timeout_ms: int) -> None:
         interrupt.check()
-        self.client.poll(timeout_ms)
-        if self.outbox is not None:
-            while self.client.replies:
-                self.outbox.on_reply(*self.client.replies.popleft())
-            if self.outbox.refused_reason is not None:
-                raise TransportError(f"actor {self.actor_id}: the learner at {self.learner_at} refused this actor: "
-                                     f"{self.outbox.refused_reason}")
-            self.outbox.maintain()
+        self._receive(timeout_ms)
+        if self.outbox is not None and self.outbox.refused_reason is not None:
+            raise TransportError(f"actor {self.actor_id}: the learner at {self.learner_at} refused this actor: "
+                                 f"{self.outbox.refused_reason}")
         t = self.cfg.transport
         if time.monotonic() - self.client.last_sent > t.heartbeat_s:
             self.client.send("ping", {})
