@@ -46,7 +46,7 @@ def test_success_summary_pools_seeds_and_keeps_each_seeds_rate() -> None:
 def test_percentiles_are_in_milliseconds() -> None:
     got = sb.percentiles([0.001] * 99 + [0.010])
     assert got["p50_ms"] == pytest.approx(1.0)
-    assert 1.0 < got["p99_ms"] <= 10.0
+    assert got["p99_ms"] > 1.0 and got["p99_ms"] <= 10.0  # between the 99 fast samples (1 ms) and the slow one
     assert got["n"] == 100
 
 
