@@ -108,7 +108,8 @@ def test_the_steered_target_is_the_min_of_two_target_critics_at_the_best_of_k() 
 
 def test_the_steered_update_is_the_update_with_the_base_samples_drawn_from_its_key(bundle: Bundle) -> None:
     """`update_steered` = `update` on the batch plus `next_actions`: k draws of the BC base's `vector_sampler` at
-    s' with the first half of the split key (bit for bit)."""
+    s' with the first half of the split key (up to float32 rounding: the fused program and the two separate ones
+    may round the last bit differently on some CPUs; the other half of the key moves parameters by ~1e-4)."""
     from serl_stack.inference import load_bc_policy
 
     base, summary = load_bc_policy(bundle.bc)
@@ -127,7 +128,7 @@ def test_the_steered_update_is_the_update_with_the_base_samples_drawn_from_its_k
     assert next_actions.shape == (8, 5, base.action_dim)
     by_hand, _ = calql.update(state, {**batch, "next_actions": next_actions}, update_key)
     for a, b in zip(jax.tree.leaves(steered), jax.tree.leaves(by_hand), strict=True):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
     assert fn is base.vector_sampler()[1]  # one function object: a jit keyed on it compiles once
 
 
