@@ -203,7 +203,6 @@ def run_case(name: str, overrides: list[str], steps: int, warmup: int, runs: Pat
         late = 0
         idle_s: list[float] = []
 
-
         def idle() -> None:  # Actor.idle_step, timed: the bookkeeping done in the wait (untimed in the step)
             before, t0 = policy.version, time.perf_counter()
             actor.idle_step()
