@@ -33,7 +33,8 @@ from robot_bridge.backend import BackendError, BackendUnsupported
 from robot_bridge.dds_backend import DdsBackend
 from serl_stack.config import BridgeConfig
 
-pytestmark = pytest.mark.timeout(60)  # a DDS call stuck in C (or the robot process) must not hang CI
+# A DDS call stuck in C (or the robot process) must not hang CI; discovery and rates are timed: run alone (Makefile).
+pytestmark = [pytest.mark.timeout(60), pytest.mark.serial]
 
 DOMAIN = 23
 REPO = Path(__file__).resolve().parents[1]

@@ -22,6 +22,8 @@ import pytest
 from robot_bridge.dds_config import loopback_config
 from serl_stack.config import BridgeConfig, EnvConfig
 
+pytestmark = pytest.mark.serial  # real-time control through the fake Franka: `make test` runs it alone
+
 ROOT = Path(__file__).resolve().parents[1]
 DOMAIN = 41
 ENV = {**os.environ, "MUJOCO_GL": "egl", "CYCLONEDDS_URI": os.environ.get("CYCLONEDDS_URI") or loopback_config()}

@@ -26,6 +26,8 @@ import pytest
 
 from serl_stack.config import Config, ConfigError, Range, load, ranged_fields, to_dict
 
+pytestmark = pytest.mark.serial  # every command within DEADLINE_S: `make test` runs it alone
+
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = ("config", "train", "learner", "actor")
 DEADLINE_S = 2.0

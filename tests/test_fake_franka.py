@@ -35,6 +35,8 @@ from serl_stack.config import PHYSICS_TIMESTEP, BridgeConfig, EnvConfig
 from serl_stack.envs.controller import rotvec_angle
 from serl_stack.envs.panda import PANDA, dh_fk
 
+pytestmark = pytest.mark.serial  # real-time physics at 250 Hz: `make test` runs it alone
+
 DOMAIN = 29
 REPO = Path(__file__).resolve().parents[1]
 _names = itertools.count()

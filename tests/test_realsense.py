@@ -233,6 +233,7 @@ def test_a_slow_reader_gets_the_newest_frame_not_a_backlog(cleanup) -> None:
 
 
 @needs_sdk
+@pytest.mark.serial  # the 0.25 s bound on noticing: `make test` runs it alone
 def test_a_stream_that_stops_is_frozen_within_timeout_and_named(cleanup) -> None:
     timeout_s = 0.4
     stalled, live = SyntheticCamera("400"), SyntheticCamera("401")
